@@ -1,0 +1,46 @@
+# Flywheel developer targets. `make install` is idempotent: it only reinstalls when
+# pyproject.toml or constraints.txt changed (the stamp file tracks that).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install protos run test test-unit test-integration test-e2e lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=libs --grpc_python_out=libs --pyi_out=libs \
+		protos/flywheel/v1/*.proto
+
+run: $(STAMP)
+	$(BIN)/flywheel up
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
+
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest -q tests/e2e
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q -s tests/bench -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,151 @@
+"""Runs one service process: config, logging, telemetry, DB + migrations, bus, gRPC, consumers.
+
+Each service describes itself with a `ServiceDefinition`; this module owns the lifecycle so no
+service re-implements start-up, readiness or shutdown. Start-up failures (database or broker
+unreachable, port taken) end the process at once with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from flywheel import db
+from flywheel.artifacts import LocalArtifactStore
+from flywheel.bus import EventConsumer, EventProducer, Handler, OutboxRelay, ensure_topics
+from flywheel.bus.topics import all_topics
+from flywheel.config import Settings, get_settings
+from flywheel.errors import StartupError
+from flywheel.grpc import GrpcServer
+from flywheel.logging import configure_logging, get_logger
+from flywheel.telemetry import setup_telemetry, shutdown_telemetry, untraced
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ServiceContext:
+    """What a service's servicers and handlers are given: shared resources, built once."""
+
+    name: str
+    settings: Settings
+    pool: asyncpg.Pool
+    producer: EventProducer
+    artifacts: LocalArtifactStore
+
+
+@dataclass
+class ServiceDefinition:
+    name: str
+    # Adds servicers to the server; returns the full names of the services added.
+    register: Callable[[GrpcServer, ServiceContext], list[str]]
+    migrations: Path
+    handlers: Callable[[ServiceContext], dict[str, Handler]] = lambda _ctx: {}
+    # Level-triggered recovery run once before SERVING (e.g. serving loads production models).
+    reconcile: Callable[[ServiceContext], Awaitable[None]] | None = None
+    background: list[Callable[[ServiceContext], Awaitable[None]]] = field(default_factory=list)
+
+
+def run(definition: ServiceDefinition) -> None:
+    settings = get_settings()
+    configure_logging(definition.name, settings.log_level)
+    setup_telemetry(definition.name, settings)
+    try:
+        code = asyncio.run(_main(definition, settings))
+    except StartupError as exc:
+        print(f"flywheel-{definition.name}: error: {exc}", file=sys.stderr, flush=True)
+        code = 2
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        shutdown_telemetry()
+    sys.exit(code)
+
+
+async def _main(definition: ServiceDefinition, settings: Settings) -> int:
+    name = definition.name
+    server = GrpcServer(settings, settings.port_for(name))  # binds first: a taken port fails fastest
+    pool = await db.connect(
+        settings.database_url,
+        name,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        timeout_s=settings.connect_timeout_s,
+    )
+    producer = EventProducer(settings, client_id=f"flywheel-{name}")
+    consumer: EventConsumer | None = None
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        applied = await db.migrate(pool, name, [db.LIBRARY_MIGRATIONS, definition.migrations])
+        if applied:
+            log.info("migrations applied", migrations=applied)
+        await producer.start()
+        await ensure_topics(
+            settings.kafka_bootstrap,
+            all_topics(),
+            partitions=settings.kafka_partitions,
+            replication_factor=settings.kafka_replication_factor,
+        )
+        ctx = ServiceContext(name, settings, pool, producer, LocalArtifactStore(settings.artifacts_dir))
+        server.add_services(definition.register(server, ctx))
+        await server.start()
+        if definition.reconcile is not None:
+            await definition.reconcile(ctx)
+
+        handlers = definition.handlers(ctx)
+        relay = OutboxRelay(pool, producer, settings)
+        jobs: list[Awaitable[None]] = [relay.run()]
+        if handlers:
+            consumer = EventConsumer(settings, name, pool, producer, handlers)
+            await consumer.start()
+            jobs.append(consumer.run())
+        jobs += [job(ctx) for job in definition.background]
+
+        async def db_ready() -> bool:
+            try:
+                with untraced():
+                    await asyncio.wait_for(pool.fetchval("SELECT 1"), 2.0)
+                return True
+            except Exception:
+                return False
+
+        jobs.append(server.watch_readiness([db_ready, producer.is_connected]))
+        tasks = [asyncio.create_task(j) for j in jobs]
+        log.info("service started", port=server.port, consumers=sorted(handlers))
+        return await _until_stopped(tasks)
+    finally:
+        log.info("service stopping")
+        await server.stop()  # drain calls in flight first
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        await pool.close()
+
+
+async def _until_stopped(tasks: list[asyncio.Task[None]]) -> int:
+    """Wait for SIGTERM/SIGINT (exit 0) or for a background task to die (exit 1, supervisor restarts)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if stopper in done:
+        return 0
+    stopper.cancel()
+    for t in done:
+        if t.exception() is not None:
+            log.error("background task died", error=repr(t.exception()))
+    return 1

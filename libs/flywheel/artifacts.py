@@ -1,0 +1,97 @@
+"""Content-addressed artifact store: objects are named by their sha256 and verified on read.
+
+`ArtifactStore` is the interface (an S3 store implements the same four methods);
+`LocalArtifactStore` keeps objects under a directory, fanned out by hash prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+from flywheel.errors import InvalidArgument, NotFound
+
+CHUNK = 1024 * 1024
+
+
+class ChecksumMismatch(InvalidArgument):
+    pass
+
+
+class ArtifactStore(Protocol):
+    async def put(self, chunks: AsyncIterable[bytes], *, expected_sha256: str | None = None) -> tuple[str, int]:
+        """Store a stream; returns (sha256, size). Storing the same bytes twice is a no-op."""
+        ...
+
+    def get(self, sha256: str) -> AsyncIterator[bytes]:
+        """Stream an object back, verifying its hash as it goes."""
+        ...
+
+    async def exists(self, sha256: str) -> bool: ...
+
+    def uri(self, sha256: str) -> str: ...
+
+
+class LocalArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise InvalidArgument("not a sha256 hex digest", field="sha256")
+        return self.root / sha256[:2] / sha256
+
+    def uri(self, sha256: str) -> str:
+        return f"sha256:{sha256}"
+
+    async def exists(self, sha256: str) -> bool:
+        return self._path(sha256).exists()
+
+    async def put(self, chunks: AsyncIterable[bytes], *, expected_sha256: str | None = None) -> tuple[str, int]:
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    await asyncio.to_thread(out.write, chunk)
+                await asyncio.to_thread(os.fsync, out.fileno())
+            sha = digest.hexdigest()
+            if expected_sha256 and expected_sha256 != sha:
+                raise ChecksumMismatch(f"expected {expected_sha256}, got {sha}", field="sha256")
+            dest = self._path(sha)
+            dest.parent.mkdir(exist_ok=True)
+            os.replace(tmp, dest)  # atomic: readers never see a partial object
+            return sha, size
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    async def put_bytes(self, data: bytes) -> tuple[str, int]:
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.put(one())
+
+    async def get(self, sha256: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+        path = self._path(sha256)
+        if not path.exists():
+            raise NotFound(f"artifact {sha256} not found", field="sha256")
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := await asyncio.to_thread(f.read, CHUNK):
+                digest.update(chunk)
+                yield chunk
+        if digest.hexdigest() != sha256:
+            raise ChecksumMismatch(f"stored object {sha256} is corrupt (hash {digest.hexdigest()})")
+
+    async def get_bytes(self, sha256: str) -> bytes:
+        return b"".join([c async for c in self.get(sha256)])

@@ -1,0 +1,18 @@
+"""Kafka plumbing shared by every service: topics, serde, producer, outbox, inbox, consumer, DLQ."""
+
+from flywheel.bus.consumer import EventConsumer, EventContext, Handler, acknowledge_only
+from flywheel.bus.outbox import OutboxRelay, enqueue
+from flywheel.bus.producer import EventProducer
+from flywheel.bus.topics import Topics, dlq_topic, ensure_topics
+
+__all__ = [
+    "EventConsumer",
+    "EventContext",
+    "EventProducer",
+    "Handler",
+    "OutboxRelay",
+    "Topics",
+    "dlq_topic",
+    "enqueue",
+    "ensure_topics",
+]

@@ -1,0 +1,197 @@
+"""Consumer loop: decode, run the handler and the inbox insert in one transaction, commit offsets.
+
+A failing message is retried with backoff; after `consumer_max_attempts` it is sent to
+`<topic>.dlq` with the error in headers and the loop moves on, so one bad message never
+stops a consumer. Offsets are committed only after the handler's transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from google.protobuf.message import Message
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.aiokafka.utils import _aiokafka_getter
+
+from flywheel.config import Settings
+from flywheel.logging import get_logger
+from flywheel.telemetry import tracer
+
+from .producer import EventProducer
+from .serde import CONTENT_JSON, MalformedEvent, decode, header
+from .topics import EVENT_TYPES, dlq_topic
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class EventContext:
+    topic: str
+    key: str | None
+    event_id: str
+    consumer: str
+    partition: int
+    offset: int
+
+
+Handler = Callable[[asyncpg.Connection, Message, EventContext], Awaitable[None]]
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        service: str,
+        pool: asyncpg.Pool,
+        producer: EventProducer,
+        handlers: dict[str, Handler],
+        *,
+        group_id: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._producer = producer
+        self._handlers = handlers
+        self.name = group_id or f"flywheel-{service}"
+        self._consumer = AIOKafkaConsumer(
+            *handlers,
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=self.name,
+            client_id=self.name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=5_000,  # notice recreated topics quickly after a broker restart
+        )
+        self.processed = 0
+        self.dead_lettered = 0
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=500, max_records=100)
+            except KafkaError as exc:
+                log.warning("consumer: fetch failed, will retry", error=repr(exc))
+                await asyncio.sleep(1.0)
+                continue
+            for tp, records in batches.items():
+                for record in records:
+                    await self._process(record)
+                await self._commit(tp, records[-1].offset + 1)
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            await self._consumer.commit({tp: offset})
+        except KafkaError as exc:
+            # Not fatal: the next commit covers it; a redelivery meanwhile is absorbed by the inbox.
+            log.warning("consumer: offset commit failed", error=repr(exc), topic=tp.topic, partition=tp.partition)
+
+    async def _process(self, record: ConsumerRecord) -> None:
+        parent = propagate.extract(record.headers, getter=_aiokafka_getter)
+        attempt = 0
+        while True:
+            attempt += 1
+            with (
+                tracer().start_as_current_span(
+                    f"{record.topic} process", context=parent, kind=trace.SpanKind.CONSUMER
+                ) as span,
+                structlog.contextvars.bound_contextvars(topic=record.topic, offset=record.offset),
+            ):
+                span.set_attribute("messaging.consumer.group.name", self.name)
+                span.set_attribute("messaging.kafka.offset", record.offset)
+                span.set_attribute("flywheel.attempt", attempt)
+                try:
+                    await self._handle(record)
+                    self.processed += 1
+                    return
+                except Exception as exc:
+                    span.record_exception(exc)
+                    span.set_status(trace.StatusCode.ERROR, str(exc))
+                    if attempt >= self._settings.consumer_max_attempts:
+                        log.error("consumer: giving up, sending to DLQ", error=repr(exc), attempts=attempt)
+                        await self._dead_letter(record, exc, attempt)
+                        return
+                    log.warning("consumer: handler failed, will retry", error=repr(exc), attempt=attempt)
+            delay = self._settings.consumer_backoff_s * 2 ** (attempt - 1)
+            await asyncio.sleep(min(delay, self._settings.consumer_backoff_max_s))
+
+    async def _handle(self, record: ConsumerRecord) -> None:
+        event = decode(EVENT_TYPES[record.topic], record.value, record.headers)
+        event_id = _event_id(event, record)
+        structlog.contextvars.bind_contextvars(event_id=event_id)
+        try:
+            ctx = EventContext(
+                topic=record.topic,
+                key=record.key.decode("utf-8", "replace") if record.key else None,
+                event_id=event_id,
+                consumer=self.name,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                fresh = await conn.fetchval(
+                    "INSERT INTO inbox (consumer, event_id, topic) VALUES ($1, $2, $3)"
+                    " ON CONFLICT DO NOTHING RETURNING true",
+                    self.name,
+                    event_id,
+                    record.topic,
+                )
+                if not fresh:
+                    log.info("consumer: duplicate event skipped")
+                    return
+                await self._handlers[record.topic](conn, event, ctx)
+        finally:
+            structlog.contextvars.unbind_contextvars("event_id")
+
+    async def _dead_letter(self, record: ConsumerRecord, exc: BaseException, attempts: int) -> None:
+        headers = [
+            *[(k, v) for k, v in record.headers if not k.startswith("error.")],
+            ("error.type", type(exc).__name__.encode()),
+            ("error.message", str(exc)[:2000].encode()),
+            ("error.attempts", str(attempts).encode()),
+            ("error.consumer", self.name.encode()),
+            ("source.topic", record.topic.encode()),
+            ("source.partition", str(record.partition).encode()),
+            ("source.offset", str(record.offset).encode()),
+        ]
+        backoff = self._settings.consumer_backoff_s
+        while True:  # the record must not be lost: keep trying until the DLQ has it
+            try:
+                await self._producer.send_and_wait(dlq_topic(record.topic), record.value or b"", key=record.key, headers=headers)
+                self.dead_lettered += 1
+                return
+            except Exception as dlq_exc:
+                log.warning("consumer: DLQ publish failed, will retry", error=repr(dlq_exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+def _event_id(event: Message, record: ConsumerRecord) -> str:
+    meta = getattr(event, "meta", None)
+    if meta is not None and meta.event_id:
+        return str(meta.event_id)
+    if header(record.headers, "content-type") == CONTENT_JSON:
+        # Outside JSON producers may omit meta; the record's position identifies it.
+        return f"{record.topic}:{record.partition}:{record.offset}"
+    raise MalformedEvent("event has no meta.event_id")
+
+
+def acknowledge_only(reaction: str) -> Handler:
+    """A handler for a topic whose reaction is not built yet: the event is recorded in the inbox
+    (so it is consumed once, and lag stays visible) and logged with what will happen to it."""
+
+    async def handler(_conn: asyncpg.Connection, event: Message, ctx: EventContext) -> None:
+        log.info("event received", event_type=event.DESCRIPTOR.full_name, key=ctx.key, pending_reaction=reaction)
+
+    return handler

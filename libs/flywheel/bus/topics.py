@@ -1,0 +1,65 @@
+"""Topic names (DESIGN.md §3), the event type each carries, and topic creation."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from google.protobuf.message import Message
+
+from flywheel.v1 import events_pb2
+
+
+class Topics:
+    DATA_VERSIONED = "flywheel.data.versioned"
+    MODEL_REGISTERED = "flywheel.model.registered"
+    MODEL_PROMOTED = "flywheel.model.promoted"
+    DRIFT_DETECTED = "flywheel.drift.detected"
+    PREDICTIONS_LOGGED = "flywheel.predictions.logged"
+    FEEDBACK = "flywheel.feedback"
+    INGEST_RECORDS = "flywheel.ingest.records"
+
+
+EVENT_TYPES: dict[str, type[Message]] = {
+    Topics.DATA_VERSIONED: events_pb2.DataVersioned,
+    Topics.MODEL_REGISTERED: events_pb2.ModelRegistered,
+    Topics.MODEL_PROMOTED: events_pb2.ModelPromoted,
+    Topics.DRIFT_DETECTED: events_pb2.DriftDetected,
+    Topics.PREDICTIONS_LOGGED: events_pb2.PredictionsLogged,
+    Topics.FEEDBACK: events_pb2.Feedback,
+    Topics.INGEST_RECORDS: events_pb2.IngestRecords,
+}
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def all_topics() -> list[str]:
+    return [t for topic in EVENT_TYPES for t in (topic, dlq_topic(topic))]
+
+
+async def ensure_topics(
+    bootstrap: str, topics: list[str], *, partitions: int, replication_factor: int, timeout_s: float = 10.0
+) -> list[str]:
+    """Create the topics that are missing; returns those created. Safe to call from many processes."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if not missing:
+            return []
+        new = [
+            # DLQs need no parallelism; one partition keeps them easy to read in order.
+            NewTopic(t, 1 if t.endswith(".dlq") else partitions, replication_factor)
+            for t in missing
+        ]
+        try:
+            await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            pass
+        return missing
+    finally:
+        await admin.close()

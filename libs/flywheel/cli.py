@@ -1,0 +1,97 @@
+"""`flywheel` command line: the embedded stack (up, down, status) and, later, the APIs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from flywheel.config import get_settings
+from flywheel.errors import StartupError
+
+console = Console()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from flywheel.logging import configure_logging
+    from flywheel.stack.up import Stack, read_state
+    from flywheel.stack.procs import pid_alive
+
+    settings = get_settings()
+    configure_logging("stack", settings.log_level)
+    existing = read_state(settings.home)
+    if existing and pid_alive(existing["supervisor_pid"]):
+        console.print(f"[red]error[/]: a stack is already running (pid {existing['supervisor_pid']}) in {settings.home}")
+        return 1
+    stack = Stack(settings)
+    try:
+        stack.start()
+        stack.supervise()
+    except StartupError as exc:
+        print(f"flywheel up: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        stack.stop()
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from flywheel.stack.procs import pid_alive
+    from flywheel.stack.up import read_state
+
+    state = read_state(get_settings().home)
+    if state is None or not pid_alive(state["supervisor_pid"]):
+        console.print("no stack is running")
+        return 0
+    pid = state["supervisor_pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if pid_alive(pid):
+        console.print(f"[red]error[/]: the stack (pid {pid}) did not stop within {args.timeout:.0f}s")
+        return 1
+    console.print("stack stopped")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from flywheel.stack.up import status
+
+    rows = asyncio.run(status(get_settings().home))
+    if not rows:
+        console.print("no stack is running")
+        return 1
+    table = Table("component", "address", "health")
+    for name, address, ok in rows:
+        table.add_row(name, address, "[green]healthy[/]" if ok else "[red]unhealthy[/]")
+    console.print(table)
+    return 0 if all(ok for _, _, ok in rows) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flywheel", description="Flywheel: the event-driven MLOps suite")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the embedded stack (PostgreSQL, Kafka broker, five services)")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop the embedded stack started by `flywheel up`")
+    down.add_argument("--timeout", type=float, default=60.0)
+    down.set_defaults(func=cmd_down)
+    st = sub.add_parser("status", help="health of every component; exit 0 only when all are healthy")
+    st.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

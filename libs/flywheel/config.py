@@ -1,0 +1,82 @@
+"""Settings from the environment (`FLYWHEEL_*`), with defaults for the embedded stack.
+
+Standard `OTEL_*` variables are read by the OpenTelemetry SDK itself; we only surface the
+ones our code branches on.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES: tuple[str, ...] = ("ingestion", "training", "registry", "serving", "monitoring")
+DEFAULT_PORTS: dict[str, int] = {
+    "ingestion": 50051,
+    "training": 50052,
+    "registry": 50053,
+    "serving": 50054,
+    "monitoring": 50055,
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="ignore")
+
+    home: Path = Path("./var")
+    database_url: str = "postgresql://postgres@127.0.0.1:55432/flywheel"
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    connect_timeout_s: float = 5.0
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_enable_idempotence: bool = False  # the embedded broker (tansu) lacks it
+    kafka_partitions: int = 3
+    kafka_replication_factor: int = 1
+    consumer_max_attempts: int = 5
+    consumer_backoff_s: float = 0.1
+    consumer_backoff_max_s: float = 2.0
+    outbox_poll_s: float = 0.5
+
+    grpc_host: str = "127.0.0.1"
+    grpc_max_message_mb: int = 64
+    grpc_grace_s: float = 10.0
+    ingestion_port: int = DEFAULT_PORTS["ingestion"]
+    training_port: int = DEFAULT_PORTS["training"]
+    registry_port: int = DEFAULT_PORTS["registry"]
+    serving_port: int = DEFAULT_PORTS["serving"]
+    monitoring_port: int = DEFAULT_PORTS["monitoring"]
+    ingestion_addr: str | None = None
+    training_addr: str | None = None
+    registry_addr: str | None = None
+    serving_addr: str | None = None
+    monitoring_addr: str | None = None
+
+    artifact_root: Path | None = None
+    spans_file: Path | None = None
+    metrics_port: int = 0  # 0: no Prometheus endpoint
+    log_level: str = "INFO"
+
+    # Embedded stack only.
+    pg_port: int = 55432
+    broker_port: int = 19092
+
+    otel_exporter_otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+
+    def port_for(self, service: str) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+    def addr_for(self, service: str) -> str:
+        addr = getattr(self, f"{service}_addr")
+        return addr or f"127.0.0.1:{self.port_for(service)}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.artifact_root or self.home / "artifacts"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,6 @@
+"""asyncpg pool and forward-only SQL migrations, one Postgres schema per service."""
+
+from flywheel.db.migrations import LIBRARY_MIGRATIONS, migrate
+from flywheel.db.pool import connect, describe_dsn, ensure_database
+
+__all__ = ["LIBRARY_MIGRATIONS", "connect", "describe_dsn", "ensure_database", "migrate"]

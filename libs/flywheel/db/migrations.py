@@ -1,0 +1,48 @@
+"""Forward-only migrations: numbered .sql files applied in order, recorded per schema.
+
+Replicas starting together serialise on an advisory lock, so each file runs exactly once.
+An applied file whose content changed is an error: migrations are never edited, only added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import asyncpg
+
+from flywheel.errors import StartupError
+
+# The bus tables (outbox, inbox) every service needs, applied before the service's own files.
+LIBRARY_MIGRATIONS = Path(__file__).parent / "sql"
+
+
+async def migrate(pool: asyncpg.Pool, schema: str, dirs: list[Path]) -> list[str]:
+    """Apply pending migrations from `dirs` into `schema`; returns the names applied now."""
+    files = sorted((p for d in dirs if d.is_dir() for p in d.glob("*.sql")), key=lambda p: p.name)
+    applied_now: list[str] = []
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"flywheel.migrate.{schema}")
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
+            " name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {
+            r["name"]: r["checksum"]
+            for r in await conn.fetch(f'SELECT name, checksum FROM "{schema}".schema_migrations')
+        }
+        await conn.execute(f"SET LOCAL search_path TO \"{schema}\", public")
+        for path in files:
+            sql = path.read_text()
+            checksum = hashlib.sha256(sql.encode()).hexdigest()
+            if path.name in done:
+                if done[path.name] != checksum:
+                    raise StartupError(f"migration {path.name} in schema {schema} changed after it was applied")
+                continue
+            await conn.execute(sql)
+            await conn.execute(
+                f'INSERT INTO "{schema}".schema_migrations (name, checksum) VALUES ($1, $2)', path.name, checksum
+            )
+            applied_now.append(path.name)
+    return applied_now

@@ -1,0 +1,50 @@
+"""Domain errors. Domain modules raise these; the gRPC layer maps them to status codes.
+
+Kept free of grpc imports so rules stay plain Python.
+"""
+
+from __future__ import annotations
+
+
+class FlywheelError(Exception):
+    """Base: a message for people, and the request field at fault when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class InvalidArgument(FlywheelError):
+    pass
+
+
+class NotFound(FlywheelError):
+    pass
+
+
+class AlreadyExists(FlywheelError):
+    pass
+
+
+class FailedPrecondition(FlywheelError):
+    pass
+
+
+class ResourceExhausted(FlywheelError):
+    pass
+
+
+class Unauthenticated(FlywheelError):
+    pass
+
+
+class PermissionDenied(FlywheelError):
+    pass
+
+
+class Unavailable(FlywheelError):
+    """A dependency (database, broker, another service) cannot be reached right now."""
+
+
+class StartupError(Exception):
+    """A process cannot start; the message is the one line an operator sees before exit."""

@@ -1,0 +1,79 @@
+"""aio server with health (SERVING only while the process's dependencies answer), reflection,
+configured message limits and a graceful stop that drains calls in flight."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flywheel.config import Settings
+from flywheel.errors import StartupError
+from flywheel.logging import get_logger
+
+from .errors import DomainErrorInterceptor
+
+log = get_logger(__name__)
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+def channel_options(settings: Settings) -> list[tuple[str, int]]:
+    size = settings.grpc_max_message_mb * 1024 * 1024
+    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+
+
+class GrpcServer:
+    def __init__(self, settings: Settings, port: int) -> None:
+        self._settings = settings
+        self.port = port
+        self.server = grpc.aio.server(
+            interceptors=[DomainErrorInterceptor()],
+            # so_reuseport=0: a second process on a taken port must fail, not silently share it.
+            options=[*channel_options(settings), ("grpc.so_reuseport", 0)],
+        )
+        self.health = health.aio.HealthServicer()
+        self._service_names: list[str] = []
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._bind()
+
+    def _bind(self) -> None:
+        address = f"{self._settings.grpc_host}:{self.port}"
+        try:
+            bound = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {address}: port already in use or not bindable") from exc
+        if bound == 0:
+            raise StartupError(f"cannot listen on {address}: port already in use or not bindable")
+        self.port = bound
+
+    def add_services(self, full_names: Sequence[str]) -> None:
+        self._service_names.extend(full_names)
+
+    async def start(self) -> None:
+        names = [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+
+    async def _set_all(self, status: int) -> None:
+        for name in ["", *self._service_names]:
+            await self.health.set(name, status)
+
+    async def watch_readiness(self, checks: Sequence[ReadinessCheck], interval_s: float = 1.0) -> None:
+        """Report SERVING while every check passes, NOT_SERVING otherwise (load balancers drain us)."""
+        serving: bool | None = None
+        while True:
+            ok = all(await asyncio.gather(*(c() for c in checks)))
+            if ok != serving:
+                serving = ok
+                status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self._set_all(status)
+                log.info("health changed", serving=ok)
+            await asyncio.sleep(interval_s)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self._settings.grpc_grace_s)

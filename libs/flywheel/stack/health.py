@@ -1,0 +1,42 @@
+"""Health probes the stack and `flywheel status` use: gRPC health, PostgreSQL, broker metadata."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import grpc
+from aiokafka.admin import AIOKafkaAdminClient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+async def grpc_serving(address: str, timeout_s: float = 2.0) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            return False
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def postgres_ok(dsn: str, timeout_s: float = 2.0) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=timeout_s)
+    except (OSError, TimeoutError, asyncpg.PostgresError):
+        return False
+    try:
+        return await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+
+
+async def broker_ok(bootstrap: str, timeout_s: float = 3.0) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        await asyncio.wait_for(admin.list_topics(), timeout_s)
+        return True
+    except Exception:
+        return False
+    finally:
+        await admin.close()

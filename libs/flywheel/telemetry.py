@@ -1,0 +1,131 @@
+"""Tracing for every hop: providers from the environment, instrumentation, a JSONL span file.
+
+Exporters follow the standard OTEL_* variables (OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set);
+the embedded stack also points FLYWHEEL_SPANS_FILE at var/spans.jsonl so `flywheel traces` can
+rebuild a chain without a collector.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from flywheel.config import Settings
+
+_provider: TracerProvider | None = None
+
+
+class JsonlSpanExporter(SpanExporter):
+    """Appends one JSON object per finished span; several processes may share the file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = "".join(json.dumps(span_to_dict(s), separators=(",", ":")) + "\n" for s in spans)
+        with self._lock:
+            # One O_APPEND write per batch keeps lines from interleaving between processes.
+            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, lines.encode())
+            finally:
+                os.close(fd)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
+    ctx = span.get_span_context()
+    assert ctx is not None
+    return {
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
+        "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "service": span.resource.attributes.get(SERVICE_NAME, ""),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": {k: _jsonable(v) for k, v in (span.attributes or {}).items()},
+    }
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def setup_telemetry(service: str, settings: Settings) -> TracerProvider:
+    """Install the tracer provider and instrument grpc, aiokafka and asyncpg (once per process)."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: f"flywheel-{service}"}))
+    if settings.otel_exporter_otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if settings.spans_file:
+        provider.add_span_processor(
+            BatchSpanProcessor(JsonlSpanExporter(settings.spans_file), schedule_delay_millis=200)
+        )
+    trace.set_tracer_provider(provider)
+    _instrument()
+    _provider = provider
+    return provider
+
+
+def _instrument() -> None:
+    from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+    from opentelemetry.instrumentation.grpc.filters import health_check, negate
+
+    # Health probes every second would drown the traces that matter.
+    GrpcAioInstrumentorServer(filter_=negate(health_check())).instrument()
+    GrpcAioInstrumentorClient(filter_=negate(health_check())).instrument()
+    AIOKafkaInstrumentor().instrument()
+    AsyncPGInstrumentor().instrument()
+
+
+def shutdown_telemetry() -> None:
+    global _provider
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """For background polling (outbox relay, health probes) that would otherwise be a span per tick."""
+    with suppress_instrumentation():
+        yield
+
+
+def tracer(name: str = "flywheel") -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def read_spans(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out

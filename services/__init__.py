@@ -1,0 +1,1 @@
+"""The five Flywheel services, one package each (run with `python -m services.<name>`)."""

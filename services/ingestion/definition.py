@@ -1,0 +1,13 @@
+"""How the ingestion service is assembled: its API, its event reactions, its tables."""
+
+from pathlib import Path
+
+from flywheel.app import ServiceDefinition
+from services.ingestion import handlers, service
+
+DEFINITION = ServiceDefinition(
+    name="ingestion",
+    register=service.register,
+    handlers=handlers.handlers,
+    migrations=Path(__file__).parent / "migrations",
+)

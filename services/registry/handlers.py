@@ -1,0 +1,10 @@
+"""Event reactions of the registry service: none; it reacts to RPCs and emits events."""
+
+from __future__ import annotations
+
+from flywheel.app import ServiceContext
+from flywheel.bus import Handler
+
+
+def handlers(ctx: ServiceContext) -> dict[str, Handler]:
+    return {}

@@ -1,0 +1,13 @@
+"""How the training service is assembled: its API, its event reactions, its tables."""
+
+from pathlib import Path
+
+from flywheel.app import ServiceDefinition
+from services.training import handlers, service
+
+DEFINITION = ServiceDefinition(
+    name="training",
+    register=service.register,
+    handlers=handlers.handlers,
+    migrations=Path(__file__).parent / "migrations",
+)
