@@ -71,7 +71,7 @@ def run(definition: ServiceDefinition) -> None:
 
 async def _main(definition: ServiceDefinition, settings: Settings) -> int:
     name = definition.name
-    server = GrpcServer(settings, settings.port_for(name))  # binds first: a taken port fails fastest
+    server = GrpcServer(settings, settings.grpc_port or settings.port_for(name))  # binds first: a taken port fails fastest
     pool = await db.connect(
         settings.database_url,
         name,
@@ -104,7 +104,6 @@ async def _main(definition: ServiceDefinition, settings: Settings) -> int:
         jobs: list[Awaitable[None]] = [relay.run()]
         if handlers:
             consumer = EventConsumer(settings, name, pool, producer, handlers)
-            await consumer.start()
             jobs.append(consumer.run())
         jobs += [job(ctx) for job in definition.background]
 

@@ -33,14 +33,21 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_enable_idempotence: bool = False  # the embedded broker (tansu) lacks it
-    kafka_partitions: int = 3
+    # tansu auto-creates a topic it is asked about with 4 partitions; matching that keeps partition
+    # counts stable when its memory storage is wiped by a restart (clients assume they never shrink).
+    kafka_partitions: int = 4
     kafka_replication_factor: int = 1
     consumer_max_attempts: int = 5
     consumer_backoff_s: float = 0.1
     consumer_backoff_max_s: float = 2.0
     outbox_poll_s: float = 0.5
+    # Group timings: tansu holds a join for the rebalance timeout, so keep it short for fast starts.
+    consumer_session_timeout_ms: int = 6000
+    consumer_heartbeat_ms: int = 1000
+    consumer_rebalance_timeout_ms: int = 3000
 
     grpc_host: str = "127.0.0.1"
+    grpc_port: int | None = None  # overrides this process's own port (containers, test harnesses)
     grpc_max_message_mb: int = 64
     grpc_grace_s: float = 10.0
     ingestion_port: int = DEFAULT_PORTS["ingestion"]

@@ -67,17 +67,26 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=5_000,  # notice recreated topics quickly after a broker restart
+            session_timeout_ms=settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms=settings.consumer_heartbeat_ms,
+            rebalance_timeout_ms=settings.consumer_rebalance_timeout_ms,
         )
         self.processed = 0
         self.dead_lettered = 0
-
-    async def start(self) -> None:
-        await self._consumer.start()
 
     async def stop(self) -> None:
         await self._consumer.stop()
 
     async def run(self) -> None:
+        """Join the group (in the background of a SERVING process: joins can take seconds) and consume."""
+        while True:
+            try:
+                await self._consumer.start()
+                break
+            except KafkaError as exc:
+                log.warning("consumer: cannot join group yet, will retry", error=repr(exc))
+                await asyncio.sleep(1.0)
+        log.info("consumer: joined group", group=self.name)
         while True:
             try:
                 batches = await self._consumer.getmany(timeout_ms=500, max_records=100)

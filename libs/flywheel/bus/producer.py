@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
 from aiokafka.errors import KafkaError
 
 from flywheel.config import Settings
@@ -43,9 +44,9 @@ class EventProducer:
         """Queue one record; await the returned future for the broker's ack."""
         return await self._producer.send(topic, value, key=key, headers=list(headers))
 
-    async def send_and_wait(self, topic: str, value: bytes, *, key: bytes | None, headers: Headers) -> None:
+    async def send_and_wait(self, topic: str, value: bytes, *, key: bytes | None, headers: Headers) -> RecordMetadata:
         fut = await self.send(topic, value, key=key, headers=headers)
-        await fut
+        return await fut
 
     async def is_connected(self, timeout_s: float = 2.0) -> bool:
         """A metadata round trip: true only when a broker answers now."""

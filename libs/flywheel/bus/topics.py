@@ -32,6 +32,11 @@ EVENT_TYPES: dict[str, type[Message]] = {
 }
 
 
+def register_event_type(topic: str, cls: type[Message]) -> None:
+    """Extra topics (a deployment's own, or a test harness's) join the registry the consumers decode by."""
+    EVENT_TYPES[topic] = cls
+
+
 def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
@@ -51,11 +56,7 @@ async def ensure_topics(
         missing = [t for t in topics if t not in existing]
         if not missing:
             return []
-        new = [
-            # DLQs need no parallelism; one partition keeps them easy to read in order.
-            NewTopic(t, 1 if t.endswith(".dlq") else partitions, replication_factor)
-            for t in missing
-        ]
+        new = [NewTopic(t, partitions, replication_factor) for t in missing]
         try:
             await admin.create_topics(new)
         except TopicAlreadyExistsError:

