@@ -71,7 +71,9 @@ def run(definition: ServiceDefinition) -> None:
 
 async def _main(definition: ServiceDefinition, settings: Settings) -> int:
     name = definition.name
-    server = GrpcServer(settings, settings.grpc_port or settings.port_for(name))  # binds first: a taken port fails fastest
+    server = GrpcServer(
+        settings, settings.grpc_port or settings.port_for(name)
+    )  # binds first: a taken port fails fastest
     pool = await db.connect(
         settings.database_url,
         name,

@@ -24,7 +24,9 @@ class ChecksumMismatch(InvalidArgument):
 
 
 class ArtifactStore(Protocol):
-    async def put(self, chunks: AsyncIterable[bytes], *, expected_sha256: str | None = None) -> tuple[str, int]:
+    async def put(
+        self, chunks: AsyncIterable[bytes], *, expected_sha256: str | None = None
+    ) -> tuple[str, int]:
         """Store a stream; returns (sha256, size). Storing the same bytes twice is a no-op."""
         ...
 
@@ -53,10 +55,12 @@ class LocalArtifactStore:
     async def exists(self, sha256: str) -> bool:
         return self._path(sha256).exists()
 
-    async def put(self, chunks: AsyncIterable[bytes], *, expected_sha256: str | None = None) -> tuple[str, int]:
+    async def put(
+        self, chunks: AsyncIterable[bytes], *, expected_sha256: str | None = None
+    ) -> tuple[str, int]:
         digest = hashlib.sha256()
         size = 0
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
+        fd, tmp = await asyncio.to_thread(tempfile.mkstemp, dir=self.root, prefix=".upload-")
         try:
             with os.fdopen(fd, "wb") as out:
                 async for chunk in chunks:
@@ -67,13 +71,16 @@ class LocalArtifactStore:
             sha = digest.hexdigest()
             if expected_sha256 and expected_sha256 != sha:
                 raise ChecksumMismatch(f"expected {expected_sha256}, got {sha}", field="sha256")
-            dest = self._path(sha)
-            dest.parent.mkdir(exist_ok=True)
-            os.replace(tmp, dest)  # atomic: readers never see a partial object
+            await asyncio.to_thread(self._publish, Path(tmp), sha)
             return sha, size
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            # Still there only if the upload failed.
+            await asyncio.to_thread(Path(tmp).unlink, missing_ok=True)
+
+    def _publish(self, tmp: Path, sha256: str) -> None:
+        dest = self._path(sha256)
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(tmp, dest)  # atomic: readers never see a partial object
 
     async def put_bytes(self, data: bytes) -> tuple[str, int]:
         async def one() -> AsyncIterator[bytes]:

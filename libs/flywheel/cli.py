@@ -20,14 +20,16 @@ console = Console()
 
 def cmd_up(args: argparse.Namespace) -> int:
     from flywheel.logging import configure_logging
-    from flywheel.stack.up import Stack, read_state
     from flywheel.stack.procs import pid_alive
+    from flywheel.stack.up import Stack, read_state
 
     settings = get_settings()
     configure_logging("stack", settings.log_level)
     existing = read_state(settings.home)
     if existing and pid_alive(existing["supervisor_pid"]):
-        console.print(f"[red]error[/]: a stack is already running (pid {existing['supervisor_pid']}) in {settings.home}")
+        console.print(
+            f"[red]error[/]: a stack is already running (pid {existing['supervisor_pid']}) in {settings.home}"
+        )
         return 1
     stack = Stack(settings)
     try:

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from flywheel.app import ServiceDefinition
+
 from services.ingestion import handlers, service
 
 DEFINITION = ServiceDefinition(

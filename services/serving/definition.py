@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from flywheel.app import ServiceDefinition
+
 from services.serving import handlers, service
 
 DEFINITION = ServiceDefinition(

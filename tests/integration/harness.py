@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 from aiokafka import AIOKafkaConsumer
-
 from flywheel.config import Settings
 from flywheel.stack.procs import free_port
 
@@ -48,7 +47,10 @@ class EchoProcess:
     def start(self, **extra_env: str) -> EchoProcess:
         with self.log_file.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, str(ECHO)], env={**self.env, **extra_env}, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, str(ECHO)],
+                env={**self.env, **extra_env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         wait_for(lambda: serving_sync(self.address), 60, f"echo service {self.name} SERVING")
         return self
@@ -91,7 +93,9 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-async def await_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
+async def await_for(
+    predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1
+) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = await predicate()
@@ -104,7 +108,11 @@ async def await_for(predicate: Callable[[], Any], timeout_s: float, what: str, i
 async def read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, max_s: float = 20.0) -> list[Any]:
     """Every record on `topic` from the start, until nothing new arrives for `idle_s`."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     records: list[Any] = []

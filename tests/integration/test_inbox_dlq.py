@@ -26,7 +26,9 @@ async def test_event_delivered_twice_applies_once(infra, unique):
 
         c = consumer(settings, pool, producer, topic, f"g-{unique}")
         async with running(c.run()):
-            await await_for(lambda: pool.fetchval("SELECT count(*) FROM effects WHERE name = 'later'"), 30, "later")
+            await await_for(
+                lambda: pool.fetchval("SELECT count(*) FROM effects WHERE name = 'later'"), 30, "later"
+            )
         await c.stop()
 
         rows = await pool.fetch("SELECT event_id, name FROM effects ORDER BY name")
@@ -45,7 +47,10 @@ async def test_malformed_payload_goes_to_dlq_and_consumer_keeps_going(infra, uni
         sent = {
             b"bad": await producer.send_and_wait(topic, b"\xff\xfenot a protobuf", key=b"bad", headers=PB),
             b"bad-json": await producer.send_and_wait(
-                topic, b'{"meta": {"event_id": 12', key=b"bad-json", headers=[("content-type", b"application/json")]
+                topic,
+                b'{"meta": {"event_id": 12',
+                key=b"bad-json",
+                headers=[("content-type", b"application/json")],
             ),
         }
         good = events_pb2.Feedback(meta=new_meta("test"), model_name="good")

@@ -7,7 +7,6 @@ import signal
 import asyncpg
 import grpc
 import pytest
-
 from flywheel.bus.topics import dlq_topic
 from flywheel.v1 import events_pb2
 
@@ -68,8 +67,10 @@ async def test_rolled_back_transaction_publishes_nothing(infra, unique, tmp_path
             30,
             "the committed event to be consumed",
         )
-        names = [events_pb2.Feedback.FromString(r.value).model_name for r in await read_topic(
-            infra.broker.bootstrap, topic)]
+        names = [
+            events_pb2.Feedback.FromString(r.value).model_name
+            for r in await read_topic(infra.broker.bootstrap, topic)
+        ]
         assert names == ["kept-1"]
         outbox = await _fetch(infra.dsn, f'SELECT topic FROM "{name}".outbox')
         assert len(outbox) == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import asyncpg
-
 from flywheel.telemetry import read_spans
 
 from .harness import EchoProcess, await_for, emit, wait_for
@@ -14,7 +13,9 @@ from .harness import EchoProcess, await_for, emit, wait_for
 async def test_consumer_span_and_logs_share_the_trace_of_the_grpc_call(infra, unique, tmp_path):
     name, topic = f"echo_{unique}", f"test.trace.{unique}"
     spans_file = tmp_path / "spans.jsonl"
-    echo = EchoProcess(infra.settings(), name, topic, tmp_path / "echo.log", FLYWHEEL_SPANS_FILE=str(spans_file))
+    echo = EchoProcess(
+        infra.settings(), name, topic, tmp_path / "echo.log", FLYWHEEL_SPANS_FILE=str(spans_file)
+    )
     echo.start()
     try:
         event_id = await emit(echo.address, "traced-1")
@@ -22,7 +23,9 @@ async def test_consumer_span_and_logs_share_the_trace_of_the_grpc_call(infra, un
         async def seen() -> list[asyncpg.Record]:
             conn = await asyncpg.connect(infra.dsn)
             try:
-                return await conn.fetch(f'SELECT trace_id FROM "{name}".echo_seen WHERE event_id = $1', event_id)
+                return await conn.fetch(
+                    f'SELECT trace_id FROM "{name}".echo_seen WHERE event_id = $1', event_id
+                )
             finally:
                 await conn.close()
 

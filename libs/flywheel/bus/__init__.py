@@ -12,6 +12,7 @@ __all__ = [
     "Handler",
     "OutboxRelay",
     "Topics",
+    "acknowledge_only",
     "dlq_topic",
     "enqueue",
     "ensure_topics",

@@ -104,7 +104,9 @@ class EventConsumer:
             await self._consumer.commit({tp: offset})
         except KafkaError as exc:
             # Not fatal: the next commit covers it; a redelivery meanwhile is absorbed by the inbox.
-            log.warning("consumer: offset commit failed", error=repr(exc), topic=tp.topic, partition=tp.partition)
+            log.warning(
+                "consumer: offset commit failed", error=repr(exc), topic=tp.topic, partition=tp.partition
+            )
 
     async def _process(self, record: ConsumerRecord) -> None:
         parent = propagate.extract(record.headers, getter=_aiokafka_getter)
@@ -177,7 +179,9 @@ class EventConsumer:
         backoff = self._settings.consumer_backoff_s
         while True:  # the record must not be lost: keep trying until the DLQ has it
             try:
-                await self._producer.send_and_wait(dlq_topic(record.topic), record.value or b"", key=record.key, headers=headers)
+                await self._producer.send_and_wait(
+                    dlq_topic(record.topic), record.value or b"", key=record.key, headers=headers
+                )
                 self.dead_lettered += 1
                 return
             except Exception as dlq_exc:
@@ -201,6 +205,8 @@ def acknowledge_only(reaction: str) -> Handler:
     (so it is consumed once, and lag stays visible) and logged with what will happen to it."""
 
     async def handler(_conn: asyncpg.Connection, event: Message, ctx: EventContext) -> None:
-        log.info("event received", event_type=event.DESCRIPTOR.full_name, key=ctx.key, pending_reaction=reaction)
+        log.info(
+            "event received", event_type=event.DESCRIPTOR.full_name, key=ctx.key, pending_reaction=reaction
+        )
 
     return handler

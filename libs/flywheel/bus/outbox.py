@@ -109,7 +109,9 @@ class OutboxRelay:
             acks = [await self._publish(r) for r in rows]
             await asyncio.wait_for(asyncio.gather(*acks), 30)
             with untraced():
-                await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+                await conn.execute(
+                    "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+                )
         self.published += len(rows)
         return len(rows)
 

@@ -32,17 +32,21 @@ async def migrate(pool: asyncpg.Pool, schema: str, dirs: list[Path]) -> list[str
             r["name"]: r["checksum"]
             for r in await conn.fetch(f'SELECT name, checksum FROM "{schema}".schema_migrations')
         }
-        await conn.execute(f"SET LOCAL search_path TO \"{schema}\", public")
+        await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
         for path in files:
             sql = path.read_text()
             checksum = hashlib.sha256(sql.encode()).hexdigest()
             if path.name in done:
                 if done[path.name] != checksum:
-                    raise StartupError(f"migration {path.name} in schema {schema} changed after it was applied")
+                    raise StartupError(
+                        f"migration {path.name} in schema {schema} changed after it was applied"
+                    )
                 continue
             await conn.execute(sql)
             await conn.execute(
-                f'INSERT INTO "{schema}".schema_migrations (name, checksum) VALUES ($1, $2)', path.name, checksum
+                f'INSERT INTO "{schema}".schema_migrations (name, checksum) VALUES ($1, $2)',
+                path.name,
+                checksum,
             )
             applied_now.append(path.name)
     return applied_now

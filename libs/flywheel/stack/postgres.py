@@ -53,7 +53,16 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._grant(self.data_dir)
         result = subprocess.run(
-            [_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync"],
+            [
+                _bin("initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
             capture_output=True,
             text=True,
             **self._as_user(),
@@ -75,17 +84,23 @@ class EmbeddedPostgres:
         self.proc = subprocess.Popen(
             [
                 _bin("postgres"),
-                "-D", str(self.data_dir),
-                "-p", str(self.port),
-                "-h", "127.0.0.1",
-                "-c", "unix_socket_directories=",
-                "-c", "fsync=off",  # a dev stack: speed over crash safety of the embedded server
-                "-c", "max_connections=200",
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+                "-c",
+                "fsync=off",  # a dev stack: speed over crash safety of the embedded server
+                "-c",
+                "max_connections=200",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
-                start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
             **self._as_user(),
         )
         log.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+import psutil
 
 _PR_SET_PDEATHSIG = 1
 
@@ -67,10 +68,8 @@ def tail(path: Path, lines: int = 5) -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """True for a running process; a zombie (exited, not yet reaped by its parent) counts as gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    return True

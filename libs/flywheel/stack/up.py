@@ -110,9 +110,17 @@ class Stack:
         state: dict[str, Any] = {
             "supervisor_pid": os.getpid(),
             "home": str(self.home),
-            "postgres": {"dsn": self.postgres.dsn(), "pid": self.postgres.proc.pid if self.postgres.proc else None},
-            "broker": {"bootstrap": self.broker.bootstrap, "pid": self.broker.proc.pid if self.broker.proc else None},
-            "services": {n: {"address": self.settings.addr_for(n), "pid": s.pid} for n, s in self.services.items()},
+            "postgres": {
+                "dsn": self.postgres.dsn(),
+                "pid": self.postgres.proc.pid if self.postgres.proc else None,
+            },
+            "broker": {
+                "bootstrap": self.broker.bootstrap,
+                "pid": self.broker.proc.pid if self.broker.proc else None,
+            },
+            "services": {
+                n: {"address": self.settings.addr_for(n), "pid": s.pid} for n, s in self.services.items()
+            },
         }
         tmp = state_file(self.home).with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
