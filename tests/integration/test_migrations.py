@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from flywheel import db
 from flywheel.errors import StartupError
 
@@ -50,7 +49,7 @@ async def test_an_edited_migration_is_refused(infra, unique, tmp_path):
     try:
         await db.migrate(pool, schema, [mig])
         _write(mig, "0001_create.sql", "CREATE TABLE t (id bigint);")
-        with pytest.raises(StartupError, match="0001_create.sql in schema .* changed after it was applied"):
+        with pytest.raises(StartupError, match=r"0001_create\.sql in schema .* changed after it was applied"):
             await db.migrate(pool, schema, [mig])
     finally:
         await pool.close()
