@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -24,6 +26,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from flywheel.config import Settings
 
 _provider: TracerProvider | None = None
+_meter_provider: MeterProvider | None = None
 
 
 class JsonlSpanExporter(SpanExporter):
@@ -71,11 +74,13 @@ def _jsonable(v: Any) -> Any:
 
 
 def setup_telemetry(service: str, settings: Settings) -> TracerProvider:
-    """Install the tracer provider and instrument grpc, aiokafka and asyncpg (once per process)."""
+    """Install tracer and meter providers and instrument grpc, aiokafka and asyncpg (once per process)."""
     global _provider
     if _provider is not None:
         return _provider
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: f"flywheel-{service}"}))
+    resource = Resource.create({SERVICE_NAME: f"flywheel-{service}"})
+    _setup_metrics(resource, settings)
+    provider = TracerProvider(resource=resource)
     if settings.otel_exporter_otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -88,6 +93,28 @@ def setup_telemetry(service: str, settings: Settings) -> TracerProvider:
     _instrument()
     _provider = provider
     return provider
+
+
+def _setup_metrics(resource: Resource, settings: Settings) -> None:
+    """Prometheus endpoint on FLYWHEEL_METRICS_PORT, OTLP push when a collector is configured."""
+    global _meter_provider
+    readers: list[MetricReader] = []
+    if settings.metrics_port:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.grpc_host)
+        readers.append(PrometheusMetricReader())
+    if settings.otel_exporter_otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    _meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    metrics.set_meter_provider(_meter_provider)
+
+
+def meter(name: str = "flywheel") -> metrics.Meter:
+    return metrics.get_meter(name)
 
 
 def _instrument() -> None:
@@ -104,10 +131,13 @@ def _instrument() -> None:
 
 
 def shutdown_telemetry() -> None:
-    global _provider
+    global _provider, _meter_provider
     if _provider is not None:
         _provider.shutdown()
         _provider = None
+    if _meter_provider is not None:
+        _meter_provider.shutdown()
+        _meter_provider = None
 
 
 @contextmanager

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import urllib.request
 
 import asyncpg
+from flywheel.stack.procs import free_port
 from flywheel.telemetry import read_spans
 
 from .harness import EchoProcess, await_for, emit, wait_for
@@ -13,8 +16,14 @@ from .harness import EchoProcess, await_for, emit, wait_for
 async def test_consumer_span_and_logs_share_the_trace_of_the_grpc_call(infra, unique, tmp_path):
     name, topic = f"echo_{unique}", f"test.trace.{unique}"
     spans_file = tmp_path / "spans.jsonl"
+    metrics_port = free_port()
     echo = EchoProcess(
-        infra.settings(), name, topic, tmp_path / "echo.log", FLYWHEEL_SPANS_FILE=str(spans_file)
+        infra.settings(),
+        name,
+        topic,
+        tmp_path / "echo.log",
+        FLYWHEEL_SPANS_FILE=str(spans_file),
+        FLYWHEEL_METRICS_PORT=str(metrics_port),
     )
     echo.start()
     try:
@@ -30,6 +39,7 @@ async def test_consumer_span_and_logs_share_the_trace_of_the_grpc_call(infra, un
                 await conn.close()
 
         handled_trace = (await await_for(seen, 30, "the event to be handled"))[0]["trace_id"]
+        exposition = await asyncio.to_thread(_scrape, metrics_port)
     finally:
         echo.stop()  # flushes the span processor
 
@@ -51,7 +61,18 @@ async def test_consumer_span_and_logs_share_the_trace_of_the_grpc_call(infra, un
     assert any(n.startswith("outbox publish") for n in chain), chain
     assert any("send" in n for n in chain), chain  # the aiokafka producer span carried the context
 
+    # The same hop is counted on the Prometheus endpoint.
+    samples = {line.split("{")[0]: line for line in exposition.splitlines() if not line.startswith("#")}
+    assert any(k.startswith("flywheel_outbox_published") for k in samples), exposition
+    processed = [v for k, v in samples.items() if k.startswith("flywheel_consumer_processed")]
+    assert processed and f'topic="{topic}"' in processed[0] and processed[0].endswith(" 1.0"), processed
+
     handled_logs = [json.loads(line) for line in echo.log_lines() if '"echo handled"' in line]
     assert len(handled_logs) == 1
     assert handled_logs[0]["trace_id"] == trace_id
     assert handled_logs[0]["event_id"] == event_id and handled_logs[0]["service"] == name
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()

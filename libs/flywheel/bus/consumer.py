@@ -8,7 +8,8 @@ stops a consumer. Offsets are committed only after the handler's transaction com
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import asyncpg
@@ -17,12 +18,14 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from google.protobuf.message import Message
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.aiokafka.utils import _aiokafka_getter
 
 from flywheel.config import Settings
 from flywheel.logging import get_logger
 from flywheel.telemetry import tracer
 
+from . import metrics
 from .producer import EventProducer
 from .serde import CONTENT_JSON, MalformedEvent, decode, header
 from .topics import EVENT_TYPES, dlq_topic
@@ -73,6 +76,17 @@ class EventConsumer:
         )
         self.processed = 0
         self.dead_lettered = 0
+        self._next_offsets: dict[TopicPartition, int] = {}
+        metrics.register_lag_source(self._lag)
+
+    def _lag(self) -> Iterable[tuple[dict[str, str | int], int]]:
+        for tp, position in list(self._next_offsets.items()):
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                yield (
+                    {"group": self.name, "topic": tp.topic, "partition": tp.partition},
+                    max(high - position, 0),
+                )
 
     async def stop(self) -> None:
         await self._consumer.stop()
@@ -97,6 +111,7 @@ class EventConsumer:
             for tp, records in batches.items():
                 for record in records:
                     await self._process(record)
+                self._next_offsets[tp] = records[-1].offset + 1
                 await self._commit(tp, records[-1].offset + 1)
 
     async def _commit(self, tp: TopicPartition, offset: int) -> None:
@@ -110,6 +125,14 @@ class EventConsumer:
 
     async def _process(self, record: ConsumerRecord) -> None:
         parent = propagate.extract(record.headers, getter=_aiokafka_getter)
+        started = time.perf_counter()
+        try:
+            await self._attempts(record, parent)
+        finally:
+            handler_attrs = {"group": self.name, "topic": record.topic}
+            metrics.handler_duration.record(time.perf_counter() - started, handler_attrs)
+
+    async def _attempts(self, record: ConsumerRecord, parent: Context) -> None:
         attempt = 0
         while True:
             attempt += 1
@@ -125,6 +148,7 @@ class EventConsumer:
                 try:
                     await self._handle(record)
                     self.processed += 1
+                    metrics.consumer_processed.add(1, {"group": self.name, "topic": record.topic})
                     return
                 except Exception as exc:
                     span.record_exception(exc)
@@ -134,6 +158,7 @@ class EventConsumer:
                         await self._dead_letter(record, exc, attempt)
                         return
                     log.warning("consumer: handler failed, will retry", error=repr(exc), attempt=attempt)
+                    metrics.consumer_retries.add(1, {"group": self.name, "topic": record.topic})
             delay = self._settings.consumer_backoff_s * 2 ** (attempt - 1)
             await asyncio.sleep(min(delay, self._settings.consumer_backoff_max_s))
 
@@ -160,6 +185,7 @@ class EventConsumer:
                 )
                 if not fresh:
                     log.info("consumer: duplicate event skipped")
+                    metrics.consumer_duplicates.add(1, {"group": self.name, "topic": record.topic})
                     return
                 await self._handlers[record.topic](conn, event, ctx)
         finally:
@@ -183,6 +209,7 @@ class EventConsumer:
                     dlq_topic(record.topic), record.value or b"", key=record.key, headers=headers
                 )
                 self.dead_lettered += 1
+                metrics.consumer_dead_lettered.add(1, {"group": self.name, "topic": record.topic})
                 return
             except Exception as dlq_exc:
                 log.warning("consumer: DLQ publish failed, will retry", error=repr(dlq_exc))

@@ -18,6 +18,7 @@ from flywheel.config import Settings
 from flywheel.logging import get_logger
 from flywheel.telemetry import tracer, untraced
 
+from . import metrics
 from .producer import EventProducer
 from .serde import CONTENT_PROTOBUF, event_type_name
 from .topics import all_topics, ensure_topics
@@ -113,6 +114,8 @@ class OutboxRelay:
                     "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
                 )
         self.published += len(rows)
+        for r in rows:
+            metrics.outbox_published.add(1, {"topic": r["topic"]})
         return len(rows)
 
     async def _publish(self, row: asyncpg.Record) -> asyncio.Future:

@@ -70,14 +70,20 @@ class Stack:
         self._create_topics()
         console.print(f"  kafka      {self.broker.bootstrap}")
         env = self.service_env()
-        for name in SERVICES:
-            svc = SupervisedService(name, env, self.logs / f"{name}.log")
+        for i, name in enumerate(SERVICES):
+            own = dict(env)
+            if self.settings.metrics_port:  # a base port: one Prometheus endpoint per service
+                own["FLYWHEEL_METRICS_PORT"] = str(self.settings.metrics_port + i)
+            svc = SupervisedService(name, own, self.logs / f"{name}.log")
             svc.start()
             self.services[name] = svc
         self.write_state()
         self._await_healthy(wait_s)
-        for name in SERVICES:
-            console.print(f"  {name:<10} grpc://{self.settings.addr_for(name)}")
+        for i, name in enumerate(SERVICES):
+            line = f"  {name:<10} grpc://{self.settings.addr_for(name)}"
+            if self.settings.metrics_port:
+                line += f"  metrics http://127.0.0.1:{self.settings.metrics_port + i}/metrics"
+            console.print(line)
         console.print(f"  traces     {self.home / 'spans.jsonl'}  (flywheel traces)")
         console.print("[green]ready[/]: Ctrl-C or `flywheel down` stops everything")
 

@@ -1,0 +1,50 @@
+"""Bus instruments (OpenTelemetry metrics; exported by Prometheus and/or OTLP per telemetry setup)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from flywheel.telemetry import meter
+
+_meter = meter("flywheel.bus")
+
+outbox_published = _meter.create_counter(
+    "flywheel.outbox.published", unit="{event}", description="Outbox rows published to Kafka"
+)
+consumer_processed = _meter.create_counter(
+    "flywheel.consumer.processed", unit="{event}", description="Events handled (duplicates included)"
+)
+consumer_duplicates = _meter.create_counter(
+    "flywheel.consumer.duplicates", unit="{event}", description="Redelivered events the inbox skipped"
+)
+consumer_retries = _meter.create_counter(
+    "flywheel.consumer.retries", unit="{attempt}", description="Handler attempts that failed and were retried"
+)
+consumer_dead_lettered = _meter.create_counter(
+    "flywheel.consumer.dead_lettered", unit="{event}", description="Events sent to <topic>.dlq"
+)
+handler_duration = _meter.create_histogram(
+    "flywheel.consumer.handler.duration", unit="s", description="Time to handle one event, retries included"
+)
+
+_lag_sources: list[Callable[[], Iterable[tuple[dict[str, str | int], int]]]] = []
+
+
+def register_lag_source(source: Callable[[], Iterable[tuple[dict[str, str | int], int]]]) -> None:
+    _lag_sources.append(source)
+
+
+def _observe_lag(_: CallbackOptions) -> Iterable[Observation]:
+    for source in _lag_sources:
+        for attributes, lag in source():
+            yield Observation(lag, attributes)
+
+
+_meter.create_observable_gauge(
+    "flywheel.consumer.lag",
+    callbacks=[_observe_lag],
+    unit="{message}",
+    description="High-water mark minus position",
+)
