@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from flywheel.config import Settings
 from flywheel.db import ensure_database
 from flywheel.stack.broker import EmbeddedBroker

@@ -1,5 +1,4 @@
 from flywheel.app import run
-
 from services.monitoring.definition import DEFINITION
 
 if __name__ == "__main__":

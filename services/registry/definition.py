@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from flywheel.app import ServiceDefinition
-
 from services.registry import handlers, service
 
 DEFINITION = ServiceDefinition(

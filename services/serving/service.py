@@ -4,12 +4,13 @@ servicer base tritonclient ships, and ServingAdmin. RPCs not built yet answer UN
 from __future__ import annotations
 
 import grpc
-from flywheel.app import ServiceContext
-from flywheel.grpc import GrpcServer
-from flywheel.v1 import serving_pb2, serving_pb2_grpc
 from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2 as oip_pb2
 from tritonclient.grpc import service_pb2_grpc as oip_pb2_grpc
+
+from flywheel.app import ServiceContext
+from flywheel.grpc import GrpcServer
+from flywheel.v1 import serving_pb2, serving_pb2_grpc
 
 
 class InferenceService(oip_pb2_grpc.GRPCInferenceServiceServicer):

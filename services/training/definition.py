@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from flywheel.app import ServiceDefinition
-
 from services.training import handlers, service
 
 DEFINITION = ServiceDefinition(

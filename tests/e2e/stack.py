@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from flywheel.config import SERVICES
 from flywheel.stack.procs import free_port
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from flywheel.config import SERVICES
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from flywheel.config import SERVICES
 
 from .stack import UpProcess
 

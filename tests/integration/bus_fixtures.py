@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable
 
 import asyncpg
+
 from flywheel import db
 from flywheel.bus import EventConsumer, EventProducer, Handler, OutboxRelay, ensure_topics
 from flywheel.bus.topics import dlq_topic, register_event_type

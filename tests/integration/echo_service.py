@@ -17,6 +17,9 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+from google.protobuf.message import Message
+from opentelemetry import trace
+
 from flywheel.app import ServiceContext, ServiceDefinition, run
 from flywheel.bus import EventContext, enqueue
 from flywheel.bus.serde import new_meta
@@ -25,8 +28,6 @@ from flywheel.errors import InvalidArgument
 from flywheel.grpc import GrpcServer
 from flywheel.logging import get_logger
 from flywheel.v1 import events_pb2
-from google.protobuf.message import Message
-from opentelemetry import trace
 
 TOPIC = os.environ["ECHO_TOPIC"]
 register_event_type(TOPIC, events_pb2.Feedback)

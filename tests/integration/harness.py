@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from aiokafka import AIOKafkaConsumer
+
 from flywheel.config import Settings
 from flywheel.stack.procs import free_port
 

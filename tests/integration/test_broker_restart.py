@@ -4,6 +4,7 @@ to the outbox while the broker was away are delivered once it is back."""
 from __future__ import annotations
 
 import pytest
+
 from flywheel.bus import enqueue
 from flywheel.bus.serde import new_meta
 from flywheel.stack.broker import EmbeddedBroker

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from flywheel import db
 from flywheel.errors import StartupError
 

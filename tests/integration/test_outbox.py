@@ -7,6 +7,7 @@ import signal
 import asyncpg
 import grpc
 import pytest
+
 from flywheel.bus.topics import dlq_topic
 from flywheel.v1 import events_pb2
 

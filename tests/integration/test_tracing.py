@@ -7,6 +7,7 @@ import json
 import urllib.request
 
 import asyncpg
+
 from flywheel.stack.procs import free_port
 from flywheel.telemetry import read_spans
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from flywheel.artifacts import ChecksumMismatch, LocalArtifactStore
 from flywheel.errors import InvalidArgument, NotFound
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from flywheel import errors
 from flywheel.config import Settings
 from flywheel.grpc import GrpcServer, status_for

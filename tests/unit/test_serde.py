@@ -4,6 +4,7 @@ import json
 import uuid
 
 import pytest
+
 from flywheel.bus.serde import CONTENT_JSON, CONTENT_PROTOBUF, MalformedEvent, decode, header, new_meta
 from flywheel.v1 import events_pb2
 

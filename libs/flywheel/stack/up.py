@@ -84,7 +84,7 @@ class Stack:
             if self.settings.metrics_port:
                 line += f"  metrics http://127.0.0.1:{self.settings.metrics_port + i}/metrics"
             console.print(line)
-        console.print(f"  traces     {self.home / 'spans.jsonl'}  (flywheel traces)")
+        console.print(f"  traces     {self.home / 'spans.jsonl'}")
         console.print("[green]ready[/]: Ctrl-C or `flywheel down` stops everything")
 
     def _create_topics(self) -> None:

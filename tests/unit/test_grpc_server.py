@@ -1,0 +1,88 @@
+"""Server bootstrap: health starts NOT_SERVING and follows readiness; stop drains calls in flight;
+message size limits are enforced with RESOURCE_EXHAUSTED."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flywheel.config import Settings
+from flywheel.grpc import GrpcServer
+from flywheel.stack.procs import free_port
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _server(**settings: object) -> GrpcServer:
+    server = GrpcServer(Settings(**settings), free_port())  # type: ignore[arg-type]
+
+    async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(0.5)
+        return b"done:" + request[:10]
+
+    server.server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("t.T", {"Slow": grpc.unary_unary_rpc_method_handler(slow)}),)
+    )
+    server.add_services(["t.T"])
+    return server
+
+
+async def _health(channel: grpc.aio.Channel, service: str = "") -> int:
+    resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return resp.status
+
+
+async def test_health_follows_readiness_checks():
+    server = _server()
+    await server.start()
+    ready = asyncio.Event()
+
+    async def check() -> bool:
+        return ready.is_set()
+
+    watcher = asyncio.create_task(server.watch_readiness([check], interval_s=0.05))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            assert await _health(channel) == NOT_SERVING
+            ready.set()
+            await asyncio.sleep(0.2)
+            assert await _health(channel) == SERVING and await _health(channel, "t.T") == SERVING
+            ready.clear()
+            await asyncio.sleep(0.2)
+            assert await _health(channel) == NOT_SERVING
+    finally:
+        watcher.cancel()
+        await server.stop()
+
+
+async def test_stop_drains_calls_in_flight():
+    server = _server(grpc_grace_s=5.0)
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = asyncio.ensure_future(channel.unary_unary("/t.T/Slow")(b"inflight"))
+        await asyncio.sleep(0.1)  # the call is now running on the server
+        await server.stop()
+        assert await call == b"done:inflight"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as after:
+            await channel.unary_unary("/t.T/Slow")(b"late", timeout=2)
+        assert after.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_oversized_request_is_resource_exhausted():
+    server = _server(grpc_max_message_mb=1)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}", options=[("grpc.max_send_message_length", 8 * 1024 * 1024)]
+        ) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/t.T/Slow")(b"x" * (2 * 1024 * 1024), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert await channel.unary_unary("/t.T/Slow")(b"small", timeout=5) == b"done:small"
+    finally:
+        await server.stop()
