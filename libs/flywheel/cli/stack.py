@@ -1,4 +1,4 @@
-"""`flywheel` command line: the embedded stack (up, down, status) and, later, the APIs."""
+"""`flywheel up|down|status`: the embedded stack."""
 
 from __future__ import annotations
 
@@ -77,9 +77,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if all(ok for _, _, ok in rows) else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flywheel", description="Flywheel: the event-driven MLOps suite")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_commands(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="start the embedded stack (PostgreSQL, Kafka broker, five services)")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the embedded stack started by `flywheel up`")
@@ -87,13 +85,3 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=cmd_down)
     st = sub.add_parser("status", help="health of every component; exit 0 only when all are healthy")
     st.set_defaults(func=cmd_status)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
-
-
-if __name__ == "__main__":
-    main()
