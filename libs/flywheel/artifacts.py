@@ -24,9 +24,7 @@ class ChecksumMismatch(InvalidArgument):
 
 
 class ArtifactStore(Protocol):
-    async def put(
-        self, chunks: AsyncIterable[bytes], *, expected_sha256: str | None = None
-    ) -> tuple[str, int]:
+    async def put(self, chunks: AsyncIterable[bytes], *, expected_sha256: str | None = None) -> tuple[str, int]:
         """Store a stream; returns (sha256, size). Storing the same bytes twice is a no-op."""
         ...
 
@@ -55,9 +53,7 @@ class LocalArtifactStore:
     async def exists(self, sha256: str) -> bool:
         return self._path(sha256).exists()
 
-    async def put(
-        self, chunks: AsyncIterable[bytes], *, expected_sha256: str | None = None
-    ) -> tuple[str, int]:
+    async def put(self, chunks: AsyncIterable[bytes], *, expected_sha256: str | None = None) -> tuple[str, int]:
         digest = hashlib.sha256()
         size = 0
         fd, tmp = await asyncio.to_thread(tempfile.mkstemp, dir=self.root, prefix=".upload-")

@@ -70,9 +70,7 @@ class Settings(BaseSettings):
     pg_port: int = 55432
     broker_port: int = 19092
 
-    otel_exporter_otlp_endpoint: str | None = Field(
-        default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
+    otel_exporter_otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
 
     def port_for(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))

@@ -1,14 +1,77 @@
-"""Event reactions of the ingestion service."""
+"""Event reactions of the ingestion service.
+
+`flywheel.ingest.records` is micro-batched per dataset (the record key) into versions by the
+dataset's policy; offsets commit with the version. JSON values may be one row object, a list of
+rows, or {"rows": [...]} (values without a content-type header are read as JSON); values with
+content-type application/x-protobuf are `IngestRecords`. A batch the dataset's policy
+rejects, or that names no dataset, goes to the DLQ with the reason.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from google.protobuf import json_format
+
 from flywheel.app import ServiceContext
-from flywheel.bus import Handler, Topics
-from flywheel.bus.consumer import acknowledge_only
+from flywheel.bus import BatchConsumer, Handler, RejectBatch, Topics, acknowledge_only
+from flywheel.bus.serde import CONTENT_PROTOBUF, MalformedEvent, decode, header
+from flywheel.errors import FlywheelError
+from flywheel.v1 import common_pb2, events_pb2
+from services.ingestion import datasets, store
+from services.ingestion.tables import rows_to_table
+from services.ingestion.writer import write_version
 
 
 def handlers(ctx: ServiceContext) -> dict[str, Handler]:
-    return {
-        Topics.INGEST_RECORDS: acknowledge_only("micro-batch into a dataset version (issue 4)"),
-        Topics.FEEDBACK: acknowledge_only("append labelled rows to opted-in datasets (issue 6)"),
-    }
+    return {Topics.FEEDBACK: acknowledge_only("append labelled rows to opted-in datasets (issue 6)")}
+
+
+def decode_rows(record: ConsumerRecord) -> list[dict[str, Any]]:
+    if not record.key:
+        raise MalformedEvent("records must be keyed by dataset name")
+    # Outside producers rarely set headers: anything not declared protobuf is read as JSON.
+    if not (header(record.headers, "content-type") or "").startswith(CONTENT_PROTOBUF):
+        try:
+            value = json.loads(record.value or b"")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MalformedEvent(f"not JSON: {exc}") from exc
+        rows = value.get("rows") if isinstance(value, dict) and "rows" in value else value
+        rows = [rows] if isinstance(rows, dict) else rows
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise MalformedEvent('expected a row object, a list of rows, or {"rows": [...]}')
+        return rows
+    msg = decode(events_pb2.IngestRecords, record.value, record.headers)
+    return [json_format.MessageToDict(r) for r in msg.rows]  # type: ignore[attr-defined]
+
+
+def records_consumer(ctx: ServiceContext) -> BatchConsumer:
+    policies: dict[str, tuple[int, float]] = {}
+
+    async def on_batch(conn: asyncpg.Connection, dataset: str, batches: list[list[dict[str, Any]]]) -> None:
+        rows = [row for batch in batches for row in batch]
+        try:
+            ds = await store.get_dataset(conn, dataset)
+            policies[dataset] = datasets.micro_batch(ds)
+            raw = rows_to_table(rows, ds.schema)
+            await write_version(ctx, dataset, raw, common_pb2.WRITE_MODE_APPEND, "kafka", conn=conn)
+        except FlywheelError as exc:
+            raise RejectBatch(str(exc)) from exc
+
+    def policy(dataset: str) -> tuple[int, float]:
+        return policies.get(dataset, (datasets.DEFAULT_MAX_ROWS, datasets.DEFAULT_MAX_WAIT_S))
+
+    return BatchConsumer(
+        ctx.settings, ctx.name, ctx.pool, ctx.producer, Topics.INGEST_RECORDS, decode_rows, on_batch, policy
+    )
+
+
+async def run_records_consumer(ctx: ServiceContext) -> None:
+    consumer = records_consumer(ctx)
+    try:
+        await consumer.run()
+    finally:
+        await consumer.stop()

@@ -1,15 +1,200 @@
-"""gRPC surface of the ingestion service. RPCs not built yet answer UNIMPLEMENTED (the generated base)."""
+"""gRPC surface of the ingestion service: datasets, ingest (stream or URI), versions, reads."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
 from flywheel.app import ServiceContext
+from flywheel.errors import AlreadyExists, InvalidArgument, NotFound
 from flywheel.grpc import GrpcServer
-from flywheel.v1 import ingestion_pb2, ingestion_pb2_grpc
+from flywheel.paging import decode_token, next_token, page_size
+from flywheel.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
+from services.ingestion import datasets, store
+from services.ingestion.tables import read_arrow_ipc, read_csv, read_parquet
+from services.ingestion.versioning import SPLIT_COLUMN
+from services.ingestion.writer import write_version
+
+DEFAULT_READ_BATCH = 10_000
+SPLIT_NAMES = {common_pb2.SPLIT_TRAIN: "train", common_pb2.SPLIT_TEST: "test"}
 
 
 class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
+        self._pool = ctx.pool
+
+    async def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
+        ds = datasets.check_dataset(ingestion_pb2.Dataset.FromString(request.dataset.SerializeToString()))
+        ds.ClearField("create_time")
+        ds.latest_version = 0
+        async with self._pool.acquire() as conn:
+            try:
+                await conn.execute("INSERT INTO datasets (name, spec) VALUES ($1, $2)", ds.name, ds.SerializeToString())
+            except asyncpg.UniqueViolationError:
+                raise AlreadyExists(f"dataset {ds.name!r} already exists", field="dataset.name") from None
+            return ingestion_pb2.CreateDatasetResponse(dataset=await store.get_dataset(conn, ds.name))
+
+    async def GetDataset(self, request, context):  # type: ignore[no-untyped-def]
+        async with self._pool.acquire() as conn:
+            return ingestion_pb2.GetDatasetResponse(dataset=await store.get_dataset(conn, request.name))
+
+    async def ListDatasets(self, request, context):  # type: ignore[no-untyped-def]
+        size, offset = page_size(request.page_size), decode_token(request.page_token)
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT d.spec, d.created_at, coalesce(max(v.version), 0) AS latest FROM datasets d"
+                " LEFT JOIN dataset_versions v ON v.dataset = d.name GROUP BY d.name ORDER BY d.name"
+                " LIMIT $1 OFFSET $2",
+                size,
+                offset,
+            )
+        return ingestion_pb2.ListDatasetsResponse(
+            datasets=[store.to_dataset(r) for r in rows], next_page_token=next_token(offset, size, len(rows))
+        )
+
+    async def IngestDataset(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        it = request_iterator.__aiter__()
+        try:
+            first = await it.__anext__()
+        except StopAsyncIteration:
+            raise InvalidArgument("empty stream; send a header first", field="header") from None
+        if first.WhichOneof("payload") != "header":
+            raise InvalidArgument("the first message must be the header", field="header")
+        header = first.header
+        async with self._pool.acquire() as conn:
+            ds = await store.get_dataset(conn, header.dataset)
+        parts: list[bytes] = []
+        async for msg in it:
+            if msg.WhichOneof("payload") != "chunk":
+                raise InvalidArgument("only chunks may follow the header", field="chunk")
+            parts.append(msg.chunk)
+        data = b"".join(parts)
+        if not data:
+            raise InvalidArgument("no data after the header", field="chunk")
+        fmt = header.format or ingestion_pb2.DATA_FORMAT_CSV
+        raw = await asyncio.to_thread(_parse, data, fmt, ds.schema, header.csv_delimiter or ",")
+        result = await write_version(self._ctx, header.dataset, raw, header.mode, "stream")
+        return ingestion_pb2.IngestDatasetResponse(version=result.version, created=result.created, stats=result.stats)
+
+    async def IngestFromUri(self, request, context):  # type: ignore[no-untyped-def]
+        async with self._pool.acquire() as conn:
+            ds = await store.get_dataset(conn, request.dataset)
+        if request.uri.startswith("sha256:"):
+            data = await self._ctx.artifacts.get_bytes(request.uri.removeprefix("sha256:"))
+            path = Path(request.uri)
+        else:
+            parts = urlsplit(request.uri)
+            if parts.scheme not in ("", "file"):
+                raise InvalidArgument(f"unsupported scheme {parts.scheme!r}; use a path or file://", field="uri")
+            path = Path(parts.path if parts.scheme else request.uri)
+            if not await asyncio.to_thread(path.is_file):
+                raise NotFound(f"no file at {path}", field="uri")
+            data = await asyncio.to_thread(path.read_bytes)
+        fmt = request.format or _format_from_suffix(path.suffix)
+        raw = await asyncio.to_thread(_parse, data, fmt, ds.schema, ",")
+        result = await write_version(self._ctx, request.dataset, raw, request.mode, f"uri:{request.uri}")
+        return ingestion_pb2.IngestFromUriResponse(version=result.version, created=result.created, stats=result.stats)
+
+    async def GetDatasetVersion(self, request, context):  # type: ignore[no-untyped-def]
+        async with self._pool.acquire() as conn:
+            row = await store.get_version(conn, request.dataset, request.version)
+        return ingestion_pb2.GetDatasetVersionResponse(version=store.to_version(row))
+
+    async def ListDatasetVersions(self, request, context):  # type: ignore[no-untyped-def]
+        size, offset = page_size(request.page_size), decode_token(request.page_token)
+        async with self._pool.acquire() as conn:
+            await store.get_dataset(conn, request.dataset)
+            rows = await conn.fetch(
+                f"SELECT {store.VERSION_COLUMNS} FROM dataset_versions WHERE dataset = $1"
+                " ORDER BY version DESC LIMIT $2 OFFSET $3",
+                request.dataset,
+                size,
+                offset,
+            )
+        return ingestion_pb2.ListDatasetVersionsResponse(
+            versions=[store.to_version(r) for r in rows], next_page_token=next_token(offset, size, len(rows))
+        )
+
+    async def ReadDatasetVersion(self, request, context) -> AsyncIterator[ingestion_pb2.ReadDatasetVersionResponse]:  # type: ignore[no-untyped-def]
+        async with self._pool.acquire() as conn:
+            row = await store.get_version(conn, request.dataset, request.version)
+        ref = store.to_version(row).ref
+        table = read_parquet(await self._ctx.artifacts.get_bytes(row["data_sha"]))
+        table = await asyncio.to_thread(_select, table, request.split, list(request.columns))
+        batch_rows = request.batch_rows or DEFAULT_READ_BATCH
+        if batch_rows < 0:
+            raise InvalidArgument("must be >= 0", field="batch_rows")
+        fmt = request.format or ingestion_pb2.DATA_FORMAT_ARROW_IPC
+        if fmt not in (ingestion_pb2.DATA_FORMAT_ARROW_IPC, ingestion_pb2.DATA_FORMAT_CSV):
+            raise InvalidArgument("ARROW_IPC or CSV", field="format")
+        first = True
+        for batch in table.to_batches(max_chunksize=batch_rows) or [pa.record_batch([], schema=table.schema)]:
+            data = await asyncio.to_thread(_encode, batch, fmt, first)
+            msg = ingestion_pb2.ReadDatasetVersionResponse(data=data, rows=batch.num_rows)
+            if first:
+                msg.ref.CopyFrom(ref)
+                first = False
+            yield msg
+
+
+def _parse(data: bytes, fmt: int, schema: common_pb2.Schema, delimiter: str) -> pa.Table:
+    if fmt == ingestion_pb2.DATA_FORMAT_CSV:
+        return read_csv(data, schema, delimiter)
+    if fmt == ingestion_pb2.DATA_FORMAT_ARROW_IPC:
+        return read_arrow_ipc(data, schema)
+    if fmt == ingestion_pb2.DATA_FORMAT_PARQUET:
+        return read_arrow_ipc(_parquet_as_ipc(data), schema)
+    raise InvalidArgument("CSV, ARROW_IPC or PARQUET", field="format")
+
+
+def _parquet_as_ipc(data: bytes) -> bytes:
+    table = read_parquet(data)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _format_from_suffix(suffix: str) -> int:
+    formats = {
+        ".csv": ingestion_pb2.DATA_FORMAT_CSV,
+        ".arrow": ingestion_pb2.DATA_FORMAT_ARROW_IPC,
+        ".arrows": ingestion_pb2.DATA_FORMAT_ARROW_IPC,
+        ".parquet": ingestion_pb2.DATA_FORMAT_PARQUET,
+    }
+    if suffix.lower() not in formats:
+        raise InvalidArgument(f"cannot infer the format from {suffix!r}; set format", field="format")
+    return formats[suffix.lower()]
+
+
+def _select(table: pa.Table, split: int, columns: list[str]) -> pa.Table:
+    if split:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.equal(table[SPLIT_COLUMN], SPLIT_NAMES[split]))
+    if columns:
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise InvalidArgument(f"unknown columns {missing}", field="columns")
+        table = table.select(columns)
+    return table
+
+
+def _encode(batch: pa.RecordBatch, fmt: int, header: bool) -> bytes:
+    sink = pa.BufferOutputStream()
+    if fmt == ingestion_pb2.DATA_FORMAT_CSV:
+        pacsv.write_csv(pa.Table.from_batches([batch]), sink, pacsv.WriteOptions(include_header=header))
+    else:
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:

@@ -9,8 +9,6 @@ from flywheel.bus.consumer import acknowledge_only
 
 def handlers(ctx: ServiceContext) -> dict[str, Handler]:
     return {
-        Topics.MODEL_REGISTERED: acknowledge_only(
-            "load into a staging slot and run staging checks (issue 5)"
-        ),
+        Topics.MODEL_REGISTERED: acknowledge_only("load into a staging slot and run staging checks (issue 5)"),
         Topics.MODEL_PROMOTED: acknowledge_only("warm the new version and swap atomically (issue 5)"),
     }

@@ -31,15 +31,17 @@ class UpProcess:
         self.output = home / "up.out"
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.env['FLYWHEEL_BROKER_PORT']}"
+
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
 
     def start(self, timeout_s: float = 120) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         with self.output.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [str(FLYWHEEL), "up"], env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen([str(FLYWHEEL), "up"], env=self.env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if "ready" in self.output.read_text(errors="replace"):
@@ -50,9 +52,7 @@ class UpProcess:
         raise AssertionError(f"flywheel up not ready after {timeout_s}s:\n{self.output.read_text()}")
 
     def cli(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(FLYWHEEL), *args], env=self.env, capture_output=True, text=True, timeout=timeout_s
-        )
+        return subprocess.run([str(FLYWHEEL), *args], env=self.env, capture_output=True, text=True, timeout=timeout_s)
 
     def descendants(self) -> list[psutil.Process]:
         """Every process that belongs to this stack: children of `flywheel up`, or using its home."""

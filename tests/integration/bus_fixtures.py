@@ -52,16 +52,12 @@ async def running(*jobs: Awaitable[None]) -> AsyncIterator[None]:
 
 def record_effect() -> Handler:
     async def handler(conn: asyncpg.Connection, event, ctx) -> None:  # type: ignore[no-untyped-def]
-        await conn.execute(
-            "INSERT INTO effects (event_id, name) VALUES ($1, $2)", ctx.event_id, event.model_name
-        )
+        await conn.execute("INSERT INTO effects (event_id, name) VALUES ($1, $2)", ctx.event_id, event.model_name)
 
     return handler
 
 
-def consumer(
-    settings: Settings, pool: asyncpg.Pool, producer: EventProducer, topic: str, group: str
-) -> EventConsumer:
+def consumer(settings: Settings, pool: asyncpg.Pool, producer: EventProducer, topic: str, group: str) -> EventConsumer:
     return EventConsumer(settings, "test", pool, producer, {topic: record_effect()}, group_id=group)
 
 

@@ -94,9 +94,7 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-async def await_for(
-    predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1
-) -> Any:
+async def await_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = await predicate()

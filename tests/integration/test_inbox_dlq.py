@@ -26,9 +26,7 @@ async def test_event_delivered_twice_applies_once(infra, unique):
 
         c = consumer(settings, pool, producer, topic, f"g-{unique}")
         async with running(c.run()):
-            await await_for(
-                lambda: pool.fetchval("SELECT count(*) FROM effects WHERE name = 'later'"), 30, "later"
-            )
+            await await_for(lambda: pool.fetchval("SELECT count(*) FROM effects WHERE name = 'later'"), 30, "later")
         await c.stop()
 
         rows = await pool.fetch("SELECT event_id, name FROM effects ORDER BY name")

@@ -69,8 +69,7 @@ async def test_rolled_back_transaction_publishes_nothing(infra, unique, tmp_path
             "the committed event to be consumed",
         )
         names = [
-            events_pb2.Feedback.FromString(r.value).model_name
-            for r in await read_topic(infra.broker.bootstrap, topic)
+            events_pb2.Feedback.FromString(r.value).model_name for r in await read_topic(infra.broker.bootstrap, topic)
         ]
         assert names == ["kept-1"]
         outbox = await _fetch(infra.dsn, f'SELECT topic FROM "{name}".outbox')

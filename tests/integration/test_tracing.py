@@ -33,9 +33,7 @@ async def test_consumer_span_and_logs_share_the_trace_of_the_grpc_call(infra, un
         async def seen() -> list[asyncpg.Record]:
             conn = await asyncpg.connect(infra.dsn)
             try:
-                return await conn.fetch(
-                    f'SELECT trace_id FROM "{name}".echo_seen WHERE event_id = $1', event_id
-                )
+                return await conn.fetch(f'SELECT trace_id FROM "{name}".echo_seen WHERE event_id = $1', event_id)
             finally:
                 await conn.close()
 

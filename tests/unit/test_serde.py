@@ -20,9 +20,7 @@ def test_protobuf_round_trip():
     event = events_pb2.ModelPromoted(meta=new_meta("registry"))
     event.model.name = "churn"
     event.model.version = 3
-    back = decode(
-        events_pb2.ModelPromoted, event.SerializeToString(), [("content-type", CONTENT_PROTOBUF.encode())]
-    )
+    back = decode(events_pb2.ModelPromoted, event.SerializeToString(), [("content-type", CONTENT_PROTOBUF.encode())])
     assert back == event
 
 
@@ -32,9 +30,7 @@ def test_missing_content_type_means_protobuf():
 
 
 def test_json_from_outside_producers_ignores_unknown_fields():
-    payload = json.dumps(
-        {"modelName": "churn", "requestId": "r1", "label": 1, "fieldFromTheFuture": 7}
-    ).encode()
+    payload = json.dumps({"modelName": "churn", "requestId": "r1", "label": 1, "fieldFromTheFuture": 7}).encode()
     event = decode(events_pb2.Feedback, payload, [("content-type", b"application/json; charset=utf-8")])
     assert (event.model_name, event.request_id, event.label.number_value) == ("churn", "r1", 1)
 

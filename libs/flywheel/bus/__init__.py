@@ -1,16 +1,19 @@
 """Kafka plumbing shared by every service: topics, serde, producer, outbox, inbox, consumer, DLQ."""
 
+from flywheel.bus.batch import BatchConsumer, RejectBatch
 from flywheel.bus.consumer import EventConsumer, EventContext, Handler, acknowledge_only
 from flywheel.bus.outbox import OutboxRelay, enqueue
 from flywheel.bus.producer import EventProducer
 from flywheel.bus.topics import Topics, dlq_topic, ensure_topics
 
 __all__ = [
+    "BatchConsumer",
     "EventConsumer",
     "EventContext",
     "EventProducer",
     "Handler",
     "OutboxRelay",
+    "RejectBatch",
     "Topics",
     "acknowledge_only",
     "dlq_topic",

@@ -26,6 +26,7 @@ from flywheel.logging import get_logger
 from flywheel.telemetry import tracer
 
 from . import metrics
+from .dlq import dlq_headers
 from .producer import EventProducer
 from .serde import CONTENT_JSON, MalformedEvent, decode, header
 from .topics import EVENT_TYPES, dlq_topic
@@ -119,9 +120,7 @@ class EventConsumer:
             await self._consumer.commit({tp: offset})
         except KafkaError as exc:
             # Not fatal: the next commit covers it; a redelivery meanwhile is absorbed by the inbox.
-            log.warning(
-                "consumer: offset commit failed", error=repr(exc), topic=tp.topic, partition=tp.partition
-            )
+            log.warning("consumer: offset commit failed", error=repr(exc), topic=tp.topic, partition=tp.partition)
 
     async def _process(self, record: ConsumerRecord) -> None:
         parent = propagate.extract(record.headers, getter=_aiokafka_getter)
@@ -192,16 +191,7 @@ class EventConsumer:
             structlog.contextvars.unbind_contextvars("event_id")
 
     async def _dead_letter(self, record: ConsumerRecord, exc: BaseException, attempts: int) -> None:
-        headers = [
-            *[(k, v) for k, v in record.headers if not k.startswith("error.")],
-            ("error.type", type(exc).__name__.encode()),
-            ("error.message", str(exc)[:2000].encode()),
-            ("error.attempts", str(attempts).encode()),
-            ("error.consumer", self.name.encode()),
-            ("source.topic", record.topic.encode()),
-            ("source.partition", str(record.partition).encode()),
-            ("source.offset", str(record.offset).encode()),
-        ]
+        headers = dlq_headers(record, exc, attempts, self.name)
         backoff = self._settings.consumer_backoff_s
         while True:  # the record must not be lost: keep trying until the DLQ has it
             try:
@@ -232,8 +222,6 @@ def acknowledge_only(reaction: str) -> Handler:
     (so it is consumed once, and lag stays visible) and logged with what will happen to it."""
 
     async def handler(_conn: asyncpg.Connection, event: Message, ctx: EventContext) -> None:
-        log.info(
-            "event received", event_type=event.DESCRIPTOR.full_name, key=ctx.key, pending_reaction=reaction
-        )
+        log.info("event received", event_type=event.DESCRIPTOR.full_name, key=ctx.key, pending_reaction=reaction)
 
     return handler

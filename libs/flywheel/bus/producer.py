@@ -35,9 +35,7 @@ class EventProducer:
             # aiokafka leaves a half-started client behind; close it so the process can exit cleanly.
             await self._producer.stop()
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            raise StartupError(
-                f"cannot reach Kafka broker at {self._settings.kafka_bootstrap}: {reason}"
-            ) from exc
+            raise StartupError(f"cannot reach Kafka broker at {self._settings.kafka_bootstrap}: {reason}") from exc
 
     async def stop(self) -> None:
         await self._producer.stop()
@@ -46,9 +44,7 @@ class EventProducer:
         """Queue one record; await the returned future for the broker's ack."""
         return await self._producer.send(topic, value, key=key, headers=list(headers))
 
-    async def send_and_wait(
-        self, topic: str, value: bytes, *, key: bytes | None, headers: Headers
-    ) -> RecordMetadata:
+    async def send_and_wait(self, topic: str, value: bytes, *, key: bytes | None, headers: Headers) -> RecordMetadata:
         fut = await self.send(topic, value, key=key, headers=headers)
         return await fut
 

@@ -38,9 +38,7 @@ async def migrate(pool: asyncpg.Pool, schema: str, dirs: list[Path]) -> list[str
             checksum = hashlib.sha256(sql.encode()).hexdigest()
             if path.name in done:
                 if done[path.name] != checksum:
-                    raise StartupError(
-                        f"migration {path.name} in schema {schema} changed after it was applied"
-                    )
+                    raise StartupError(f"migration {path.name} in schema {schema} changed after it was applied")
                 continue
             await conn.execute(sql)
             await conn.execute(

@@ -69,11 +69,7 @@ class GrpcServer:
             ok = all(await asyncio.gather(*(c() for c in checks)))
             if ok != serving:
                 serving = ok
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ok
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
+                status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
                 await self._set_all(status)
                 log.info("health changed", serving=ok)
             await asyncio.sleep(interval_s)

@@ -13,9 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 async def grpc_serving(address: str, timeout_s: float = 2.0) -> bool:
     async with grpc.aio.insecure_channel(address) as channel:
         try:
-            resp = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout_s
-            )
+            resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
         except grpc.RpcError:
             return False
         return resp.status == health_pb2.HealthCheckResponse.SERVING

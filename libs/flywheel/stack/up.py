@@ -124,9 +124,7 @@ class Stack:
                 "bootstrap": self.broker.bootstrap,
                 "pid": self.broker.proc.pid if self.broker.proc else None,
             },
-            "services": {
-                n: {"address": self.settings.addr_for(n), "pid": s.pid} for n, s in self.services.items()
-            },
+            "services": {n: {"address": self.settings.addr_for(n), "pid": s.pid} for n, s in self.services.items()},
         }
         tmp = state_file(self.home).with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
