@@ -136,7 +136,12 @@ def _spec(name: str, dataset: str, model: str, **search) -> T.TrainingSpec:  # t
 
 
 def _runs(api: Clients, spec: str) -> list[T.Run]:
-    return list(api.training.ListRuns(T.ListRunsRequest(spec_name=spec)).runs)
+    try:
+        return list(api.training.ListRuns(T.ListRunsRequest(spec_name=spec)).runs)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:  # training is being restarted by the supervisor
+            return []
+        raise
 
 
 def _finished_run(api: Clients, spec: str, timeout_s: float = 120) -> T.Run:
