@@ -19,7 +19,8 @@ LIBRARY_MIGRATIONS = Path(__file__).parent / "sql"
 
 async def migrate(pool: asyncpg.Pool, schema: str, dirs: list[Path]) -> list[str]:
     """Apply pending migrations from `dirs` into `schema`; returns the names applied now."""
-    files = sorted((p for d in dirs if d.is_dir() for p in d.glob("*.sql")), key=lambda p: p.name)
+    # Directory order first (the library's bus tables before the service's own), then file name.
+    files = [p for d in dirs if d.is_dir() for p in sorted(d.glob("*.sql"), key=lambda p: p.name)]
     applied_now: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"flywheel.migrate.{schema}")
