@@ -96,7 +96,7 @@ class StagingCheck(_message.Message):
     def __init__(self, name: _Optional[str] = ..., passed: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class StagingReport(_message.Message):
-    __slots__ = ("passed", "checks", "sample_metrics", "latency_p50_ms", "latency_p99_ms", "latency_calls", "reporter", "report_time")
+    __slots__ = ("passed", "checks", "sample_metrics", "latency_p50_ms", "latency_p99_ms", "latency_calls", "reporter", "report_time", "champion_metrics", "champion_version")
     PASSED_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,8 @@ class StagingReport(_message.Message):
     LATENCY_CALLS_FIELD_NUMBER: _ClassVar[int]
     REPORTER_FIELD_NUMBER: _ClassVar[int]
     REPORT_TIME_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_METRICS_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_VERSION_FIELD_NUMBER: _ClassVar[int]
     passed: bool
     checks: _containers.RepeatedCompositeFieldContainer[StagingCheck]
     sample_metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.Metric]
@@ -113,7 +115,9 @@ class StagingReport(_message.Message):
     latency_calls: int
     reporter: str
     report_time: _timestamp_pb2.Timestamp
-    def __init__(self, passed: _Optional[bool] = ..., checks: _Optional[_Iterable[_Union[StagingCheck, _Mapping]]] = ..., sample_metrics: _Optional[_Iterable[_Union[_common_pb2.Metric, _Mapping]]] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., latency_calls: _Optional[int] = ..., reporter: _Optional[str] = ..., report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    champion_metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.Metric]
+    champion_version: int
+    def __init__(self, passed: _Optional[bool] = ..., checks: _Optional[_Iterable[_Union[StagingCheck, _Mapping]]] = ..., sample_metrics: _Optional[_Iterable[_Union[_common_pb2.Metric, _Mapping]]] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., latency_calls: _Optional[int] = ..., reporter: _Optional[str] = ..., report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., champion_metrics: _Optional[_Iterable[_Union[_common_pb2.Metric, _Mapping]]] = ..., champion_version: _Optional[int] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("ref", "description", "task", "checksum", "size_bytes", "artifact_uri", "format", "signature", "metrics", "params", "lineage", "tags", "aliases", "create_time", "created_by", "staging", "promotion", "archived", "archive_reason")
