@@ -15,7 +15,7 @@ import grpc
 from flywheel.app import ServiceContext
 from flywheel.bus import Topics, enqueue
 from flywheel.bus.serde import new_meta
-from flywheel.errors import InvalidArgument, NotFound
+from flywheel.errors import FailedPrecondition, InvalidArgument, NotFound
 from flywheel.grpc import GrpcServer, channel_options
 from flywheel.grpc.context import actor
 from flywheel.logging import get_logger
@@ -29,7 +29,7 @@ from flywheel.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from services.registry import rules, store
+from services.registry import promotion, rules, store
 
 log = get_logger(__name__)
 A = registry_pb2  # audit actions are enum values of this module
@@ -99,11 +99,15 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
                     header.promotion_policy.SerializeToString(),
                 )
             metrics_holder = registry_pb2.ModelVersion(metrics=header.metrics)
+            pending = registry_pb2.PromotionDecision(
+                state=A.PROMOTION_STATE_PENDING_CHECKS, reason="waiting for serving's staging checks", actor="registry"
+            )
+            pending.time.GetCurrentTime()
             await conn.execute(
                 "INSERT INTO model_versions (name, version, description, task, checksum, size_bytes, format,"
                 " signature, metrics, metric_values, params, lineage, dataset_name, dataset_version, run_id, tags,"
-                " idempotency_key, created_by)"
-                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb,$11::jsonb,$12,$13,$14,$15,$16::jsonb,$17,$18)",
+                " idempotency_key, created_by, promotion)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb,$11::jsonb,$12,$13,$14,$15,$16::jsonb,$17,$18,$19)",
                 name,
                 version,
                 header.description,
@@ -122,6 +126,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
                 json.dumps(dict(header.tags)),
                 header.idempotency_key or None,
                 who,
+                pending.SerializeToString(),
             )
             await store.audit(
                 conn,
@@ -324,7 +329,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
                 reason=request.reason,
             )
             if alias == rules.PRODUCTION and previous != request.version:
-                await self._emit_promoted(conn, mv, previous or 0, who, request.reason or "alias moved by hand")
+                await _emit_promoted(conn, mv, previous or 0, who, request.reason or "alias moved by hand")
         return registry_pb2.SetAliasResponse(
             alias=registry_pb2.Alias(
                 model_name=request.name,
@@ -335,22 +340,6 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
             ),
             previous_version=previous or 0,
         )
-
-    async def _emit_promoted(
-        self, conn: asyncpg.Connection, mv: registry_pb2.ModelVersion, previous: int, who: str, reason: str
-    ) -> None:
-        event = events_pb2.ModelPromoted(
-            meta=new_meta("registry"),
-            model=mv.ref,
-            previous_version=previous,
-            alias=rules.PRODUCTION,
-            reason=reason,
-            actor=who,
-            artifact_uri=mv.artifact_uri,
-            checksum=mv.checksum,
-            lineage=mv.lineage,
-        )
-        await enqueue(conn, Topics.MODEL_PROMOTED, mv.ref.name, event)
 
     async def DeleteAlias(self, request, context):  # type: ignore[no-untyped-def]
         who = actor(context, request.actor)
@@ -528,6 +517,209 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         if row["policy"] is None:
             raise NotFound(f"model {request.model_name!r} has no promotion policy", field="model_name")
         return registry_pb2.GetPromotionPolicyResponse(policy=common_pb2.PromotionPolicy.FromString(row["policy"]))
+
+    # -- promotion ----------------------------------------------------------------------------
+
+    async def ReportStagingChecks(self, request, context):  # type: ignore[no-untyped-def]
+        name, version = request.model.name, request.model.version
+        async with self._pool.acquire() as conn, conn.transaction():
+            model = await store.ensure_model(conn, name)
+            await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", name)
+            mv = await store.get_version(conn, name, version)
+            if mv.HasField("staging") and mv.promotion.state != A.PROMOTION_STATE_PENDING_CHECKS:
+                # A repeated report (a redelivered model.registered): the first decision stands.
+                return registry_pb2.ReportStagingChecksResponse(version=mv, decision=mv.promotion)
+            report = request.report
+            await conn.execute(
+                "UPDATE model_versions SET staging = $3 WHERE name = $1 AND version = $2",
+                name,
+                version,
+                report.SerializeToString(),
+            )
+            await store.audit(
+                conn,
+                actor=report.reporter or "serving",
+                action=A.AUDIT_ACTION_CHECKS_REPORTED,
+                name=name,
+                version=version,
+                reason="passed" if report.passed else "failed",
+                causation_id=request.causation_id,
+                details={"checks": {c.name: c.passed for c in report.checks}, "p99_ms": report.latency_p99_ms},
+            )
+            policy = (
+                common_pb2.PromotionPolicy.FromString(model["policy"])
+                if model["policy"]
+                else promotion.default_policy(mv.task)
+            )
+            champion_version = await conn.fetchval(
+                "SELECT version FROM aliases WHERE name = $1 AND alias = $2", name, rules.PRODUCTION
+            )
+            champion = await store.get_version(conn, name, champion_version) if champion_version else None
+            decision = promotion.decide(
+                policy, report, list(mv.metrics), champion_version or 0, list(champion.metrics) if champion else []
+            )
+            result = await _apply_decision(
+                conn, mv, decision.state, decision.reason, "registry", champion_version or 0, request.causation_id
+            )
+            return registry_pb2.ReportStagingChecksResponse(
+                version=await store.get_version(conn, name, version), decision=result
+            )
+
+    async def ApproveVersion(self, request, context):  # type: ignore[no-untyped-def]
+        who = actor(context, request.actor)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await store.ensure_model(conn, request.name)
+            await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", request.name)
+            mv = await store.get_version(conn, request.name, request.version)
+            if mv.promotion.state != A.PROMOTION_STATE_PENDING_APPROVAL:
+                state = A.PromotionState.Name(mv.promotion.state)
+                raise FailedPrecondition(
+                    f"version {request.version} is {state}, not awaiting approval", field="version"
+                )
+            await store.audit(
+                conn, actor=who, action=A.AUDIT_ACTION_APPROVED, name=request.name, version=request.version,
+                reason=request.reason,
+            )  # fmt: skip
+            previous = await conn.fetchval(
+                "SELECT version FROM aliases WHERE name = $1 AND alias = $2", request.name, rules.PRODUCTION
+            )
+            reason = f"approved by {who}" + (f": {request.reason}" if request.reason else "")
+            decision = await _apply_decision(conn, mv, A.PROMOTION_STATE_PROMOTED, reason, who, previous or 0, "")
+            return registry_pb2.ApproveVersionResponse(
+                version=await store.get_version(conn, request.name, request.version), decision=decision
+            )
+
+    async def RejectVersion(self, request, context):  # type: ignore[no-untyped-def]
+        if not request.reason:
+            raise InvalidArgument("rejecting needs a reason", field="reason")
+        who = actor(context, request.actor)
+        async with self._pool.acquire() as conn, conn.transaction():
+            mv = await store.get_version(conn, request.name, request.version)
+            if mv.promotion.state == A.PROMOTION_STATE_PROMOTED:
+                raise FailedPrecondition("the version was already promoted; use Rollback", field="version")
+            decision = await _apply_decision(conn, mv, A.PROMOTION_STATE_REJECTED, request.reason, who, 0, "")
+            return registry_pb2.RejectVersionResponse(
+                version=await store.get_version(conn, request.name, request.version), decision=decision
+            )
+
+    async def Rollback(self, request, context):  # type: ignore[no-untyped-def]
+        who = actor(context, request.actor)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await store.ensure_model(conn, request.name)
+            await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", request.name)
+            current = await conn.fetchval(
+                "SELECT version FROM aliases WHERE name = $1 AND alias = $2", request.name, rules.PRODUCTION
+            )
+            if current is None:
+                raise FailedPrecondition(f"model {request.name!r} has nothing in production", field="name")
+            target = request.to_version or await conn.fetchval(
+                "SELECT from_version FROM audit_events WHERE name = $1 AND alias = $2 AND to_version = $3"
+                " AND from_version <> 0 AND from_version <> $3 ORDER BY id DESC LIMIT 1",
+                request.name,
+                rules.PRODUCTION,
+                current,
+            )
+            if not target:
+                raise FailedPrecondition("no earlier production version to roll back to", field="to_version")
+            mv = await store.get_version(conn, request.name, target)
+            if mv.archived:
+                raise FailedPrecondition(f"version {target} is archived", field="to_version")
+            reason = request.reason or f"rollback from v{current}"
+            await _move_production(conn, mv, current, who, reason, A.AUDIT_ACTION_ROLLED_BACK, "", rollback=True)
+        return registry_pb2.RollbackResponse(
+            production=common_pb2.ModelRef(name=request.name, version=target), previous_version=current
+        )
+
+
+async def _apply_decision(
+    conn: asyncpg.Connection,
+    mv: registry_pb2.ModelVersion,
+    state: int,
+    reason: str,
+    who: str,
+    champion_version: int,
+    causation_id: str,
+) -> registry_pb2.PromotionDecision:
+    """Record the decision on the version, audit it, and move production when it says so."""
+    decision = registry_pb2.PromotionDecision(state=state, reason=reason, actor=who)
+    decision.time.GetCurrentTime()
+    name, version = mv.ref.name, mv.ref.version
+    await conn.execute(
+        "UPDATE model_versions SET promotion = $3 WHERE name = $1 AND version = $2",
+        name,
+        version,
+        decision.SerializeToString(),
+    )
+    if state == A.PROMOTION_STATE_PROMOTED:
+        await _move_production(conn, mv, champion_version, who, reason, A.AUDIT_ACTION_PROMOTED, causation_id)
+    else:
+        action = A.AUDIT_ACTION_REJECTED if state == A.PROMOTION_STATE_REJECTED else A.AUDIT_ACTION_NOT_PROMOTED
+        if state == A.PROMOTION_STATE_PENDING_APPROVAL:
+            action = A.AUDIT_ACTION_CHECKS_REPORTED
+        await store.audit(
+            conn, actor=who, action=action, name=name, version=version, reason=reason, causation_id=causation_id,
+            details={"state": A.PromotionState.Name(state)},
+        )  # fmt: skip
+    log.info("promotion decision", model=name, version=version, state=A.PromotionState.Name(state), reason=reason)
+    return decision
+
+
+async def _move_production(
+    conn: asyncpg.Connection,
+    mv: registry_pb2.ModelVersion,
+    previous: int,
+    who: str,
+    reason: str,
+    action: int,
+    causation_id: str,
+    *,
+    rollback: bool = False,
+) -> None:
+    await conn.execute(
+        "INSERT INTO aliases (name, alias, version, updated_by) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (name, alias) DO UPDATE SET version = $3, updated_by = $4, updated_at = now()",
+        mv.ref.name,
+        rules.PRODUCTION,
+        mv.ref.version,
+        who,
+    )
+    await store.audit(
+        conn,
+        actor=who,
+        action=action,
+        name=mv.ref.name,
+        version=mv.ref.version,
+        alias=rules.PRODUCTION,
+        from_version=previous,
+        to_version=mv.ref.version,
+        reason=reason,
+        causation_id=causation_id,
+    )
+    await _emit_promoted(conn, mv, previous, who, reason, rollback=rollback)
+
+
+async def _emit_promoted(
+    conn: asyncpg.Connection,
+    mv: registry_pb2.ModelVersion,
+    previous: int,
+    who: str,
+    reason: str,
+    *,
+    rollback: bool = False,
+) -> None:
+    event = events_pb2.ModelPromoted(
+        meta=new_meta("registry"),
+        model=mv.ref,
+        previous_version=previous,
+        alias=rules.PRODUCTION,
+        reason=reason,
+        actor=who,
+        rollback=rollback,
+        artifact_uri=mv.artifact_uri,
+        checksum=mv.checksum,
+        lineage=mv.lineage,
+    )
+    await enqueue(conn, Topics.MODEL_PROMOTED, mv.ref.name, event)
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:

@@ -36,9 +36,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 
+from flywheel import evaluation
 from flywheel.errors import InvalidArgument
 from flywheel.v1 import common_pb2, training_pb2
-from services.training import estimators, evaluation, packaging, search
+from services.training import estimators, packaging, search
 
 SPLIT_COLUMN = "__split"
 VALIDATION_FRACTION = 0.2

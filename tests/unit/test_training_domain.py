@@ -11,9 +11,10 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
+from flywheel import evaluation
 from flywheel.errors import InvalidArgument
 from flywheel.v1 import common_pb2, training_pb2
-from services.training import estimators, evaluation, packaging, search, trainer
+from services.training import estimators, packaging, search, trainer
 
 E = training_pb2
 FEATURES = ["a", "b", "c", "flag"]

@@ -1,4 +1,6 @@
-"""Test-split evaluation: classification and regression metrics as training_pb2.Evaluation.
+"""Model evaluation metrics, shared by training (test split) and serving (staging sample).
+
+Test-split evaluation: classification and regression metrics as training_pb2.Evaluation.
 
 Classification: labels are class indices 0..k-1 in `class_labels` order. Binary precision/recall/f1
 take class index 1 as positive; multiclass ones are macro averages over the classes present in
