@@ -61,6 +61,18 @@ class Settings(BaseSettings):
     serving_addr: str | None = None
     monitoring_addr: str | None = None
 
+    # Serving.
+    serving_provider: str = "auto"  # auto | cuda | cpu; decided once per process
+    serving_intra_op_threads: int = 0  # 0: ONNX Runtime's default
+    serving_inter_op_threads: int = 0
+    serving_max_batch_size: int = 32  # 1 turns dynamic batching off
+    serving_max_queue_delay_us: int = 500
+    serving_log_sample_rate: float = 1.0  # fraction of requests logged to flywheel.predictions.logged
+    serving_log_buffer: int = 10_000  # records held for the logger; beyond that they are dropped and counted
+    serving_staging_sample_rows: int = 5_000
+    serving_staging_latency_calls: int = 200
+    serving_staging_tolerance: float = 0.02  # |sample metric - recorded test metric| allowed
+
     artifact_root: Path | None = None
     spans_file: Path | None = None
     metrics_port: int = 0  # 0: no Prometheus endpoint

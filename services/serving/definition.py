@@ -1,13 +1,23 @@
-"""How the serving service is assembled: its APIs, its event reactions, its tables."""
+"""How the serving service is assembled: its APIs, its event reactions, its start-up reconciliation."""
 
 from pathlib import Path
 
-from flywheel.app import ServiceDefinition
+from flywheel.app import ServiceContext, ServiceDefinition
+from flywheel.grpc import GrpcServer
 from services.serving import handlers, service
+from services.serving.runtime_state import runtime
+
+
+def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
+    state = runtime(ctx)
+    return service.register(server, ctx, state.manager, state.logger)
+
 
 DEFINITION = ServiceDefinition(
     name="serving",
-    register=service.register,
+    register=register,
     handlers=handlers.handlers,
     migrations=Path(__file__).parent / "migrations",
+    reconcile=handlers.reconcile,
+    background=[handlers.run_swap_consumer, handlers.run_prediction_logger],
 )

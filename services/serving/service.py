@@ -1,41 +1,241 @@
-"""gRPC surface of the serving service: the Open Inference Protocol (KServe v2) through the
-servicer base tritonclient ships, and ServingAdmin. RPCs not built yet answer UNIMPLEMENTED."""
+"""gRPC surface of serving: the Open Inference Protocol (KServe v2) on the servicer base that
+tritonclient ships, so tritonclient and KServe clients work unchanged, and ServingAdmin."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
 import grpc
 from grpc_health.v1 import health_pb2
-from tritonclient.grpc import service_pb2 as oip_pb2
-from tritonclient.grpc import service_pb2_grpc as oip_pb2_grpc
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as oip
+from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
+import flywheel
 from flywheel.app import ServiceContext
-from flywheel.grpc import GrpcServer
+from flywheel.errors import FlywheelError
+from flywheel.grpc import GrpcServer, status_for
+from flywheel.grpc.context import actor
+from flywheel.logging import get_logger
+from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import serving_pb2, serving_pb2_grpc
+from services.serving.models import ModelManager, Slot, feature_rows
+from services.serving.prediction_log import PredictionLogger
+from services.serving.tensors import decode_inputs, encode_outputs
+
+log = get_logger(__name__)
+S = serving_pb2
+PLATFORM = "onnxruntime_onnx"
+CONFIG_TYPES = {
+    "BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TYPE_UINT16, "UINT32": mc.TYPE_UINT32,
+    "UINT64": mc.TYPE_UINT64, "INT8": mc.TYPE_INT8, "INT16": mc.TYPE_INT16, "INT32": mc.TYPE_INT32,
+    "INT64": mc.TYPE_INT64, "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64,
+    "BYTES": mc.TYPE_STRING,
+}  # fmt: skip
 
 
-class InferenceService(oip_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, ctx: ServiceContext, server: GrpcServer) -> None:
+class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, ctx: ServiceContext, server: GrpcServer, manager: ModelManager, logger: PredictionLogger):
         self._ctx = ctx
         self._server = server
+        self._manager = manager
+        self._logger = logger
+        self._background: set[asyncio.Task[None]] = set()
 
-    async def ServerLive(self, request: oip_pb2.ServerLiveRequest, context: grpc.aio.ServicerContext):
-        return oip_pb2.ServerLiveResponse(live=True)
+    async def ServerLive(self, request, context):  # type: ignore[no-untyped-def]
+        return oip.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: oip_pb2.ServerReadyRequest, context: grpc.aio.ServicerContext):
-        # Ready means the same as health SERVING: database and broker reachable.
+    async def ServerReady(self, request, context):  # type: ignore[no-untyped-def]
+        # Ready means the same as health SERVING: dependencies answer and production models are loaded.
         status = await self._server.health.check(health_pb2.HealthCheckRequest(service=""), context)
-        return oip_pb2.ServerReadyResponse(ready=status.status == health_pb2.HealthCheckResponse.SERVING)
+        return oip.ServerReadyResponse(ready=status.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def ServerMetadata(self, request, context):  # type: ignore[no-untyped-def]
+        return oip.ServerMetadataResponse(name="flywheel-serving", version=flywheel.__version__, extensions=[])
+
+    async def ModelReady(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            slot, _ = await self._manager.resolve(request.name, request.version)
+        except FlywheelError:
+            return oip.ModelReadyResponse(ready=False)
+        return oip.ModelReadyResponse(ready=slot.state == S.SLOT_STATE_READY)
+
+    async def ModelMetadata(self, request, context):  # type: ignore[no-untyped-def]
+        slot, _ = await self._manager.resolve(request.name, request.version)
+        dep = self._manager.deployments.get(request.name)
+        versions = sorted({str(s.version) for s in dep.slots()} if dep else {str(slot.version)})
+        return oip.ModelMetadataResponse(
+            name=request.name,
+            versions=versions,
+            platform=PLATFORM,
+            inputs=[oip.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
+                    for t in slot.model.inputs],
+            outputs=[oip.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
+                     for t in slot.model.outputs],
+        )  # fmt: skip
+
+    async def ModelConfig(self, request, context):  # type: ignore[no-untyped-def]
+        slot, _ = await self._manager.resolve(request.name, request.version)
+        batch = self._ctx.settings.serving_max_batch_size
+        config = mc.ModelConfig(name=request.name, platform=PLATFORM, backend="onnxruntime", max_batch_size=batch)
+        for kind, tensors in (("input", slot.model.inputs), ("output", slot.model.outputs)):
+            for t in tensors:
+                dims = list(t.shape[1:]) if batch > 0 and t.shape else list(t.shape)
+                entry = (mc.ModelInput if kind == "input" else mc.ModelOutput)(
+                    name=t.name, data_type=CONFIG_TYPES.get(t.datatype, mc.TYPE_INVALID), dims=dims or [1]
+                )
+                getattr(config, kind).append(entry)
+        if batch > 1:
+            config.dynamic_batching.max_queue_delay_microseconds = self._ctx.settings.serving_max_queue_delay_us
+        return oip.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(self, request, context):  # type: ignore[no-untyped-def]
+        out = oip.ModelStatisticsResponse()
+        for dep in self._manager.deployments.values():
+            if request.name and dep.name != request.name:
+                continue
+            for slot in dep.slots():
+                if request.version and str(slot.version) != request.version:
+                    continue
+                out.model_stats.append(slot.stats.to_proto(dep.name, str(slot.version)))
+        return out
+
+    async def RepositoryIndex(self, request, context):  # type: ignore[no-untyped-def]
+        return oip.RepositoryIndexResponse(
+            models=[
+                oip.RepositoryIndexResponse.ModelIndex(
+                    name=dep.name,
+                    version=str(dep.production.version) if dep.production else "",
+                    state="READY" if dep.production else "UNAVAILABLE",
+                )
+                for dep in self._manager.deployments.values()
+                if dep.production is not None or not request.ready
+            ]
+        )
+
+    async def RepositoryModelLoad(self, request, context):  # type: ignore[no-untyped-def]
+        from services.serving import clients
+
+        mv = await clients.model_version(self._ctx.settings, request.model_name, alias="production")
+        await self._manager.promote(request.model_name, mv.ref.version)
+        return oip.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):  # type: ignore[no-untyped-def]
+        await self._manager.unload(request.model_name)
+        return oip.RepositoryModelUnloadResponse()
+
+    async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._infer(request)
+
+    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[oip.ModelStreamInferResponse]:  # type: ignore[no-untyped-def]
+        # Errors travel in the stream (as Triton does), so one bad request does not end it.
+        async for request in request_iterator:
+            try:
+                yield oip.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except Exception as exc:
+                code, message = status_for(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("stream infer failed")
+                yield oip.ModelStreamInferResponse(
+                    error_message=f"{code.name}: {message}", infer_response=oip.ModelInferResponse(id=request.id)
+                )
+
+    async def _infer(self, request: oip.ModelInferRequest) -> oip.ModelInferResponse:
+        started = time.perf_counter_ns()
+        slot, shadow = await self._manager.resolve(request.model_name, request.model_version)
+        feeds = decode_inputs(request, slot.model.inputs)
+        requested = [o.name for o in request.outputs]
+        try:
+            outputs, timing = await slot.infer(feeds)
+            tensors, raw = encode_outputs(outputs, requested)
+        except Exception:
+            slot.stats.record_failure(time.perf_counter_ns() - started)
+            raise
+        total = time.perf_counter_ns() - started
+        slot.stats.record_success(total, timing.queue_ns, timing.compute_ns, rows=len(next(iter(feeds.values()))),
+                                  batch_rows=timing.batch_rows)  # fmt: skip
+        request_id = request.id or str(uuid.uuid4())
+        self._log(slot, request_id, feeds, outputs, total / 1e6)
+        if shadow is not None:
+            task = asyncio.get_running_loop().create_task(self._shadow(shadow, request_id, feeds))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return oip.ModelInferResponse(
+            model_name=request.model_name,
+            model_version=str(slot.version),
+            id=request.id,
+            outputs=tensors,
+            raw_output_contents=raw,
+        )
+
+    async def _shadow(self, slot: Slot, request_id: str, feeds: dict) -> None:  # type: ignore[type-arg]
+        started = time.perf_counter_ns()
+        try:
+            outputs, _ = await slot.infer(feeds)
+        except Exception as exc:  # a failing shadow never affects the caller
+            log.warning("shadow inference failed", model=slot.name, version=slot.version, error=repr(exc))
+            return
+        self._log(slot, request_id, feeds, outputs, (time.perf_counter_ns() - started) / 1e6)
+
+    def _log(self, slot: Slot, request_id: str, feeds: dict, outputs: dict, latency_ms: float) -> None:  # type: ignore[type-arg]
+        self._logger.log(
+            model=slot.name,
+            version=slot.version,
+            request_id=request_id,
+            features=list(slot.signature.feature_names),
+            inputs=feature_rows(slot, feeds),
+            outputs=outputs,
+            class_labels=list(slot.signature.class_labels),
+            latency_ms=latency_ms,
+            role=slot.role,
+        )
 
 
 class ServingAdmin(serving_pb2_grpc.ServingAdminServicer):
-    def __init__(self, ctx: ServiceContext) -> None:
-        self._ctx = ctx
+    def __init__(self, manager: ModelManager, logger: PredictionLogger) -> None:
+        self._manager = manager
+        self._logger = logger
+
+    def _proto(self, name: str) -> serving_pb2.Deployment:
+        dep = self._manager.deployment(name)
+        return self._manager.to_proto(dep, self._logger.sample_rate, self._logger.dropped)
+
+    async def ListDeployments(self, request, context):  # type: ignore[no-untyped-def]
+        size, offset = page_size(request.page_size), decode_token(request.page_token)
+        names = sorted(self._manager.deployments)[offset : offset + size]
+        return S.ListDeploymentsResponse(
+            deployments=[self._proto(n) for n in names], next_page_token=next_token(offset, size, len(names))
+        )
+
+    async def GetDeployment(self, request, context):  # type: ignore[no-untyped-def]
+        return S.GetDeploymentResponse(deployment=self._proto(request.model_name))
+
+    async def SetCanary(self, request, context):  # type: ignore[no-untyped-def]
+        await self._manager.set_challenger(
+            request.model_name, request.challenger_version, S.TRAFFIC_MODE_CANARY, request.percent,
+            actor(context, request.actor),
+        )  # fmt: skip
+        return S.SetCanaryResponse(deployment=self._proto(request.model_name))
+
+    async def SetShadow(self, request, context):  # type: ignore[no-untyped-def]
+        await self._manager.set_challenger(
+            request.model_name, request.challenger_version, S.TRAFFIC_MODE_SHADOW, request.percent or 100.0,
+            actor(context, request.actor),
+        )  # fmt: skip
+        return S.SetShadowResponse(deployment=self._proto(request.model_name))
+
+    async def ClearTraffic(self, request, context):  # type: ignore[no-untyped-def]
+        await self._manager.clear_traffic(request.model_name, actor(context, request.actor))
+        return S.ClearTrafficResponse(deployment=self._proto(request.model_name))
 
 
-def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
-    oip_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(ctx, server), server.server)
-    serving_pb2_grpc.add_ServingAdminServicer_to_server(ServingAdmin(ctx), server.server)
+def register(server: GrpcServer, ctx: ServiceContext, manager: ModelManager, logger: PredictionLogger) -> list[str]:
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(ctx, server, manager, logger), server.server)
+    serving_pb2_grpc.add_ServingAdminServicer_to_server(ServingAdmin(manager, logger), server.server)
     return [
-        oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+        oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         serving_pb2.DESCRIPTOR.services_by_name["ServingAdmin"].full_name,
     ]

@@ -57,6 +57,7 @@ class EventConsumer:
         handlers: dict[str, Handler],
         *,
         group_id: str | None = None,
+        offset_reset: str = "earliest",
     ) -> None:
         self._settings = settings
         self._pool = pool
@@ -69,7 +70,7 @@ class EventConsumer:
             group_id=self.name,
             client_id=self.name,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset=offset_reset,
             metadata_max_age_ms=5_000,  # notice recreated topics quickly after a broker restart
             session_timeout_ms=settings.consumer_session_timeout_ms,
             heartbeat_interval_ms=settings.consumer_heartbeat_ms,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flywheel.cli import datasets, models, runs, specs, stack
+from flywheel.cli import datasets, deploy, models, predict, runs, specs, stack
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description="Flywheel: the event-driven MLOps suite")
     sub = parser.add_subparsers(dest="command", required=True)
     stack.add_commands(sub)
-    for group in (datasets, specs, runs, models):
+    for group in (datasets, specs, runs, models, deploy, predict):
         group.add_commands(sub)
     return parser
 

@@ -1,0 +1,159 @@
+"""Staging checks for a registered candidate: it loads, its signature fits production's, its
+outputs on the test split reproduce the metrics recorded at training, and its latency.
+
+The production version is scored on the same rows, so the registry compares champion and
+challenger on equal ground.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from flywheel import evaluation
+from flywheel.config import Settings
+from flywheel.logging import get_logger
+from flywheel.v1 import common_pb2, events_pb2, registry_pb2
+from services.serving import clients
+from services.serving.models import ModelManager, Slot
+
+log = get_logger(__name__)
+R = registry_pb2
+
+
+def _check(name: str, passed: bool, detail: str) -> registry_pb2.StagingCheck:
+    return R.StagingCheck(name=name, passed=passed, detail=detail)
+
+
+def signature_problems(candidate: Slot, production: Slot) -> list[str]:
+    """Inputs and outputs must match by name and datatype, and in every dimension but the batch."""
+    problems = []
+    for kind, cand, prod in (
+        ("input", candidate.model.inputs, production.model.inputs),
+        ("output", candidate.model.outputs, production.model.outputs),
+    ):
+        by_name = {t.name: t for t in prod}
+        for t in cand:
+            p = by_name.pop(t.name, None)
+            if p is None:
+                problems.append(f"{kind} {t.name!r} is new")
+            elif t.datatype != p.datatype:
+                problems.append(f"{kind} {t.name!r} is {t.datatype}, production has {p.datatype}")
+            elif list(t.shape[1:]) != list(p.shape[1:]):
+                problems.append(f"{kind} {t.name!r} has shape {list(t.shape)}, production {list(p.shape)}")
+        problems += [f"{kind} {n!r} is missing" for n in by_name]
+    return problems
+
+
+def score(slot: Slot, x: np.ndarray, labels: np.ndarray, task: int) -> list[common_pb2.Metric]:
+    """Metrics of `slot` on rows `x` with true `labels`, computed as training computes them."""
+    input_name = slot.model.inputs[0].name
+    out = slot.model.run({input_name: x})
+    if task == common_pb2.TASK_REGRESSION:
+        ev = evaluation.regression_metrics(labels.astype(np.float64), out["variable"].reshape(-1))
+    else:
+        index = {c: i for i, c in enumerate(slot.signature.class_labels)}
+        y = np.array([index.get(str(v), -1) for v in labels])
+        keep = y >= 0  # labels unseen at training cannot be scored
+        ev = evaluation.classification_metrics(
+            y[keep], out["label"][keep], out["probabilities"][keep], list(slot.signature.class_labels)
+        )
+    return [m for m in ev.metrics if not m.class_label]
+
+
+async def run_checks(
+    manager: ModelManager, settings: Settings, event: events_pb2.ModelRegistered
+) -> registry_pb2.StagingReport:
+    name, version = event.model.name, event.model.version
+    report = R.StagingReport(reporter="serving")
+    try:
+        slot = await manager.stage(name, version)
+    except Exception as exc:
+        report.checks.append(_check("loads", False, f"{type(exc).__name__}: {exc}"))
+        return _finish(report)
+    report.checks.append(_check("loads", True, f"provider {slot.model.provider}"))
+    try:
+        production = manager.production(name)
+        if production is not None and production.version != version:
+            problems = signature_problems(slot, production)
+            report.checks.append(
+                _check("signature", not problems, "; ".join(problems) or f"matches v{production.version}")
+            )
+        else:
+            production = None
+            report.checks.append(_check("signature", True, "no production version to compare with"))
+        await _sample_checks(report, slot, production, settings, event)
+        await _latency(report, slot, settings.serving_staging_latency_calls)
+    finally:
+        await manager.drop_staging(name, version)
+    return _finish(report)
+
+
+async def _sample_checks(
+    report: registry_pb2.StagingReport,
+    slot: Slot,
+    production: Slot | None,
+    settings: Settings,
+    event: events_pb2.ModelRegistered,
+) -> None:
+    dataset = event.lineage.dataset
+    features = list(slot.signature.feature_names)
+    if not dataset.name or not features:
+        report.checks.append(_check("sample_metrics", False, "the model has no dataset lineage or feature names"))
+        return
+    version = await clients.dataset_version(settings, dataset)
+    label = version.schema.label_field
+    table = await clients.test_split(settings, dataset, [*features, label], settings.serving_staging_sample_rows)
+    if table.num_rows == 0:
+        report.checks.append(_check("sample_metrics", False, "the dataset version has no test rows"))
+        return
+    x = _matrix(table, features)
+    labels = table[label].to_numpy(zero_copy_only=False)
+    sample = await asyncio.to_thread(score, slot, x, labels, event.task)
+    report.sample_metrics.extend(sample)
+    if production is not None and not [c for c in report.checks if c.name == "signature" and not c.passed]:
+        champion = await asyncio.to_thread(score, production, x, labels, event.task)
+        report.champion_metrics.extend(champion)
+        report.champion_version = production.version
+    recorded = {m.name: m.value for m in event.metrics if not m.class_label}
+    tolerance = settings.serving_staging_tolerance
+    gaps = {m.name: abs(m.value - recorded[m.name]) for m in sample if m.name in recorded}
+    off = {n: g for n, g in gaps.items() if g > tolerance}
+    detail = (
+        f"{len(gaps)} metrics within {tolerance} of training on {table.num_rows} test rows"
+        if not off
+        else "differs from training: " + ", ".join(f"{n} by {g:.4f}" for n, g in sorted(off.items()))
+    )
+    report.checks.append(_check("sample_metrics", bool(gaps) and not off, detail))
+
+
+def _matrix(table: pa.Table, features: list[str]) -> np.ndarray:
+    cols = [table[f].to_numpy(zero_copy_only=False).astype(np.float32) for f in features]
+    return np.column_stack(cols) if cols else np.empty((table.num_rows, 0), np.float32)
+
+
+async def _latency(report: registry_pb2.StagingReport, slot: Slot, calls: int) -> None:
+    """p50/p99 of single-row calls through the slot's batcher (the path a request takes)."""
+    spec = slot.model.inputs[0]
+    width = spec.shape[1] if len(spec.shape) > 1 and spec.shape[1] > 0 else 1
+    row = {spec.name: np.zeros((1, width), np.float32)}
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        await slot.infer(row)
+        times.append((time.perf_counter() - start) * 1000)
+    report.latency_p50_ms = float(np.percentile(times, 50))
+    report.latency_p99_ms = float(np.percentile(times, 99))
+    report.latency_calls = calls
+    report.checks.append(
+        _check("latency", True, f"p50 {report.latency_p50_ms:.3f} ms, p99 {report.latency_p99_ms:.3f} ms over {calls}")
+    )
+
+
+def _finish(report: registry_pb2.StagingReport) -> registry_pb2.StagingReport:
+    report.passed = all(c.passed for c in report.checks)
+    report.report_time.GetCurrentTime()
+    return report

@@ -1,0 +1,494 @@
+"""Serving latency and throughput: Flywheel vs raw ONNX Runtime and `mlflow models serve` (issue 5).
+
+One small model, one run: a scikit-learn LogisticRegression (20 features, 2 classes) exported to ONNX
+by the training service's own packaging (skl2onnx, no ZipMap). Every request is one row, on 127.0.0.1.
+- raw ONNX Runtime: InferenceSession.run in this process, the floor every server is compared with;
+- MLflow: `mlflow models serve --env-manager local` with the same fitted pipeline (mlflow.sklearn) and
+  MLflow's defaults (uvicorn, 1 worker), JSON {"inputs": ...} over keep-alive HTTP connections;
+- Flywheel: `flywheel up` (tests/e2e/stack.py), the ONNX bytes registered through the registry and
+  aliased `production`, called with tritonclient's gRPC clients; twice: with serving's dynamic batching
+  defaults, and with FLYWHEEL_SERVING_MAX_BATCH_SIZE=1 (batching off).
+Each is measured as p50/p99 latency at 1 client (sequential calls) and requests/s at 64 concurrent
+clients (closed loop over a fixed duration, after a warm-up). Load generators run in this process.
+Goals, printed and not asserted (machines vary): Flywheel p50 within 1 ms of raw ORT, >= 5x MLflow's
+requests/s at 64 clients, and batching on >= 3x batching off at 64 clients. Failed requests or wrong
+answers do fail the test. MLflow comes from tests/bench/requirements.txt (`make bench` installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as tgrpc
+import tritonclient.grpc.aio as tgrpc_aio
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from tritonclient.utils import InferenceServerException
+
+from flywheel.stack.procs import free_port
+from flywheel.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from services.training import packaging
+from tests.e2e.stack import UpProcess
+
+_BENCH_DEP = "bench-only dependency: `make bench` installs tests/bench/requirements.txt"
+mlflow = pytest.importorskip("mlflow", reason=_BENCH_DEP)
+mlflow_sklearn = pytest.importorskip("mlflow.sklearn", reason=_BENCH_DEP)
+
+N_FEATURES = 20
+CLASS_LABELS = ["0", "1"]
+MODEL = "bench_logreg"
+CLIENTS = 64
+LATENCY_S = 3.0  # 1-client latency: sequential calls for this long ...
+LATENCY_MAX_CALLS = 3_000  # ... or this many, whichever comes first
+LOAD_S = 5.0  # requests/s at CLIENTS: closed loop for this long
+LOAD_MAX_CALLS_PER_CLIENT = 20_000
+WARMUP_S = 1.0
+SERVER_START_S = 120.0
+MODEL_READY_S = 60.0
+GOAL_P50_OVERHEAD_MS = 1.0
+GOAL_VS_MLFLOW = 5.0
+GOAL_BATCHING = 3.0
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Measurement:
+    calls: int
+    errors: int
+    elapsed_s: float
+    latencies_ms: np.ndarray
+    first_error: str = ""
+
+    @property
+    def rps(self) -> float:
+        return self.calls / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms.size else float("nan")
+
+
+@dataclass
+class Result:
+    name: str
+    latency: Measurement | None = None  # 1 client
+    load: Measurement | None = None  # CLIENTS clients
+    notes: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class BenchModel:
+    pipeline: Pipeline
+    onnx_bytes: bytes
+    X: np.ndarray  # float32 rows to send
+    accuracy: float
+
+
+@pytest.fixture(scope="module")
+def model() -> BenchModel:
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(4_000, N_FEATURES)).astype(np.float32)
+    y = (X @ np.linspace(1.0, -1.0, N_FEATURES) + rng.normal(scale=0.5, size=len(X)) > 0).astype(np.int64)
+    pipeline = Pipeline([("model", LogisticRegression(max_iter=500))]).fit(X[:3_000], y[:3_000])
+    accuracy = float((pipeline.predict(X[3_000:]) == y[3_000:]).mean())
+    return BenchModel(pipeline, packaging.export_onnx(pipeline, N_FEATURES), X[3_000:], accuracy)
+
+
+# ------------------------------------------------------------------------------------ load generators
+
+
+def _threads(
+    make_call: Callable[[], Callable[[int], None]], clients: int, duration_s: float, max_calls: int
+) -> Measurement:
+    """Closed loop: `clients` threads, each calling its own `make_call()` (given a row index) until the deadline."""
+    start_line = threading.Barrier(clients + 1)
+    per_thread: list[tuple[list[float], int, str, float]] = [([], 0, "", 0.0)] * clients
+
+    def worker(i: int) -> None:
+        call = make_call()
+        latencies: list[float] = []
+        errors, first = 0, ""
+        start_line.wait()
+        deadline = time.perf_counter() + duration_s
+        n = 0
+        while n < max_calls:
+            t0 = time.perf_counter()
+            if t0 >= deadline:
+                break
+            try:
+                call(i * max_calls + n)
+                latencies.append((time.perf_counter() - t0) * 1e3)
+            except Exception as exc:
+                errors += 1
+                first = first or f"{type(exc).__name__}: {exc}"
+            n += 1
+        per_thread[i] = (latencies, errors, first, time.perf_counter())
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    start_line.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return _merge(per_thread, start)
+
+
+def _merge(per_client: list[tuple[list[float], int, str, float]], start: float) -> Measurement:
+    latencies = np.asarray([x for lat, *_ in per_client for x in lat], dtype=np.float64)
+    errors = sum(e for _, e, _, _ in per_client)
+    first = next((f for _, _, f, _ in per_client if f), "")
+    elapsed = max(end for *_, end in per_client) - start
+    return Measurement(int(latencies.size), errors, elapsed, latencies, first)
+
+
+def _latency_and_load(make_call: Callable[[], Callable[[int], None]], result: Result) -> None:
+    _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
+    result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
+    _threads(make_call, CLIENTS, WARMUP_S, LOAD_MAX_CALLS_PER_CLIENT)
+    result.load = _threads(make_call, CLIENTS, LOAD_S, LOAD_MAX_CALLS_PER_CLIENT)
+
+
+# ------------------------------------------------------------------------------------ raw ONNX Runtime
+
+
+def _providers() -> list[str]:
+    """What serving picks with its default provider "auto": CUDA when present, else CPU."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def bench_raw_ort(model: BenchModel) -> Result:
+    result = Result("raw ONNX Runtime, in-process")
+    session = ort.InferenceSession(model.onnx_bytes, providers=_providers())
+    result.notes.append(f"provider {session.get_providers()[0]}")
+    rows = [model.X[i : i + 1] for i in range(len(model.X))]
+
+    def make_call() -> Callable[[int], None]:
+        def call(i: int) -> None:
+            session.run(None, {packaging.INPUT_NAME: rows[i % len(rows)]})
+
+        return call
+
+    _latency_and_load(make_call, result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- MLflow
+
+
+class MlflowServer:
+    """`mlflow models serve` as a subprocess in its own process group (it starts uvicorn as a child)."""
+
+    def __init__(self, model_dir: Path, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        cmd = [str(BIN / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local"]
+        cmd += ["-p", str(self.port), "--host", "127.0.0.1"]
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mlflow models serve exited {self.proc.returncode}:\n{self._tail()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/ping")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"mlflow models serve not ready after {timeout_s}s:\n{self._tail()}")
+
+    def _tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def _post(conn: http.client.HTTPConnection, body: bytes) -> list:
+    conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
+    return json.loads(data)["predictions"]
+
+
+def bench_mlflow(model: BenchModel, work: Path) -> Result:
+    result = Result("mlflow models serve")
+    model_dir = work / "mlflow-model"
+    mlflow_sklearn.save_model(
+        model.pipeline,
+        str(model_dir),
+        signature=mlflow.models.infer_signature(model.X, model.pipeline.predict(model.X)),
+        pip_requirements=[],  # skip requirement inference (a subprocess); --env-manager local ignores them
+    )
+    server = MlflowServer(model_dir, work / "mlflow.log")
+    try:
+        server.wait_ready(SERVER_START_S)
+        result.notes.append(f"MLflow {mlflow.__version__} defaults: uvicorn, 1 worker")
+        bodies = [json.dumps({"inputs": model.X[i : i + 1].tolist()}).encode() for i in range(len(model.X))]
+
+        # Same answers as the pipeline itself, before timing anything.
+        check = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        got = _post(check, json.dumps({"inputs": model.X[:64].tolist()}).encode())
+        assert np.array_equal(np.asarray(got), model.pipeline.predict(model.X[:64])), "MLflow answered differently"
+
+        def make_call() -> Callable[[int], None]:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+            def call(i: int) -> None:
+                _post(conn, bodies[i % len(bodies)])
+
+            return call
+
+        _latency_and_load(make_call, result)
+    finally:
+        server.stop()
+    return result
+
+
+# ------------------------------------------------------------------------------------------- Flywheel
+
+
+def _register_requests(model: BenchModel) -> Iterator[registry_pb2.RegisterModelRequest]:
+    signature = packaging.signature_from_onnx(
+        model.onnx_bytes, [f"f{i}" for i in range(N_FEATURES)], CLASS_LABELS
+    )  # input FP32 [-1, 20]; outputs label INT64 [-1], probabilities FP32 [-1, 2]
+    yield registry_pb2.RegisterModelRequest(
+        header=registry_pb2.RegisterModelHeader(
+            model_name=MODEL,
+            description="serving bench",
+            task=common_pb2.TASK_CLASSIFICATION,
+            signature=signature,
+            metrics=[common_pb2.Metric(name="accuracy", value=model.accuracy, split=common_pb2.SPLIT_TEST)],
+            format="onnx",
+            sha256=hashlib.sha256(model.onnx_bytes).hexdigest(),
+            actor="bench",
+        )
+    )
+    for i in range(0, len(model.onnx_bytes), 1 << 20):
+        yield registry_pb2.RegisterModelRequest(chunk=model.onnx_bytes[i : i + (1 << 20)])
+
+
+def _deploy(stack: UpProcess, model: BenchModel) -> None:
+    """Registers the ONNX model, aliases it `production` and waits until serving reports it ready."""
+    with grpc.insecure_channel(stack.address("registry")) as channel:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        version = registry.RegisterModel(_register_requests(model), timeout=60).version.ref.version
+        registry.SetAlias(
+            registry_pb2.SetAliasRequest(
+                name=MODEL, alias="production", version=version, actor="bench", reason="serving bench"
+            ),
+            timeout=30,
+        )
+    client = tgrpc.InferenceServerClient(stack.address("serving"))
+    try:
+        deadline = time.monotonic() + MODEL_READY_S
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                if client.is_model_ready(MODEL):
+                    return
+                last = "is_model_ready: False"
+            except InferenceServerException as exc:
+                last = f"is_model_ready: {exc}"
+            time.sleep(0.3)
+    finally:
+        client.close()
+    log = stack.home / "log" / "serving.log"
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no serving.log)"
+    raise AssertionError(f"{MODEL} not ready in Flywheel serving after {MODEL_READY_S}s ({last}):\n{tail}")
+
+
+def _infer_input(rows: np.ndarray) -> list[tgrpc.InferInput]:
+    inp = tgrpc.InferInput(packaging.INPUT_NAME, list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    return [inp]
+
+
+async def _aio_load(url: str, inputs: list[list[tgrpc.InferInput]], clients: int, duration_s: float) -> Measurement:
+    """Closed loop: `clients` coroutines sharing one tritonclient.grpc.aio client (one HTTP/2 channel)."""
+    async with tgrpc_aio.InferenceServerClient(url) as client:
+
+        async def worker(k: int) -> tuple[list[float], int, str, float]:
+            latencies: list[float] = []
+            errors, first = 0, ""
+            deadline = time.perf_counter() + duration_s
+            for n in range(LOAD_MAX_CALLS_PER_CLIENT):
+                t0 = time.perf_counter()
+                if t0 >= deadline:
+                    break
+                try:
+                    await client.infer(MODEL, inputs[(k * LOAD_MAX_CALLS_PER_CLIENT + n) % len(inputs)])
+                    latencies.append((time.perf_counter() - t0) * 1e3)
+                except InferenceServerException as exc:
+                    errors += 1
+                    first = first or str(exc)
+            return latencies, errors, first, time.perf_counter()
+
+        start = time.perf_counter()
+        per_client = await asyncio.gather(*(worker(k) for k in range(clients)))
+    return _merge(list(per_client), start)
+
+
+def bench_flywheel(model: BenchModel, work: Path, name: str, env: dict[str, str], result: Result) -> None:
+    stack = UpProcess(work / name)
+    for key in ("FLYWHEEL_SERVING_MAX_BATCH_SIZE", "FLYWHEEL_SERVING_MAX_QUEUE_DELAY_US"):
+        stack.env.pop(key, None)  # batching on = serving's defaults, whatever this shell has set
+    stack.env.update(env)
+    try:
+        stack.start(SERVER_START_S)
+        _deploy(stack, model)
+        url = stack.address("serving")
+        inputs = [_infer_input(model.X[i : i + 1]) for i in range(len(model.X))]
+
+        # Same answers as ONNX Runtime in-process, before timing anything.
+        session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+        want_label, want_proba = session.run(None, {packaging.INPUT_NAME: model.X[:16]})
+        client = tgrpc.InferenceServerClient(url)
+        got = client.infer(MODEL, _infer_input(model.X[:16]))
+        assert np.array_equal(got.as_numpy("label"), want_label), "Flywheel labels differ from ONNX Runtime's"
+        assert np.allclose(got.as_numpy("probabilities"), want_proba, atol=1e-5), "Flywheel probabilities differ"
+
+        def make_call() -> Callable[[int], None]:
+            def call(i: int) -> None:
+                client.infer(MODEL, inputs[i % len(inputs)])
+
+            return call
+
+        _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
+        result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
+        client.close()
+        asyncio.run(_aio_load(url, inputs, CLIENTS, WARMUP_S))
+        result.load = asyncio.run(_aio_load(url, inputs, CLIENTS, LOAD_S))
+    finally:
+        if stack.proc is not None and stack.proc.poll() is None:
+            try:
+                stack.interrupt(60)
+            except subprocess.TimeoutExpired:
+                pass
+        stack.kill_all()
+
+
+# -------------------------------------------------------------------------------------------- report
+
+
+def _row(r: Result) -> str:
+    if r.latency is None or r.load is None:
+        return f"  {r.name:<44} not measured: {r.error or 'no result'}"
+    line = f"  {r.name:<44} {r.latency.pct(50):8.3f} {r.latency.pct(99):8.3f} {r.load.rps:11,.0f}"
+    line += f" {r.load.pct(50):9.2f} {r.load.pct(99):9.2f}"
+    return line + (f"   ({'; '.join(r.notes)})" if r.notes else "")
+
+
+def _goal(label: str, value: float | None, fmt: str, goal: str, met: Callable[[float], bool]) -> str:
+    if value is None:
+        return f"  {label}: not measured (goal {goal}: not met)"
+    return f"  {label}: {value:{fmt}} (goal {goal}: {'met' if met(value) else 'NOT met'})"
+
+
+def _report(ort_r: Result, mlflow_r: Result, on: Result, off: Result) -> str:
+    ok = [r for r in (ort_r, mlflow_r, on, off) if r.latency is not None and r.load is not None]
+    overhead = on.latency.pct(50) - ort_r.latency.pct(50) if on in ok and ort_r in ok else None
+    vs_mlflow = on.load.rps / mlflow_r.load.rps if on in ok and mlflow_r in ok else None
+    batching = on.load.rps / off.load.rps if on in ok and off in ok else None
+    lines = [
+        f"\nserving bench: LogisticRegression, {N_FEATURES} features, {len(CLASS_LABELS)} classes; 1-row requests;"
+        f" {os.cpu_count()} CPUs; load generators in this process",
+        f"  latency: 1 client, {LATENCY_S:.0f} s (at most {LATENCY_MAX_CALLS:,} calls);"
+        f" throughput: {CLIENTS} clients, {LOAD_S:.0f} s; {WARMUP_S:.0f} s warm-up before each",
+        f"  {'':<44} {'p50 ms':>8} {'p99 ms':>8} {f'req/s @{CLIENTS}':>11} {f'p50@{CLIENTS}':>9} {f'p99@{CLIENTS}':>9}",
+        *(_row(r) for r in (ort_r, mlflow_r, on, off)),
+        _goal(
+            "p50 overhead, Flywheel (batching on) - raw ORT",
+            overhead,
+            ".3f",
+            f"< {GOAL_P50_OVERHEAD_MS} ms",
+            lambda v: v < GOAL_P50_OVERHEAD_MS,
+        ),
+        _goal(
+            f"req/s @{CLIENTS}, Flywheel (batching on) / MLflow",
+            vs_mlflow,
+            ".2f",
+            f">= {GOAL_VS_MLFLOW}x",
+            lambda v: v >= GOAL_VS_MLFLOW,
+        ),
+        _goal(
+            f"req/s @{CLIENTS}, Flywheel batching on / off",
+            batching,
+            ".2f",
+            f">= {GOAL_BATCHING}x",
+            lambda v: v >= GOAL_BATCHING,
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def test_serving_latency_and_throughput(model: BenchModel) -> None:
+    ort_r = Result("raw ONNX Runtime, in-process")
+    mlflow_r = Result("mlflow models serve")
+    on = Result("Flywheel, batching on (serving defaults)")
+    off = Result("Flywheel, batching off (MAX_BATCH_SIZE=1)")
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="flywheel-serving-bench-") as tmp:
+        work = Path(tmp)
+        try:
+            ort_r = bench_raw_ort(model)
+            try:
+                mlflow_r = bench_mlflow(model, work)
+            except Exception as exc:
+                mlflow_r.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                failures.append(f"MLflow: {exc}")
+            for result, name, env in (
+                (on, "flywheel-batching-on", {}),
+                (off, "flywheel-batching-off", {"FLYWHEEL_SERVING_MAX_BATCH_SIZE": "1"}),
+            ):
+                if on.error:  # the same stack and model would fail the same way; keep the run short
+                    result.error = "skipped: the batching-on run failed"
+                    continue
+                try:
+                    bench_flywheel(model, work, name, env, result)
+                except Exception as exc:
+                    result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    failures.append(f"{result.name}: {exc}")
+        finally:
+            print(_report(ort_r, mlflow_r, on, off))
+    for r in (ort_r, mlflow_r, on, off):
+        for m in (r.latency, r.load):
+            if m is not None and m.errors:
+                failures.append(f"{r.name}: {m.errors} failed requests, first: {m.first_error}")
+    assert not failures, "\n\n".join(failures)

@@ -1,0 +1,353 @@
+"""The deploy half of the loop with every service a real process and clients no one here wrote:
+tritonclient for inference, the gRPC stubs for the registry. Registered -> staging checks ->
+promotion by policy -> served; worse models stay out; manual approval; rollback; swaps under load
+without a failed request; bad inputs get their codes; a restarted server comes back as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import queue
+import signal
+import threading
+import time
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pytest
+import tritonclient.grpc as triton
+from skl2onnx import to_onnx
+from sklearn.linear_model import LogisticRegression
+from tritonclient.utils import InferenceServerException
+
+from flywheel import evaluation
+from flywheel.stack.up import read_state
+from flywheel.v1 import common_pb2, ingestion_pb2, registry_pb2, serving_pb2, serving_pb2_grpc
+
+from .clients import Clients, ingest_requests, make_csv, schema, wait_until
+from .stack import UpProcess
+
+R = registry_pb2
+FEATURES = ["f0", "f1", "f2", "f3"]
+MODEL = "deploy-model"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    up = UpProcess(tmp_path_factory.mktemp("deploy") / "home")
+    up.start()
+    yield up
+    up.kill_all()
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    clients = Clients(stack)
+    yield clients
+    clients.close()
+
+
+@pytest.fixture(scope="module")
+def data(api):
+    api.ingestion.CreateDataset(
+        ingestion_pb2.CreateDatasetRequest(dataset=ingestion_pb2.Dataset(name="deploy", schema=schema()))
+    )
+    version = api.ingestion.IngestDataset(ingest_requests("deploy", make_csv(20_000, seed=21))).version
+
+    def split(which: int) -> tuple[np.ndarray, np.ndarray]:
+        parts = api.ingestion.ReadDatasetVersion(
+            ingestion_pb2.ReadDatasetVersionRequest(dataset="deploy", version=1, split=which)
+        )
+        table = pa.concat_tables(pa.ipc.open_stream(io.BytesIO(p.data)).read_all() for p in parts)
+        x = np.column_stack([table[f].to_numpy() for f in FEATURES]).astype(np.float32)
+        return x, table["label"].to_numpy()
+
+    return version, split(common_pb2.SPLIT_TRAIN), split(common_pb2.SPLIT_TEST)
+
+
+def _model(data, used: list[str], *, shuffle: bool = False) -> tuple[bytes, list[common_pb2.Metric]]:  # type: ignore[no-untyped-def]
+    """A logistic regression that sees only `used` features (others zeroed): quality by design."""
+    _, (x, y), (xt, yt) = data
+    mask = np.array([f in used for f in FEATURES], dtype=np.float32)
+    labels = np.random.default_rng(0).permutation(y) if shuffle else y
+    clf = LogisticRegression().fit(x * mask, labels)
+    onnx = to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+    data_bytes = onnx.SerializeToString()
+    session = ort.InferenceSession(data_bytes, providers=["CPUExecutionProvider"])
+    label, proba = session.run(None, {session.get_inputs()[0].name: xt})
+    ev = evaluation.classification_metrics(yt, label, proba, ["0", "1"])
+    return data_bytes, list(ev.metrics)
+
+
+def _register(api: Clients, data, onnx: bytes, metrics: list[common_pb2.Metric]) -> int:  # type: ignore[no-untyped-def]
+    version = data[0]
+    session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+    signature = common_pb2.ModelSignature(
+        inputs=[common_pb2.TensorSpec(name=session.get_inputs()[0].name, datatype="FP32", shape=[-1, 4])],
+        outputs=[
+            common_pb2.TensorSpec(name="label", datatype="INT64", shape=[-1]),
+            common_pb2.TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 2]),
+        ],
+        feature_names=FEATURES,
+        class_labels=["0", "1"],
+    )
+    header = R.RegisterModelHeader(
+        model_name=MODEL,
+        task=common_pb2.TASK_CLASSIFICATION,
+        signature=signature,
+        metrics=metrics,
+        lineage=common_pb2.Lineage(dataset=version.ref, run_id="test"),
+        format="onnx",
+        sha256=hashlib.sha256(onnx).hexdigest(),
+    )
+    resp = api.registry.RegisterModel(iter([R.RegisterModelRequest(header=header), R.RegisterModelRequest(chunk=onnx)]))
+    return resp.version.ref.version
+
+
+def _state(api: Clients, version: int) -> R.ModelVersion:
+    return api.registry.GetModelVersion(R.GetModelVersionRequest(name=MODEL, version=version)).version
+
+
+def _decided(api: Clients, version: int) -> R.ModelVersion:
+    def done() -> R.ModelVersion | None:
+        mv = _state(api, version)
+        return mv if mv.promotion.state != R.PROMOTION_STATE_PENDING_CHECKS else None
+
+    return wait_until(done, 90, f"a promotion decision for v{version}")
+
+
+def _served_version(client: triton.InferenceServerClient, x: np.ndarray) -> str:
+    inp = triton.InferInput("X", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return client.infer(MODEL, [inp]).get_response().model_version
+
+
+def _serves(client: triton.InferenceServerClient, x: np.ndarray, version: int) -> None:
+    def ok() -> bool:
+        try:
+            return _served_version(client, x) == str(version)
+        except InferenceServerException:
+            return False
+
+    wait_until(ok, 60, f"serving to answer with v{version}")
+
+
+@pytest.fixture(scope="module")
+def triton_client(stack):
+    client = triton.InferenceServerClient(stack.address("serving"))
+    yield client
+    client.close()
+
+
+def test_policy_chain_promotes_better_keeps_worse_waits_for_approval_and_rolls_back(api, data, triton_client):
+    api.registry.SetPromotionPolicy(
+        R.SetPromotionPolicyRequest(
+            model_name=MODEL,
+            policy=common_pb2.PromotionPolicy(
+                metric="accuracy",
+                direction=common_pb2.METRIC_DIRECTION_MAXIMIZE,
+                approval=common_pb2.APPROVAL_MODE_AUTO,
+            ),
+        )
+    )
+    x = data[2][0][:3]
+    v1 = _register(api, data, *_model(data, ["f0"]))
+    assert _decided(api, v1).promotion.state == R.PROMOTION_STATE_PROMOTED
+    _serves(triton_client, x, v1)
+
+    worse = _register(api, data, *_model(data, FEATURES, shuffle=True))
+    mv = _decided(api, worse)
+    assert mv.promotion.state == R.PROMOTION_STATE_NOT_PROMOTED and mv.staging.passed, mv.promotion.reason
+    assert "not better" in mv.promotion.reason and mv.staging.champion_version == v1
+    assert {c.name for c in mv.staging.checks} == {"loads", "signature", "sample_metrics", "latency"}
+    audit = api.registry.ListAuditEvents(R.ListAuditEventsRequest(name=MODEL, version=worse)).events
+    assert any(e.action == R.AUDIT_ACTION_NOT_PROMOTED and "accuracy" in e.reason for e in audit)
+
+    better = _register(api, data, *_model(data, ["f0", "f1"]))
+    assert _decided(api, better).promotion.state == R.PROMOTION_STATE_PROMOTED
+    _serves(triton_client, x, better)  # no call from the test since registration
+
+    policy = api.registry.GetPromotionPolicy(R.GetPromotionPolicyRequest(model_name=MODEL)).policy
+    policy.approval = common_pb2.APPROVAL_MODE_MANUAL
+    api.registry.SetPromotionPolicy(R.SetPromotionPolicyRequest(model_name=MODEL, policy=policy))
+    best = _register(api, data, *_model(data, FEATURES))
+    assert _decided(api, best).promotion.state == R.PROMOTION_STATE_PENDING_APPROVAL
+    assert _served_version(triton_client, x) == str(better), "waits for approval"
+    api.registry.ApproveVersion(R.ApproveVersionRequest(name=MODEL, version=best, actor="alice", reason="looks good"))
+    _serves(triton_client, x, best)
+    approvals = api.registry.ListAuditEvents(R.ListAuditEventsRequest(name=MODEL, action=R.AUDIT_ACTION_APPROVED))
+    assert [(e.version, e.actor) for e in approvals.events] == [(best, "alice")]
+
+    rolled = api.registry.Rollback(R.RollbackRequest(name=MODEL, actor="bob", reason="bad canary"))
+    assert (rolled.production.version, rolled.previous_version) == (better, best)
+    _serves(triton_client, x, better)
+
+
+def test_tritonclient_speaks_to_serving(api, data, triton_client, stack):
+    assert triton_client.is_server_live() and triton_client.is_server_ready()
+    assert triton_client.is_model_ready(MODEL)
+    meta = triton_client.get_model_metadata(MODEL, as_json=True)
+    assert meta["platform"] == "onnxruntime_onnx" and meta["inputs"][0]["datatype"] == "FP32"
+    config = triton_client.get_model_config(MODEL, as_json=True)["config"]
+    assert config["name"] == MODEL and config["input"][0]["dims"] == ["4"]
+
+    production = api.registry.GetModelVersion(R.GetModelVersionRequest(name=MODEL, alias="production")).version
+    onnx = b"".join(
+        c.chunk for c in api.registry.DownloadArtifact(R.DownloadArtifactRequest(name=MODEL, alias="production"))
+    )
+    session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+    x = data[2][0][:64]
+    want_label, want_proba = session.run(None, {"X": x})
+
+    inp = triton.InferInput("X", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = triton_client.infer(
+        MODEL, [inp], outputs=[triton.InferRequestedOutput("probabilities"), triton.InferRequestedOutput("label")]
+    )
+    np.testing.assert_array_equal(result.as_numpy("label"), want_label)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), want_proba, rtol=1e-6)
+    assert result.get_response().model_version == str(production.ref.version)
+
+    done: queue.Queue = queue.Queue()
+    triton_client.async_infer(MODEL, [inp], callback=lambda r, e: done.put((r, e)))
+    r, e = done.get(timeout=30)
+    assert e is None and np.array_equal(r.as_numpy("label"), want_label)
+
+    streamed: queue.Queue = queue.Queue()
+    triton_client.start_stream(callback=lambda r, e: streamed.put((r, e)))
+    try:
+        for i in range(3):
+            triton_client.async_stream_infer(MODEL, [inp], request_id=str(i))
+        got = [streamed.get(timeout=30) for _ in range(3)]
+    finally:
+        triton_client.stop_stream()
+    assert all(e is None for _, e in got)
+    assert sorted(r.get_response().id for r, _ in got) == ["0", "1", "2"]
+    assert all(np.array_equal(r.as_numpy("label"), want_label) for r, _ in got)
+
+    stats = triton_client.get_inference_statistics(MODEL, as_json=True)
+    assert int(stats["model_stats"][0]["inference_stats"]["success"]["count"]) > 0
+
+
+def test_bad_inputs_get_their_codes_and_the_server_keeps_answering(data, stack):
+    from tritonclient.grpc import service_pb2 as oip
+    from tritonclient.grpc import service_pb2_grpc as oip_grpc
+
+    x = data[2][0][:2]
+    channel = grpc.insecure_channel(stack.address("serving"))
+    stub = oip_grpc.GRPCInferenceServiceStub(channel)
+
+    def request(name="X", datatype="FP32", shape=(2, 4), raw=None, model=MODEL, version=""):  # type: ignore[no-untyped-def]
+        req = oip.ModelInferRequest(model_name=model, model_version=version)
+        req.inputs.add(name=name, datatype=datatype, shape=list(shape))
+        req.raw_input_contents.append(x.tobytes() if raw is None else raw)
+        return req
+
+    cases = [
+        (request(name="nope"), grpc.StatusCode.INVALID_ARGUMENT, "nope"),
+        (request(datatype="FP64", raw=x.astype(np.float64).tobytes()), grpc.StatusCode.INVALID_ARGUMENT, "FP64"),
+        (request(shape=(2, 3), raw=x[:, :3].tobytes()), grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+        (request(raw=x.tobytes()[:-4]), grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents"),
+        (request(model="no-such-model"), grpc.StatusCode.NOT_FOUND, "no-such-model"),
+        (request(version="999"), grpc.StatusCode.NOT_FOUND, "999"),
+        (request(version="latest"), grpc.StatusCode.INVALID_ARGUMENT, "model_version"),
+    ]
+    for req, code, needle in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(req, timeout=10)
+        assert err.value.code() == code, (needle, err.value.details())
+        assert needle in err.value.details(), err.value.details()
+
+    huge = np.zeros((2_200_000, 4), np.float32)  # twice this is 70 MB, over the 64 MB message limit
+    big = grpc.insecure_channel(stack.address("serving"), options=[("grpc.max_send_message_length", 256 << 20)])
+    with pytest.raises(grpc.RpcError) as err:
+        oip_grpc.GRPCInferenceServiceStub(big).ModelInfer(
+            request(shape=huge.shape, raw=np.concatenate([huge, huge]).tobytes()), timeout=30
+        )
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.ModelInfer(request(), timeout=10).model_version  # still answering
+
+
+def test_swaps_under_load_fail_no_request(api, stack, data):
+    """200 requests/s from 8 clients across three production swaps: zero failures, and every
+    response came from a version serving held as production at some moment during the request."""
+    production = api.registry.GetModelVersion(R.GetModelVersionRequest(name=MODEL, alias="production")).version
+    other = production.ref.version + 1 if production.ref.version < 4 else production.ref.version - 1
+    x = data[2][0][:1]
+    admin = serving_pb2_grpc.ServingAdminStub(grpc.insecure_channel(stack.address("serving")))
+    timeline: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # serving's own view of production, sampled every 2 ms
+        while not stop.is_set():
+            dep = admin.GetDeployment(serving_pb2.GetDeploymentRequest(model_name=MODEL)).deployment
+            prod = [s.model.version for s in dep.slots if s.role == common_pb2.SERVING_ROLE_PRODUCTION]
+            t = time.monotonic()
+            if prod and (not timeline or timeline[-1][1] != prod[0]):
+                timeline.append((t, prod[0]))
+            time.sleep(0.002)
+
+    results: list[tuple[float, float, str]] = []
+    failures: list[str] = []
+
+    def client() -> None:
+        c = triton.InferenceServerClient(stack.address("serving"))
+        inp = triton.InferInput("X", [1, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        next_at = time.monotonic()
+        while not stop.is_set():
+            start = time.monotonic()
+            try:
+                version = c.infer(MODEL, [inp]).get_response().model_version
+                results.append((start, time.monotonic(), version))
+            except Exception as exc:
+                failures.append(repr(exc))
+            next_at += 8 / 200  # 8 clients x 25 requests/s
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        c.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(0.2)
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for t in clients:
+        t.start()
+    versions = [other, production.ref.version, other]
+    for v in versions:
+        time.sleep(1.5)
+        api.registry.SetAlias(R.SetAliasRequest(name=MODEL, alias="production", version=v, actor="swap-test"))
+        wait_until(lambda v=v: timeline and timeline[-1][1] == v, 30, f"serving to swap to v{v}", 0.01)
+    time.sleep(1.5)
+    stop.set()
+    for t in [*clients, watcher]:
+        t.join()
+
+    assert failures == []
+    assert len(results) > 200 * 5 * 0.5, len(results)
+    assert [v for _, v in timeline][-3:] == versions
+    slack = 0.005  # the watcher's sampling period and clock reads
+
+    def production_during(start: float, end: float) -> set[int]:
+        held = {v for t, v in timeline if start - slack <= t <= end + slack}
+        before = [v for t, v in timeline if t < start - slack]
+        return held | ({before[-1]} if before else set())
+
+    wrong = [(s, e, v) for s, e, v in results if int(v) not in production_during(s, e)]
+    assert wrong == []
+
+
+def test_restarted_serving_comes_back_with_the_same_production(api, stack, data, triton_client):
+    production = api.registry.GetModelVersion(R.GetModelVersionRequest(name=MODEL, alias="production")).version
+    os.kill(read_state(stack.home)["services"]["serving"]["pid"], signal.SIGKILL)
+    x = data[2][0][:2]
+
+    def back() -> bool:
+        try:
+            return triton_client.is_server_ready() and _served_version(triton_client, x) == str(production.ref.version)
+        except InferenceServerException:
+            return False
+
+    wait_until(back, 90, "serving to come back with the production version")
