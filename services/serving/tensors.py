@@ -115,7 +115,9 @@ def _spec_for(
     spec = specs.get(tensor.name)
     if spec is None:
         names = ", ".join(map(repr, specs)) or "none"
-        raise InvalidArgument(f"unknown input {tensor.name!r}; the model's inputs are {names}", field=f"inputs[{i}].name")
+        raise InvalidArgument(
+            f"unknown input {tensor.name!r}; the model's inputs are {names}", field=f"inputs[{i}].name"
+        )
     if tensor.name in seen:
         raise InvalidArgument(f"input {tensor.name!r} is given more than once", field=f"inputs[{i}].name")
     if tensor.datatype != spec.datatype:
@@ -196,7 +198,9 @@ def _from_contents(i: int, tensor: InferInput, shape: tuple[int, ...]) -> np.nda
     wanted = CONTENTS_FIELDS.get(tensor.datatype)
     present = [f.name for f, _ in tensor.contents.ListFields()]
     if wanted is None:
-        raise InvalidArgument(f"{tensor.datatype} input {tensor.name!r} must be sent in raw_input_contents", field=field)
+        raise InvalidArgument(
+            f"{tensor.datatype} input {tensor.name!r} must be sent in raw_input_contents", field=field
+        )
     wrong = [name for name in present if name != wanted]
     if wrong:
         raise InvalidArgument(

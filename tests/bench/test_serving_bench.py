@@ -254,6 +254,7 @@ def bench_mlflow(model: BenchModel, work: Path) -> Result:
         model.pipeline,
         str(model_dir),
         signature=mlflow.models.infer_signature(model.X, model.pipeline.predict(model.X)),
+        serialization_format=mlflow_sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,  # skops (the default) is another dep
         pip_requirements=[],  # skip requirement inference (a subprocess); --env-manager local ignores them
     )
     server = MlflowServer(model_dir, work / "mlflow.log")

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 
 from flywheel.cli import client
@@ -152,7 +153,7 @@ def fmt_slot(slot: serving_pb2.ModelSlot) -> str:
     if slot.execution_provider:
         text += f" ({fmt_provider(slot.execution_provider)})"
     if slot.error:
-        text += f": {slot.error}"
+        text += f": {escape(slot.error)}"
     return text
 
 
@@ -230,7 +231,7 @@ def slots_table(slots: Sequence[serving_pb2.ModelSlot]) -> Table:
         table.add_row(
             role_text(s.role),
             fmt_version(s.model.version),
-            state_markup(s.state) + (f": {s.error}" if s.error else ""),
+            state_markup(s.state) + (f": {escape(s.error)}" if s.error else ""),
             fmt_provider(s.execution_provider),
             fmt_time(s.loaded_at),
             str(s.inflight_requests),
@@ -246,7 +247,8 @@ def deployment_detail(deployment: serving_pb2.Deployment) -> Group:
     traffic = deployment.traffic
     updated = "-"
     if traffic.update_time.seconds or traffic.updated_by:
-        updated = fmt_time(traffic.update_time) + (f" by {traffic.updated_by}" if traffic.updated_by else "")
+        by = f"by {escape(traffic.updated_by)}" if traffic.updated_by else ""
+        updated = " ".join(x for x in (fmt_time(traffic.update_time), by) if x and x != "-")
     rows: list[tuple[str, Any]] = [
         ("model", deployment.model_name),
         ("production", fmt_version(production_version(deployment))),
@@ -312,7 +314,7 @@ def versions_table(versions: Sequence[registry_pb2.ModelVersion]) -> Table:
             fmt_ms(report.latency_p50_ms),
             fmt_ms(report.latency_p99_ms),
             fmt_sample_vs_champion(report),
-            fmt_promotion(v.promotion),
+            escape(fmt_promotion(v.promotion)),
         )
     return table
 
@@ -325,7 +327,7 @@ def staging_checks_table(version: registry_pb2.ModelVersion) -> Table:
         title += f" ({' '.join(x for x in (report.reporter, fmt_time(report.report_time)) if x and x != '-')})"
     table = client.titled_table(title, "check", "result", "detail")
     for c in report.checks:
-        table.add_row(c.name, "[green]passed[/]" if c.passed else "[red]failed[/]", c.detail or "-")
+        table.add_row(c.name, "[green]passed[/]" if c.passed else "[red]failed[/]", escape(c.detail) or "-")
     if report.latency_calls:
         table.add_row(
             "latency calls",
@@ -344,7 +346,7 @@ def audit_table(events: Sequence[registry_pb2.AuditEvent]) -> Table:
         version = fmt_version(e.version)
         if e.from_version or e.to_version:
             version = f"{fmt_version(e.from_version)} -> {fmt_version(e.to_version)}"
-        table.add_row(fmt_time(e.time), action, version, e.actor or "-", e.reason or "-")
+        table.add_row(fmt_time(e.time), action, version, escape(e.actor) or "-", escape(e.reason) or "-")
     return table
 
 
@@ -375,8 +377,8 @@ def decision_line(response: Any) -> str:
     """For Approve/RejectVersionResponse: "churn v8: promoted: approved by ana"."""
     ref = response.version.ref
     decision = response.decision if response.HasField("decision") else response.version.promotion
-    text = f"{client.fmt_model_ref(ref)}: {fmt_promotion(decision)}"
-    return text + (f" (by {decision.actor})" if decision.actor else "")
+    text = f"{client.fmt_model_ref(ref)}: {escape(fmt_promotion(decision))}"
+    return text + (f" (by {escape(decision.actor)})" if decision.actor else "")
 
 
 def rollback_line(name: str, response: registry_pb2.RollbackResponse) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from rich.markup import escape
 from rich.table import Table
 
 from flywheel.cli import client
@@ -322,9 +323,9 @@ def predictions_table(
     headers = ["#"]
     for n in names:
         if n in per_class:
-            headers.extend(f"{n}[{label}]" for label in labels)
+            headers.extend(escape(f"{n}[{label}]") for label in labels)
         else:
-            headers.append(n)
+            headers.append(escape(n))
     table = client.titled_table(title, *headers)
     for column in table.columns:
         column.justify = "right"
@@ -335,7 +336,7 @@ def predictions_table(
             if n in per_class:
                 cells.extend(_cell(v) for v in value)
             elif isinstance(value, int) and not isinstance(value, bool) and labels and 0 <= value < len(labels):
-                cells.append(labels[value])
+                cells.append(escape(labels[value]))
             else:
                 cells.append(_cell(value))
         table.add_row(*cells)
@@ -343,6 +344,10 @@ def predictions_table(
 
 
 def _cell(value: Any) -> str:
+    return escape(_text(value))
+
+
+def _text(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -350,7 +355,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, int | float):
         return fmt_number(float(value))
     if isinstance(value, list):
-        return "[" + ", ".join(_cell(v) for v in value) + "]"
+        return "[" + ", ".join(_text(v) for v in value) + "]"
     return str(value)
 
 
@@ -411,7 +416,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         client.print_json(result)
         return 0
     served = f"{response.model_name or ref.name}" + (f" v{response.model_version}" if response.model_version else "")
-    console.print(predictions_table(result, signature.class_labels, title=served), highlight=False)
+    console.print(predictions_table(result, signature.class_labels, title=escape(served)), highlight=False)
     return 0
 
 
