@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: install protos run test test-unit test-integration test-e2e lint bench clean
 
@@ -39,7 +40,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(STAMP)
+# Bench-only dependencies (MLflow as a serving baseline), installed once per change of the list.
+$(BENCH_STAMP): $(STAMP) tests/bench/requirements.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r tests/bench/requirements.txt
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m pytest -q -s tests/bench -p no:cacheprovider; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 clean:

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
-from grpc_health.v1 import health_pb2
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as oip
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
@@ -50,8 +49,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
 
     async def ServerReady(self, request, context):  # type: ignore[no-untyped-def]
         # Ready means the same as health SERVING: dependencies answer and production models are loaded.
-        status = await self._server.health.check(health_pb2.HealthCheckRequest(service=""), context)
-        return oip.ServerReadyResponse(ready=status.status == health_pb2.HealthCheckResponse.SERVING)
+        return oip.ServerReadyResponse(ready=self._server.serving)
 
     async def ServerMetadata(self, request, context):  # type: ignore[no-untyped-def]
         return oip.ServerMetadataResponse(name="flywheel-serving", version=flywheel.__version__, extensions=[])

@@ -124,8 +124,10 @@ def _threads(
     start_line = threading.Barrier(clients + 1)
     per_thread: list[tuple[list[float], int, str, float]] = [([], 0, "", 0.0)] * clients
 
+    calls = [make_call() for _ in range(clients)]  # here, so a failing one raises in the caller
+
     def worker(i: int) -> None:
-        call = make_call()
+        call = calls[i]
         latencies: list[float] = []
         errors, first = 0, ""
         start_line.wait()
@@ -380,20 +382,19 @@ def bench_flywheel(model: BenchModel, work: Path, name: str, env: dict[str, str]
         # Same answers as ONNX Runtime in-process, before timing anything.
         session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
         want_label, want_proba = session.run(None, {packaging.INPUT_NAME: model.X[:16]})
-        client = tgrpc.InferenceServerClient(url)
-        got = client.infer(MODEL, _infer_input(model.X[:16]))
-        assert np.array_equal(got.as_numpy("label"), want_label), "Flywheel labels differ from ONNX Runtime's"
-        assert np.allclose(got.as_numpy("probabilities"), want_proba, atol=1e-5), "Flywheel probabilities differ"
+        with tgrpc.InferenceServerClient(url) as client:
+            got = client.infer(MODEL, _infer_input(model.X[:16]))
+            assert np.array_equal(got.as_numpy("label"), want_label), "Flywheel labels differ from ONNX Runtime's"
+            assert np.allclose(got.as_numpy("probabilities"), want_proba, atol=1e-5), "Flywheel probabilities differ"
 
-        def make_call() -> Callable[[int], None]:
-            def call(i: int) -> None:
-                client.infer(MODEL, inputs[i % len(inputs)])
+            def make_call() -> Callable[[int], None]:
+                def call(i: int) -> None:
+                    client.infer(MODEL, inputs[i % len(inputs)])
 
-            return call
+                return call
 
-        _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
-        result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
-        client.close()
+            _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
+            result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
         asyncio.run(_aio_load(url, inputs, CLIENTS, WARMUP_S))
         result.load = asyncio.run(_aio_load(url, inputs, CLIENTS, LOAD_S))
     finally:
@@ -412,7 +413,7 @@ def _row(r: Result) -> str:
     if r.latency is None or r.load is None:
         return f"  {r.name:<44} not measured: {r.error or 'no result'}"
     line = f"  {r.name:<44} {r.latency.pct(50):8.3f} {r.latency.pct(99):8.3f} {r.load.rps:11,.0f}"
-    line += f" {r.load.pct(50):9.2f} {r.load.pct(99):9.2f}"
+    line += f" {r.load.pct(50):9.3f} {r.load.pct(99):9.3f}"
     return line + (f"   ({'; '.join(r.notes)})" if r.notes else "")
 
 

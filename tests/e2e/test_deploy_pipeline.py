@@ -212,12 +212,12 @@ def test_tritonclient_speaks_to_serving(api, data, triton_client, stack):
     assert result.get_response().model_version == str(production.ref.version)
 
     done: queue.Queue = queue.Queue()
-    triton_client.async_infer(MODEL, [inp], callback=lambda r, e: done.put((r, e)))
+    triton_client.async_infer(MODEL, [inp], callback=lambda result, error: done.put((result, error)))
     r, e = done.get(timeout=30)
     assert e is None and np.array_equal(r.as_numpy("label"), want_label)
 
     streamed: queue.Queue = queue.Queue()
-    triton_client.start_stream(callback=lambda r, e: streamed.put((r, e)))
+    triton_client.start_stream(callback=lambda result, error: streamed.put((result, error)))
     try:
         for i in range(3):
             triton_client.async_stream_infer(MODEL, [inp], request_id=str(i))

@@ -35,6 +35,7 @@ class GrpcServer:
             options=[*channel_options(settings), ("grpc.so_reuseport", 0)],
         )
         self.health = health.aio.HealthServicer()
+        self.serving = False  # mirrors the health status, for protocols with their own readiness call
         self._service_names: list[str] = []
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._bind()
@@ -68,12 +69,13 @@ class GrpcServer:
         while True:
             ok = all(await asyncio.gather(*(c() for c in checks)))
             if ok != serving:
-                serving = ok
+                serving = self.serving = ok
                 status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
                 await self._set_all(status)
                 log.info("health changed", serving=ok)
             await asyncio.sleep(interval_s)
 
     async def stop(self) -> None:
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self._settings.grpc_grace_s)
