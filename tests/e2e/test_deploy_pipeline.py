@@ -351,3 +351,59 @@ def test_restarted_serving_comes_back_with_the_same_production(api, stack, data,
             return False
 
     wait_until(back, 90, "serving to come back with the production version")
+
+
+def test_canary_shadow_prediction_log_and_cli(api, stack, data):
+    from flywheel.bus.topics import Topics
+    from flywheel.v1 import events_pb2
+
+    from .clients import read_topic
+
+    admin = serving_pb2_grpc.ServingAdminStub(grpc.insecure_channel(stack.address("serving")))
+    production = api.registry.GetModelVersion(R.GetModelVersionRequest(name=MODEL, alias="production")).version
+    prod_v = production.ref.version
+    challenger = 4 if prod_v != 4 else 3
+    client = triton.InferenceServerClient(stack.address("serving"))
+    x = data[2][0][:2]
+
+    dep = admin.SetCanary(
+        serving_pb2.SetCanaryRequest(model_name=MODEL, challenger_version=challenger, percent=50, actor="carol")
+    ).deployment
+    assert dep.traffic.mode == serving_pb2.TRAFFIC_MODE_CANARY and dep.traffic.challenger.version == challenger
+    seen = [_served_version(client, x) for _ in range(100)]
+    assert set(seen) == {str(prod_v), str(challenger)}, "both versions answer under a 50% canary"
+    assert 20 <= seen.count(str(challenger)) <= 80
+
+    admin.SetShadow(serving_pb2.SetShadowRequest(model_name=MODEL, challenger_version=challenger, actor="carol"))
+    inp = triton.InferInput("X", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    answered = {client.infer(MODEL, [inp], request_id=f"shadow-{i}").get_response().model_version for i in range(5)}
+    assert answered == {str(prod_v)}, "shadow answers from production only"
+    admin.ClearTraffic(serving_pb2.ClearTrafficRequest(model_name=MODEL))
+    assert {_served_version(client, x) for _ in range(20)} == {str(prod_v)}
+
+    def logged() -> list[events_pb2.PredictionRecord] | None:
+        records = [
+            (e.model.version, r)
+            for rec in read_topic(stack.bootstrap, Topics.PREDICTIONS_LOGGED, idle_s=1.0)
+            for e in [events_pb2.PredictionsLogged.FromString(rec.value)]
+            for r in e.records
+            if r.request_id == "shadow-0"
+        ]
+        return records if len(records) >= 4 else None  # 2 rows x (production + shadow)
+
+    records = wait_until(logged, 30, "the shadow request in flywheel.predictions.logged")
+    by_role = {(v, r.role) for v, r in records}
+    assert by_role == {(prod_v, common_pb2.SERVING_ROLE_PRODUCTION), (challenger, common_pb2.SERVING_ROLE_SHADOW)}
+    row = next(r for v, r in records if r.row_index == 0 and v == prod_v)
+    assert set(row.inputs.keys()) == set(FEATURES) and row.inputs["f0"] == pytest.approx(float(x[0, 0]), rel=1e-6)
+    assert {"label", "probabilities", "class"} <= set(row.outputs.keys()) and row.latency_ms > 0
+
+    status = stack.cli("deploy", "status", MODEL, "--json")
+    assert status.returncode == 0, status.stderr
+    predicted = stack.cli(
+        "predict", MODEL, "--json", '[{"f0": 1.0, "f1": -2.0, "f2": 0.5, "f3": 0.0}]', "--json-output"
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    assert "label" in predicted.stdout
+    client.close()
