@@ -206,7 +206,9 @@ class MlflowServer:
     def __init__(self, model_dir: Path, log: Path) -> None:
         self.port = free_port()
         self.log = log
-        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        # uvicorn is found on PATH; MLFLOW_MODELS_WORKERS unset, so MLflow's default of 1 worker applies.
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_MODELS_WORKERS"}
+        env["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
         cmd = [str(BIN / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local"]
         cmd += ["-p", str(self.port), "--host", "127.0.0.1"]
         with log.open("wb") as out:

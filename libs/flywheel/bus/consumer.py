@@ -166,6 +166,7 @@ class EventConsumer:
         event = decode(EVENT_TYPES[record.topic], record.value, record.headers)
         event_id = _event_id(event, record)
         structlog.contextvars.bind_contextvars(event_id=event_id)
+        trace.get_current_span().set_attribute("flywheel.event_id", event_id)
         try:
             ctx = EventContext(
                 topic=record.topic,
