@@ -1,4 +1,4 @@
-"""How the monitoring service is assembled: its API, its event reactions, its tables."""
+"""How the monitoring service is assembled: its API, its event reactions, its window ticker."""
 
 from pathlib import Path
 
@@ -10,4 +10,6 @@ DEFINITION = ServiceDefinition(
     register=service.register,
     handlers=handlers.handlers,
     migrations=Path(__file__).parent / "migrations",
+    reconcile=handlers.reconcile,
+    background=[handlers.close_due_windows],
 )

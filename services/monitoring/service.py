@@ -1,15 +1,125 @@
-"""gRPC surface of the monitoring service. RPCs not built yet answer UNIMPLEMENTED (the generated base)."""
+"""gRPC surface of monitoring: drift and segment reports, alerts (listed and streamed),
+per-model policies, and feedback labels."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 from flywheel.app import ServiceContext
+from flywheel.errors import InvalidArgument, NotFound
 from flywheel.grpc import GrpcServer
+from flywheel.grpc.context import actor
+from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import monitoring_pb2, monitoring_pb2_grpc
+from services.monitoring import evaluator
+from services.monitoring import policy as policies
+from services.monitoring.handlers import record_labels
+
+M = monitoring_pb2
+WATCH_POLL_S = 0.3
 
 
 class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
+        self._pool = ctx.pool
+
+    async def GetDriftReport(self, request, context):  # type: ignore[no-untyped-def]
+        if not request.model_name:
+            raise InvalidArgument("name the model", field="model_name")
+        count = request.window_count or 10
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT report FROM windows WHERE model = $1 AND ($2 = 0 OR version = $2)"
+                " AND ($3 = '' OR window_id = $3) ORDER BY created_at DESC LIMIT $4",
+                request.model_name,
+                request.model_version,
+                request.window_id,
+                count,
+            )
+        if request.window_id and not rows:
+            raise NotFound(f"no window {request.window_id!r} for model {request.model_name!r}", field="window_id")
+        return M.GetDriftReportResponse(windows=[M.WindowReport.FromString(r["report"]) for r in rows])
+
+    async def ListAlerts(self, request, context):  # type: ignore[no-untyped-def]
+        size, offset = page_size(request.page_size), decode_token(request.page_token)
+        since = request.since.ToDatetime().astimezone() if request.HasField("since") else None
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT alert FROM alerts WHERE ($1 = '' OR model = $1) AND ($2 = 0 OR kind = $2)"
+                " AND ($3::timestamptz IS NULL OR created_at >= $3) ORDER BY created_at DESC LIMIT $4 OFFSET $5",
+                request.model_name,
+                request.kind,
+                since,
+                size,
+                offset,
+            )
+        return M.ListAlertsResponse(
+            alerts=[M.Alert.FromString(r["alert"]) for r in rows], next_page_token=next_token(offset, size, len(rows))
+        )
+
+    async def GetSegmentReport(self, request, context):  # type: ignore[no-untyped-def]
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT segments FROM windows WHERE model = $1 AND kind = 'quality' AND segments IS NOT NULL"
+                " AND ($2 = 0 OR version = $2) AND ($3 = '' OR window_id = $3) ORDER BY created_at DESC LIMIT 1",
+                request.model_name,
+                request.model_version,
+                request.window_id,
+            )
+        if row is None:
+            raise NotFound(f"no segment report for model {request.model_name!r} yet", field="model_name")
+        report = M.GetSegmentReportResponse.FromString(row["segments"])
+        if request.field:
+            kept_segments = [s for s in report.segments if s.segment.field == request.field]
+            kept_gaps = [g for g in report.gaps if g.field == request.field]
+            del report.segments[:]
+            del report.gaps[:]
+            report.segments.extend(kept_segments)
+            report.gaps.extend(kept_gaps)
+        return report
+
+    async def SetMonitoringPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        policies.check(request.policy)
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO policies (model, policy, updated_by) VALUES ($1, $2, $3)"
+                " ON CONFLICT (model) DO UPDATE SET policy = $2, updated_by = $3, updated_at = now()",
+                request.policy.model_name,
+                request.policy.SerializeToString(),
+                actor(context, request.actor),
+            )
+            return M.SetMonitoringPolicyResponse(policy=await evaluator.load_policy(conn, request.policy.model_name))
+
+    async def GetMonitoringPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        async with self._pool.acquire() as conn:
+            return M.GetMonitoringPolicyResponse(policy=await evaluator.load_policy(conn, request.model_name))
+
+    async def RecordFeedback(self, request, context):  # type: ignore[no-untyped-def]
+        if not request.model_name:
+            raise InvalidArgument("name the model", field="model_name")
+        async with self._pool.acquire() as conn, conn.transaction():
+            accepted, matched = await record_labels(conn, request.model_name, list(request.labels))
+        return M.RecordFeedbackResponse(accepted=accepted, matched=matched)
+
+    async def WatchAlerts(self, request, context) -> AsyncIterator[M.WatchAlertsResponse]:  # type: ignore[no-untyped-def]
+        async with self._pool.acquire() as conn:
+            since = await conn.fetchval("SELECT now()")
+        kinds = list(request.kinds)
+        while True:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT alert, created_at FROM alerts WHERE created_at > $1 AND ($2 = '' OR model = $2)"
+                    " AND (cardinality($3::int[]) = 0 OR kind = ANY($3::int[])) ORDER BY created_at",
+                    since,
+                    request.model_name,
+                    kinds,
+                )
+            for r in rows:
+                since = r["created_at"]
+                yield M.WatchAlertsResponse(alert=M.Alert.FromString(r["alert"]))
+            await asyncio.sleep(WATCH_POLL_S)
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:

@@ -15,12 +15,13 @@ import uuid
 
 import asyncpg
 
+from flywheel import clients
 from flywheel.app import ServiceContext
 from flywheel.bus import EventConsumer, EventContext, Handler, Topics
 from flywheel.errors import Unavailable
 from flywheel.logging import get_logger
 from flywheel.v1 import events_pb2
-from services.serving import clients, staging
+from services.serving import staging
 from services.serving.runtime_state import runtime
 
 log = get_logger(__name__)

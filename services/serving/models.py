@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from flywheel import clients
 from flywheel.config import Settings
 from flywheel.errors import InvalidArgument, NotFound
 from flywheel.logging import get_logger
 from flywheel.v1 import common_pb2, serving_pb2
-from services.serving import clients
 from services.serving.batching import DynamicBatcher, Timing
 from services.serving.runtime import OnnxModel, execution_providers
 from services.serving.stats import ModelStats

@@ -115,7 +115,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
         )
 
     async def RepositoryModelLoad(self, request, context):  # type: ignore[no-untyped-def]
-        from services.serving import clients
+        from flywheel import clients
 
         mv = await clients.model_version(self._ctx.settings, request.model_name, alias="production")
         await self._manager.promote(request.model_name, mv.ref.version)

@@ -13,11 +13,10 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from flywheel import evaluation
+from flywheel import clients, evaluation
 from flywheel.config import Settings
 from flywheel.logging import get_logger
 from flywheel.v1 import common_pb2, events_pb2, registry_pb2
-from services.serving import clients
 from services.serving.models import ModelManager, Slot
 
 log = get_logger(__name__)

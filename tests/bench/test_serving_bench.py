@@ -314,6 +314,16 @@ def _deploy(stack: UpProcess, model: BenchModel) -> None:
     with grpc.insecure_channel(stack.address("registry")) as channel:
         registry = registry_pb2_grpc.RegistryServiceStub(channel)
         version = registry.RegisterModel(_register_requests(model), timeout=60).version.ref.version
+        # Serving's staging checks answer first (they fail here: no dataset lineage, which is fine). Waiting
+        # for them keeps their work out of the measurements and means serving's consumers have joined, so
+        # the model.promoted that SetAlias emits is not missed by a swap consumer still starting up.
+        request = registry_pb2.GetModelVersionRequest(name=MODEL, version=version)
+        deadline = time.monotonic() + MODEL_READY_S
+        while time.monotonic() < deadline:
+            state = registry.GetModelVersion(request, timeout=10).version.promotion.state
+            if state != registry_pb2.PROMOTION_STATE_PENDING_CHECKS:
+                break
+            time.sleep(0.3)
         registry.SetAlias(
             registry_pb2.SetAliasRequest(
                 name=MODEL, alias="production", version=version, actor="bench", reason="serving bench"

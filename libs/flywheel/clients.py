@@ -1,4 +1,5 @@
-"""What serving asks of the registry (models, artifacts, decisions) and of ingestion (test samples)."""
+"""Clients for Flywheel's own services, used by the others: one place for the calls and for
+turning gRPC errors back into domain errors (NOT_FOUND -> NotFound, the rest -> Unavailable)."""
 
 from __future__ import annotations
 
@@ -127,3 +128,14 @@ async def dataset_version(settings: Settings, dataset: common_pb2.DatasetRef) ->
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, "ingestion") from exc
     return resp.version
+
+
+async def dataset(settings: Settings, name: str) -> ingestion_pb2.Dataset:
+    async with _channel(settings, "ingestion") as ch:
+        try:
+            resp = await ingestion_pb2_grpc.IngestionServiceStub(ch).GetDataset(
+                ingestion_pb2.GetDatasetRequest(name=name), timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, "ingestion") from exc
+    return resp.dataset

@@ -1,0 +1,42 @@
+"""What monitoring compares production against: the promoted version's training data profile,
+asked of the registry (lineage, task, recorded metrics) and ingestion (profile, schema)."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from flywheel import clients
+from flywheel.app import ServiceContext
+from flywheel.logging import get_logger
+from flywheel.v1 import common_pb2
+
+log = get_logger(__name__)
+
+
+async def load_reference(ctx: ServiceContext, conn: asyncpg.Connection, model: str, version: int) -> None:
+    mv = await clients.model_version(ctx.settings, model, version)
+    dataset = mv.lineage.dataset
+    if not dataset.name:
+        log.warning("reference: model has no dataset lineage; not monitored", model=model, version=version)
+        return
+    dv = await clients.dataset_version(ctx.settings, dataset)
+    profile = await ctx.artifacts.get_bytes(dv.profile_uri.removeprefix("sha256:"))
+    recorded = {m.name: m.value for m in mv.metrics if not m.class_label}
+    await conn.execute(
+        "INSERT INTO model_refs (model, version, dataset, dataset_version, profile, schema, task, class_labels,"
+        " recorded) VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7,$8,$9::jsonb)"
+        " ON CONFLICT (model) DO UPDATE SET version = $2, dataset = $3, dataset_version = $4, profile = $5::jsonb,"
+        " schema = $6, task = $7, class_labels = $8, recorded = $9::jsonb, updated_at = now()",
+        model,
+        version,
+        dataset.name,
+        dataset.version,
+        profile.decode(),
+        dv.schema.SerializeToString(),
+        mv.task or common_pb2.TASK_CLASSIFICATION,
+        list(mv.signature.class_labels),
+        json.dumps(recorded),
+    )
+    log.info("reference loaded", model=model, version=version, dataset=dataset.name, dataset_version=dataset.version)
