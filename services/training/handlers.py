@@ -1,24 +1,55 @@
-"""Event reactions of the training service: new data queues a run for every spec that follows it."""
+"""Event reactions of training: new data queues a run for every spec that follows it; detected
+drift queues a retraining of the specs that produce the model, within the loop's guard rails.
+Every automatic decision is recorded (trigger_decisions) with its reason."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 import asyncpg
+from opentelemetry import propagate
 
 from flywheel.app import ServiceContext
-from flywheel.bus import EventContext, Handler, Topics, acknowledge_only
+from flywheel.bus import EventContext, Handler, Topics
+from flywheel.errors import NotFound
 from flywheel.logging import get_logger
 from flywheel.v1 import events_pb2, training_pb2
-from services.training import store
+from services.training import ingestion_client, store, triggers
 from services.training.queue import DataVersion, enqueue_run
 
 log = get_logger(__name__)
+T = training_pb2
 
 
 def handlers(ctx: ServiceContext) -> dict[str, Handler]:
-    return {
-        Topics.DATA_VERSIONED: on_data_versioned,
-        Topics.DRIFT_DETECTED: acknowledge_only("enqueue a retraining run for the model's spec (issue 6)"),
-    }
+    async def on_drift(conn: asyncpg.Connection, event: events_pb2.DriftDetected, ectx: EventContext) -> None:
+        await on_drift_detected(ctx, conn, event, ectx)
+
+    return {Topics.DATA_VERSIONED: on_data_versioned, Topics.DRIFT_DETECTED: on_drift}
+
+
+async def decide(
+    conn: asyncpg.Connection,
+    spec: training_pb2.TrainingSpec,
+    trigger: int,
+    event_id: str,
+    decision: str,
+    reason: str,
+    run_id: str = "",
+) -> None:
+    await conn.execute(
+        "INSERT INTO trigger_decisions (spec_name, model_name, trigger, event_id, decision, reason, run_id)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7)",
+        spec.name,
+        spec.model_name,
+        trigger,
+        event_id,
+        decision,
+        reason,
+        run_id,
+    )
+    log.info("trigger decision", spec=spec.name, decision=decision, reason=reason, run_id=run_id)
 
 
 async def on_data_versioned(conn: asyncpg.Connection, event: events_pb2.DataVersioned, ectx: EventContext) -> None:
@@ -31,9 +62,84 @@ async def on_data_versioned(conn: asyncpg.Connection, event: events_pb2.DataVers
         parents=[event.parent_version] if event.parent_version else [],
     )
     for spec in await store.latest_specs_for(conn, data.name):
+        pending = await conn.fetchrow("DELETE FROM pending_retrains WHERE spec_name = $1 RETURNING *", spec.name)
+        if pending is not None:
+            # The retraining drift asked for, now that there is new data; it continues the drift's trace.
+            run_id, created = await enqueue_run(
+                conn, spec, data, trigger=T.RUN_TRIGGER_DRIFT_DETECTED, trigger_event_id=pending["event_id"],
+                trace_carrier=json.loads(pending["trace_context"]),
+            )  # fmt: skip
+            reason = f"new data arrived (dataset {data.name} v{data.version}) for the waiting retraining"
+            await decide(conn, spec, T.RUN_TRIGGER_DRIFT_DETECTED, pending["event_id"], triggers.QUEUE, reason, run_id)
+            continue
         if not spec.triggers.on_data_versioned:
             continue
         run_id, created = await enqueue_run(
-            conn, spec, data, trigger=training_pb2.RUN_TRIGGER_DATA_VERSIONED, trigger_event_id=ectx.event_id
+            conn, spec, data, trigger=T.RUN_TRIGGER_DATA_VERSIONED, trigger_event_id=ectx.event_id
         )
-        log.info("run queued" if created else "run already queued", run_id=run_id, spec=spec.name)
+        await decide(
+            conn, spec, T.RUN_TRIGGER_DATA_VERSIONED, ectx.event_id, triggers.QUEUE if created else "duplicate",
+            f"dataset {data.name} v{data.version}", run_id,
+        )  # fmt: skip
+
+
+async def on_drift_detected(
+    ctx: ServiceContext, conn: asyncpg.Connection, event: events_pb2.DriftDetected, ectx: EventContext
+) -> None:
+    specs = await conn.fetch(
+        "SELECT DISTINCT ON (name) spec, created_at FROM specs WHERE model_name = $1 ORDER BY name, version DESC",
+        event.model.name,
+    )
+    for row in specs:
+        spec = store.to_spec(row)
+        if not spec.triggers.on_drift_detected:
+            continue
+        open_run = await conn.fetchval(
+            "SELECT run_id FROM runs WHERE spec_name = $1 AND status IN ($2, $3) LIMIT 1",
+            spec.name,
+            T.RUN_STATUS_QUEUED,
+            T.RUN_STATUS_RUNNING,
+        )
+        last = await conn.fetchval(
+            "SELECT max(created_at) FROM runs WHERE spec_name = $1 AND trigger = $2",
+            spec.name,
+            T.RUN_TRIGGER_DRIFT_DETECTED,
+        )
+        waiting = await conn.fetchval("SELECT event_id FROM pending_retrains WHERE spec_name = $1", spec.name)
+        if waiting:
+            reason = f"a retraining is already waiting for new data (drift event {waiting})"
+            await decide(conn, spec, T.RUN_TRIGGER_DRIFT_DETECTED, ectx.event_id, triggers.SKIP_OPEN, reason)
+            continue
+        try:
+            data = await ingestion_client.get_data_version(ctx.settings, spec.dataset)
+        except NotFound:
+            continue
+        trained = await conn.fetchval(
+            "SELECT max(dataset_version) FROM runs WHERE spec_name = $1 AND status = $2",
+            spec.name,
+            T.RUN_STATUS_SUCCEEDED,
+        )
+        verdict = triggers.on_drift(
+            spec,
+            now=datetime.now(UTC),
+            last_drift_run_at=last,
+            open_run_id=open_run,
+            newest_version=data.version,
+            trained_version=trained or 0,
+        )
+        run_id = ""
+        if verdict.decision == triggers.QUEUE:
+            run_id, _ = await enqueue_run(
+                conn, spec, data, trigger=T.RUN_TRIGGER_DRIFT_DETECTED, trigger_event_id=ectx.event_id
+            )
+        elif verdict.decision == triggers.WAIT:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            await conn.execute(
+                "INSERT INTO pending_retrains (spec_name, event_id, trace_context) VALUES ($1, $2, $3::jsonb)"
+                " ON CONFLICT (spec_name) DO NOTHING",
+                spec.name,
+                ectx.event_id,
+                json.dumps(carrier),
+            )
+        await decide(conn, spec, T.RUN_TRIGGER_DRIFT_DETECTED, ectx.event_id, verdict.decision, verdict.reason, run_id)

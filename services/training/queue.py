@@ -42,11 +42,15 @@ async def enqueue_run(
     trigger_event_id: str = "",
     request_id: str = "",
     seed: int | None = None,
+    trace_carrier: dict[str, str] | None = None,
 ) -> tuple[str, bool]:
-    """Returns (run_id, created); an existing run for the same key is returned as is."""
+    """Returns (run_id, created); an existing run for the same key is returned as is.
+
+    The run continues the current trace, or the one in `trace_carrier` (a trigger that waited)."""
     key = dedup_key(spec, data, trigger, request_id)
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    carrier: dict[str, str] = dict(trace_carrier or {})
+    if not carrier:
+        propagate.inject(carrier)
     run_id = await conn.fetchval(
         "INSERT INTO runs (run_id, dedup_key, spec_name, spec_version, dataset, dataset_version, dataset_hash,"
         " data_uri, parent_versions, schema, trigger, trigger_event_id, status, stage, seed, trace_context)"

@@ -12,6 +12,7 @@ from flywheel.app import ServiceContext
 from flywheel.errors import InvalidArgument
 from flywheel.grpc import GrpcServer
 from flywheel.paging import decode_token, next_token, page_size
+from flywheel.pbutil import timestamp
 from flywheel.v1 import training_pb2, training_pb2_grpc
 from services.training import ingestion_client, store
 from services.training.estimators import validate_spec
@@ -143,6 +144,27 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
             if row["status"] in store.TERMINAL:
                 return
             await asyncio.sleep(WATCH_POLL_S)
+
+    async def ListTriggerDecisions(self, request, context):  # type: ignore[no-untyped-def]
+        size, offset = page_size(request.page_size), decode_token(request.page_token)
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM trigger_decisions WHERE ($1 = '' OR spec_name = $1) AND ($2 = '' OR model_name = $2)"
+                " ORDER BY id DESC LIMIT $3 OFFSET $4",
+                request.spec_name,
+                request.model_name,
+                size,
+                offset,
+            )
+        decisions = [
+            T.TriggerDecision(
+                id=str(r["id"]), time=timestamp(r["at"]), spec_name=r["spec_name"], model_name=r["model_name"],
+                trigger=r["trigger"], event_id=r["event_id"], decision=r["decision"], reason=r["reason"],
+                run_id=r["run_id"],
+            )
+            for r in rows
+        ]  # fmt: skip
+        return T.ListTriggerDecisionsResponse(decisions=decisions, next_page_token=next_token(offset, size, len(rows)))
 
 
 def _row(name: str, values: list[object], *, lower_better: bool = False) -> T.ComparisonRow:

@@ -461,3 +461,45 @@ class WatchRunResponse(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     progress: RunProgress
     def __init__(self, progress: _Optional[_Union[RunProgress, _Mapping]] = ...) -> None: ...
+
+class TriggerDecision(_message.Message):
+    __slots__ = ("id", "time", "spec_name", "model_name", "trigger", "event_id", "decision", "reason", "run_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    time: _timestamp_pb2.Timestamp
+    spec_name: str
+    model_name: str
+    trigger: RunTrigger
+    event_id: str
+    decision: str
+    reason: str
+    run_id: str
+    def __init__(self, id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec_name: _Optional[str] = ..., model_name: _Optional[str] = ..., trigger: _Optional[_Union[RunTrigger, str]] = ..., event_id: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+
+class ListTriggerDecisionsRequest(_message.Message):
+    __slots__ = ("spec_name", "model_name", "page_size", "page_token")
+    SPEC_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    spec_name: str
+    model_name: str
+    page_size: int
+    page_token: str
+    def __init__(self, spec_name: _Optional[str] = ..., model_name: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTriggerDecisionsResponse(_message.Message):
+    __slots__ = ("decisions", "next_page_token")
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[TriggerDecision]
+    next_page_token: str
+    def __init__(self, decisions: _Optional[_Iterable[_Union[TriggerDecision, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -74,6 +74,11 @@ class TrainingServiceStub:
                 request_serializer=flywheel_dot_v1_dot_training__pb2.WatchRunRequest.SerializeToString,
                 response_deserializer=flywheel_dot_v1_dot_training__pb2.WatchRunResponse.FromString,
                 _registered_method=True)
+        self.ListTriggerDecisions = channel.unary_unary(
+                '/flywheel.v1.TrainingService/ListTriggerDecisions',
+                request_serializer=flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsRequest.SerializeToString,
+                response_deserializer=flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -135,6 +140,13 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTriggerDecisions(self, request, context):
+        """Lists the automatic decisions taken on triggers (what triggered, what was decided, why).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +189,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.WatchRun,
                     request_deserializer=flywheel_dot_v1_dot_training__pb2.WatchRunRequest.FromString,
                     response_serializer=flywheel_dot_v1_dot_training__pb2.WatchRunResponse.SerializeToString,
+            ),
+            'ListTriggerDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTriggerDecisions,
+                    request_deserializer=flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsRequest.FromString,
+                    response_serializer=flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +412,33 @@ class TrainingService:
             '/flywheel.v1.TrainingService/WatchRun',
             flywheel_dot_v1_dot_training__pb2.WatchRunRequest.SerializeToString,
             flywheel_dot_v1_dot_training__pb2.WatchRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTriggerDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.v1.TrainingService/ListTriggerDecisions',
+            flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsRequest.SerializeToString,
+            flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,3 +44,25 @@ CREATE INDEX runs_spec ON runs (spec_name, created_at);
 
 -- W3C trace context of whatever queued the run, so the worker's span continues that trace.
 ALTER TABLE runs ADD COLUMN trace_context jsonb NOT NULL DEFAULT '{}'::jsonb;
+
+-- Automatic decisions on triggers, for operators: what triggered, what was decided, why.
+CREATE TABLE trigger_decisions (
+    id          bigserial PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT now(),
+    spec_name   text NOT NULL,
+    model_name  text NOT NULL,
+    trigger     int NOT NULL,
+    event_id    text NOT NULL,
+    decision    text NOT NULL,
+    reason      text NOT NULL,
+    run_id      text NOT NULL DEFAULT ''
+);
+CREATE INDEX trigger_decisions_spec ON trigger_decisions (spec_name, id);
+
+-- A drift-triggered retraining waiting for a dataset version newer than the model's.
+CREATE TABLE pending_retrains (
+    spec_name      text PRIMARY KEY,
+    event_id       text NOT NULL,
+    trace_context  jsonb NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
