@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flywheel.cli import datasets, deploy, models, predict, runs, specs, stack
+from flywheel.cli import datasets, deploy, models, monitoring, predict, runs, specs, stack, traces
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_commands(sub)
     for group in (datasets, specs, runs, models, deploy, predict):
         group.add_commands(sub)
+    traces.add_commands(sub)
+    monitoring.add_commands(sub)
     return parser
 
 

@@ -315,9 +315,9 @@ class TraceSummary:
         }
 
 
-def summarize(spans: Iterable[Span], limit: int | None = None) -> list[TraceSummary]:
-    """One summary per trace, newest first, at most `limit`."""
-    traces = group_by_trace(spans)
+def summarize(spans: Iterable[Span], limit: int | None = None, min_spans: int = 1) -> list[TraceSummary]:
+    """One summary per trace with at least `min_spans` spans, newest first, at most `limit`."""
+    traces = {t: members for t, members in group_by_trace(spans).items() if len(members) >= min_spans}
     out = []
     for trace_id in newest_first(traces)[:limit]:
         members = traces[trace_id]
@@ -356,13 +356,17 @@ def cmd_traces(args: argparse.Namespace) -> int:
     path = spans_path()
     spans = load_spans(path)
     if args.chain is None and not args.last and args.trace is None:
-        summaries = summarize(spans, args.limit or None)
+        summaries = summarize(spans, args.limit or None, args.min_spans)
         if args.json:
             client.print_json({"traces": [s.to_dict() for s in summaries]})
-        elif not summaries:
-            console.print(f"no spans in {path}", highlight=False)
-        else:
+            return 0
+        if summaries:
             console.print(traces_table(summaries), highlight=False)
+        else:
+            console.print(f"no traces in {path}" if not spans else f"no traces of {args.min_spans}+ spans in {path}")
+        small = sum(1 for members in group_by_trace(spans).values() if len(members) < args.min_spans)
+        if small:
+            console.print(f"[dim]{small} traces of fewer than {args.min_spans} spans not listed (--min-spans 1)[/]")
         return 0
 
     if args.last:
@@ -400,6 +404,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--trace", metavar="TRACE_ID", help="one trace by id (or a unique prefix)")
     traces.add_argument(
         "--limit", type=client.non_negative_int, default=20, metavar="N", help="traces listed (20; 0 = all)"
+    )
+    traces.add_argument(
+        "--min-spans",
+        type=client.positive_int,
+        default=2,
+        metavar="N",
+        help="list only traces of at least N spans (2: hides lone health polls and queries)",
     )
     client.add_json_flag(traces)
     traces.set_defaults(func=cmd_traces)

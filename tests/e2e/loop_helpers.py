@@ -1,0 +1,109 @@
+"""Helpers for the closed-loop tests: specs, traffic through tritonclient, data generators."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import grpc
+import numpy as np
+import tritonclient.grpc as triton
+from google.protobuf.duration_pb2 import Duration
+
+from flywheel.v1 import common_pb2, ingestion_pb2, registry_pb2, training_pb2
+
+from .clients import Clients, wait_until
+
+T = training_pb2
+
+
+def concept_csv(rows: int, *, seed: int, start_id: int, shift: float = 0.0, weights=(1.5, 0.5, -0.5, -1.0)) -> bytes:  # type: ignore[no-untyped-def]
+    """Features ~ N(shift on f0/f1, 1); label = noisy linear function with `weights` (the concept)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 4))
+    x[:, 0] += shift
+    x[:, 1] *= 1 + shift
+    logits = (x - [shift, 0, 0, 0]) @ np.array(weights) + rng.normal(scale=0.3, size=rows)
+    y = (logits > 0).astype(int)
+    out = io.StringIO()
+    out.write("id,f0,f1,f2,f3,label\n")
+    np.savetxt(out, np.column_stack([np.arange(start_id, start_id + rows), x, y]), delimiter=",",
+               fmt=["%d", "%.6f", "%.6f", "%.6f", "%.6f", "%d"])  # fmt: skip
+    return out.getvalue().encode()
+
+
+def spec(name: str, dataset: str, model: str, *, on_data: bool, margin: float, cooldown_s: int = 0,
+         wait_for_new_data: bool = False) -> T.TrainingSpec:  # fmt: skip
+    space = T.SearchSpace(strategy=T.SEARCH_STRATEGY_GRID, seed=1)
+    space.params["C"].choices.values.add().number_value = 1.0
+    return T.TrainingSpec(
+        name=name,
+        dataset=dataset,
+        model_name=model,
+        task=common_pb2.TASK_CLASSIFICATION,
+        estimator=T.ESTIMATOR_LOGISTIC_REGRESSION,
+        search_space=space,
+        metric="accuracy",
+        direction=common_pb2.METRIC_DIRECTION_MAXIMIZE,
+        triggers=T.Triggers(
+            on_data_versioned=on_data, on_drift_detected=True, cooldown=Duration(seconds=cooldown_s),
+            wait_for_new_data=wait_for_new_data,
+        ),
+        promotion_policy=common_pb2.PromotionPolicy(
+            metric="accuracy", direction=common_pb2.METRIC_DIRECTION_MAXIMIZE, min_improvement=margin,
+            approval=common_pb2.APPROVAL_MODE_AUTO,
+        ),
+    )  # fmt: skip
+
+
+def create_dataset(api: Clients, name: str) -> None:
+    from .clients import schema
+
+    api.ingestion.CreateDataset(
+        ingestion_pb2.CreateDatasetRequest(dataset=ingestion_pb2.Dataset(name=name, schema=schema()))
+    )
+
+
+def production_version(api: Clients, model: str) -> int:
+    try:
+        mv = api.registry.GetModelVersion(registry_pb2.GetModelVersionRequest(name=model, alias="production"))
+    except grpc.RpcError:
+        return 0
+    return mv.version.ref.version
+
+
+def wait_served(client: triton.InferenceServerClient, model: str, version: int, timeout_s: float = 120) -> None:
+    x = np.zeros((1, 4), np.float32)
+
+    def served() -> bool:
+        try:
+            inp = triton.InferInput("input", [1, 4], "FP32")
+            inp.set_data_from_numpy(x)
+            return client.infer(model, [inp]).get_response().model_version == str(version)
+        except Exception:
+            return False
+
+    wait_until(served, timeout_s, f"{model} v{version} served")
+
+
+def send_traffic(client: triton.InferenceServerClient, model: str, x: np.ndarray, *, batch: int = 20,
+                 prefix: str = "r") -> list[str]:  # fmt: skip
+    """Rows through tritonclient in requests of `batch` rows; returns the request ids."""
+    ids = []
+    for i in range(0, len(x), batch):
+        chunk = x[i : i + batch].astype(np.float32)
+        inp = triton.InferInput("input", list(chunk.shape), "FP32")
+        inp.set_data_from_numpy(chunk)
+        request_id = f"{prefix}-{i // batch}"
+        client.infer(model, [inp], request_id=request_id)
+        ids.append(request_id)
+        time.sleep(0.005)
+    return ids
+
+
+def shifted(rows: int, seed: int, shift: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 4))
+    x[:, 0] += shift
+    x[:, 1] *= 1 + shift
+    return x

@@ -1,0 +1,265 @@
+"""The closed loop with every service a real process: production inputs shift, monitoring
+names the shifted features, training retrains on the newest data, the registry promotes the
+better model and serving swaps to it, with no call from the test after the traffic began, and
+one trace links the alert, the run, the registration, the checks, the promotion and the swap."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+import tritonclient.grpc as triton
+from aiokafka import AIOKafkaProducer
+from google.protobuf.duration_pb2 import Duration
+
+from flywheel.bus.topics import Topics
+from flywheel.telemetry import read_spans
+from flywheel.v1 import (
+    common_pb2,
+    ingestion_pb2,
+    monitoring_pb2,
+    monitoring_pb2_grpc,
+    registry_pb2,
+    training_pb2,
+)
+
+from .clients import Clients, ingest_requests, read_topic, wait_until
+from .loop_helpers import (
+    concept_csv,
+    create_dataset,
+    production_version,
+    send_traffic,
+    shifted,
+    spec,
+    wait_served,
+)
+from .stack import UpProcess
+
+T = training_pb2
+M = monitoring_pb2
+K = common_pb2
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    up = UpProcess(tmp_path_factory.mktemp("loop") / "home")
+    up.start()
+    yield up
+    up.kill_all()
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    clients = Clients(stack)
+    clients.monitoring = monitoring_pb2_grpc.MonitoringServiceStub(grpc.insecure_channel(stack.address("monitoring")))
+    yield clients
+    clients.close()
+
+
+@pytest.fixture(scope="module")
+def infer(stack):
+    client = triton.InferenceServerClient(stack.address("serving"))
+    yield client
+    client.close()
+
+
+def _policy(api: Clients, model: str, *, cooldown_s: int, **extra) -> None:  # type: ignore[no-untyped-def]
+    policy = M.MonitoringPolicy(
+        model_name=model,
+        enabled=True,
+        window=M.WindowPolicy(size_rows=300, min_rows=100, duration=Duration(seconds=3600)),
+        consecutive_breaches=1,
+        cooldown=Duration(seconds=cooldown_s),
+        **extra,
+    )
+    api.monitoring.SetMonitoringPolicy(M.SetMonitoringPolicyRequest(policy=policy))
+
+
+def _windows(api: Clients, model: str) -> list[M.WindowReport]:
+    return list(api.monitoring.GetDriftReport(M.GetDriftReportRequest(model_name=model, window_count=50)).windows)
+
+
+def _alerts(api: Clients, model: str, kind: int = 0) -> list[M.Alert]:
+    return list(api.monitoring.ListAlerts(M.ListAlertsRequest(model_name=model, kind=kind)).alerts)
+
+
+def _bootstrap(api: Clients, infer, dataset: str, model: str, spec_msg: T.TrainingSpec) -> None:  # type: ignore[no-untyped-def]
+    """Version 1 of the data, a model trained on it, promoted and served."""
+    create_dataset(api, dataset)
+    api.ingestion.IngestDataset(ingest_requests(dataset, concept_csv(4000, seed=1, start_id=0)))
+    api.training.CreateSpec(T.CreateSpecRequest(spec=spec_msg))
+    if not spec_msg.triggers.on_data_versioned:
+        api.training.StartRun(T.StartRunRequest(spec_name=spec_msg.name))
+    wait_until(lambda: production_version(api, model) == 1, 120, f"{model} v1 in production")
+    wait_served(infer, model, 1)
+
+
+def test_drift_retrains_promotes_and_serves_in_one_trace(stack, api, infer):
+    model = "loop-model"
+    _bootstrap(api, infer, "loop", model, spec("loop-lr", "loop", model, on_data=False, margin=0.01, cooldown_s=600))
+    _policy(api, model, cooldown_s=600)
+
+    # Reference traffic: nothing to report.
+    send_traffic(infer, model, shifted(600, seed=2, shift=0.0), prefix="ref")
+    wait_until(lambda: len(_windows(api, model)) >= 2, 60, "two reference windows")
+    assert _alerts(api, model) == []
+    assert all(not w.breached for w in _windows(api, model))
+
+    # New data with a new concept arrives first (no run: the spec does not follow data.versioned) ...
+    new = concept_csv(4000, seed=3, start_id=100_000, shift=2.0, weights=(-1.0, 1.0, 1.0, 0.5))
+    header = ingestion_pb2.IngestHeader(dataset="loop", mode=K.WRITE_MODE_REPLACE, format=ingestion_pb2.DATA_FORMAT_CSV)
+    requests = [ingestion_pb2.IngestDatasetRequest(header=header), ingestion_pb2.IngestDatasetRequest(chunk=new)]
+    assert api.ingestion.IngestDataset(iter(requests)).version.ref.version == 2
+
+    # ... then shifted traffic. From here on the test only watches.
+    send_traffic(infer, model, shifted(600, seed=4, shift=2.0), prefix="shift")
+    alerts = wait_until(lambda: _alerts(api, model, K.DRIFT_KIND_DATA_DRIFT), 60, "a data drift alert")
+    named = {s.feature for s in alerts[-1].scores if s.breached}
+    assert {"f0", "f1"} <= named and not named & {"f2", "f3"}, alerts[-1]
+    wait_until(lambda: production_version(api, model) == 2, 180, "the retrained model in production")
+    wait_served(infer, model, 2)
+
+    runs = api.training.ListRuns(T.ListRunsRequest(spec_name="loop-lr")).runs
+    drift_run = next(r for r in runs if r.trigger == T.RUN_TRIGGER_DRIFT_DETECTED)
+    assert drift_run.dataset.version == 2 and drift_run.registered_model.version == 2
+    promoted = api.registry.GetModelVersion(registry_pb2.GetModelVersionRequest(name=model, version=2)).version
+    assert promoted.promotion.state == registry_pb2.PROMOTION_STATE_PROMOTED
+    assert promoted.staging.champion_version == 1, "compared with production on the same rows"
+
+    # One trace: from the window that raised the alert to serving's swap.
+    spans_file = stack.home / "spans.jsonl"
+
+    def chain() -> dict[str, set[str]] | None:
+        spans = read_spans(spans_file)
+        drift = [s for s in spans if s["attributes"].get("flywheel.event_id") == drift_run.trigger_event_id]
+        if not drift:
+            return None
+        trace = drift[0]["trace_id"]
+        names = {(s["service"], s["name"]) for s in spans if s["trace_id"] == trace}
+        wanted = {
+            ("flywheel-monitoring", "flywheel.predictions.logged process"),
+            ("flywheel-training", "flywheel.drift.detected process"),
+            ("flywheel-training", "training run"),
+            ("flywheel-registry", "/flywheel.v1.RegistryService/RegisterModel"),
+            ("flywheel-serving", "flywheel.model.registered process"),
+            ("flywheel-registry", "/flywheel.v1.RegistryService/ReportStagingChecks"),
+            ("flywheel-serving", "flywheel.model.promoted process"),
+        }
+        return {"missing": wanted - names} if wanted <= names else None
+
+    wait_until(chain, 30, "the whole chain in one trace")
+    alerting = [
+        s for s in read_spans(spans_file)
+        if s["attributes"].get("flywheel.alert_id") == alerts[-1].alert_id
+    ]  # fmt: skip
+    assert alerting and alerting[0]["trace_id"] == next(
+        s["trace_id"] for s in read_spans(spans_file)
+        if s["attributes"].get("flywheel.event_id") == drift_run.trigger_event_id
+    )  # fmt: skip
+
+
+def test_a_burst_of_drift_is_one_retraining_and_a_worse_model_stays_out(stack, api, infer):
+    model = "burst-model"
+    _bootstrap(api, infer, "burst", model, spec("burst-lr", "burst", model, on_data=False, margin=0.05, cooldown_s=600))
+    _policy(api, model, cooldown_s=0)  # every drifting window alerts: the guard rails are training's
+    # More data of the same concept: a retrained model is no better by the 0.05 margin.
+    api.ingestion.IngestDataset(ingest_requests("burst", concept_csv(2000, seed=5, start_id=50_000)))
+
+    send_traffic(infer, model, shifted(1500, seed=6, shift=2.0), prefix="burst")
+    wait_until(lambda: len(_alerts(api, model, K.DRIFT_KIND_DATA_DRIFT)) >= 4, 90, "a burst of drift alerts")
+
+    def decided() -> registry_pb2.ModelVersion | None:
+        try:
+            mv = api.registry.GetModelVersion(registry_pb2.GetModelVersionRequest(name=model, version=2)).version
+        except grpc.RpcError:
+            return None
+        return mv if mv.promotion.state not in (0, registry_pb2.PROMOTION_STATE_PENDING_CHECKS) else None
+
+    mv = wait_until(decided, 180, "the retrained version's promotion decision")
+    assert mv.promotion.state == registry_pb2.PROMOTION_STATE_NOT_PROMOTED
+    audit = api.registry.ListAuditEvents(registry_pb2.ListAuditEventsRequest(name=model, version=2)).events
+    why = [e.reason for e in audit if e.action == registry_pb2.AUDIT_ACTION_NOT_PROMOTED]
+    assert why and "not better by the margin" in why[0] and "0.05" in why[0], why
+    assert production_version(api, model) == 1
+
+    runs = api.training.ListRuns(T.ListRunsRequest(spec_name="burst-lr")).runs
+    assert len([r for r in runs if r.trigger == T.RUN_TRIGGER_DRIFT_DETECTED]) == 1, "one retraining"
+    decisions = api.training.ListTriggerDecisions(T.ListTriggerDecisionsRequest(spec_name="burst-lr")).decisions
+    kinds = [d.decision for d in decisions if d.trigger == T.RUN_TRIGGER_DRIFT_DETECTED]
+    assert kinds.count("queued") == 1 and len(kinds) >= 4, kinds
+    assert all(d.reason for d in decisions), "every automatic decision says why"
+
+
+def test_feedback_raises_quality_and_segment_alerts_and_bad_messages_go_to_the_dlq(stack, api, infer):
+    model = "quality-model"
+    _bootstrap(api, infer, "quality", model, spec("quality-lr", "quality", model, on_data=True, margin=0.0))
+    _policy(
+        api, model, cooldown_s=0,
+        quality=M.QualityThreshold(metric="accuracy", max_drop=0.05, min_labelled_rows=200),
+        segments=[M.SegmentConfig(field="f3", bucket_edges=[0.0], metric="accuracy", min_value=0.7, min_rows=20)],
+    )  # fmt: skip
+
+    async def garbage() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(Topics.PREDICTIONS_LOGGED, b"\x00not an event", key=model.encode())
+            await producer.send_and_wait(
+                Topics.FEEDBACK, b'{"modelName": ', key=model.encode(), headers=[("content-type", b"application/json")]
+            )
+        finally:
+            await producer.stop()
+
+    asyncio.run(garbage())
+
+    x = shifted(200, seed=7, shift=0.0)
+    ids = send_traffic(infer, model, x, batch=1, prefix="q")
+    # Labels: right where f3 >= 0, wrong where f3 < 0 (the model is good overall, bad on one segment).
+    truth = (x @ [1.5, 0.5, -0.5, -1.0] > 0).astype(int)
+    wrong = x[:, 3] < 0
+    labels = [
+        M.FeedbackLabel(request_id=rid, row_index=0, label=_value(1 - t if w else t))
+        for rid, t, w in zip(ids, truth, wrong, strict=True)
+    ]
+
+    def recorded() -> bool:
+        # Labels join once their prediction reached monitoring; re-sending the joined ones changes nothing.
+        api.monitoring.RecordFeedback(M.RecordFeedbackRequest(model_name=model, labels=labels))
+        return _alerts(api, model, K.DRIFT_KIND_QUALITY) != []
+
+    wait_until(recorded, 60, "all labels joined and a quality alert")
+    quality = _alerts(api, model, K.DRIFT_KIND_QUALITY)[0]
+    assert quality.scores[0].feature == "accuracy" and quality.scores[0].score > 0.05
+    segment = wait_until(lambda: _alerts(api, model, K.DRIFT_KIND_SEGMENT), 30, "a segment alert")
+    assert any(a.segment.field == "f3" and a.segment.value == "< 0" for a in segment), segment
+    report = api.monitoring.GetSegmentReport(M.GetSegmentReportRequest(model_name=model, field="f3"))
+    by_value = {s.segment.value: s for s in report.segments}
+    assert by_value["< 0"].breached and not by_value[">= 0"].breached
+
+    dead = {
+        t: [r for r in read_topic(stack.bootstrap, f"{t}.dlq") if r.key == model.encode()]
+        for t in (Topics.PREDICTIONS_LOGGED, Topics.FEEDBACK)
+    }
+    assert all(len(v) == 1 for v in dead.values()), dead
+    headers = {k: v.decode() for k, v in dead[Topics.FEEDBACK][0].headers}
+    assert headers["error.type"] == "MalformedEvent" and headers["error.consumer"] == "flywheel-monitoring"
+    # Monitoring kept going past the bad messages: the predictions sent after them were consumed and
+    # joined (the quality alert above needed all 200).
+
+
+def _value(v: int):  # type: ignore[no-untyped-def]
+    from google.protobuf.struct_pb2 import Value
+
+    out = Value()
+    out.number_value = float(v)
+    return out
+
+
+def test_traces_cli_prints_the_chain(stack):
+    shown = stack.cli("traces", "--last")
+    assert shown.returncode == 0, shown.stderr
+    assert "training run" in shown.stdout and "flywheel-serving" in shown.stdout
+    listed = json.loads(stack.cli("traces", "--last", "--json").stdout or "{}")
+    assert listed
