@@ -22,7 +22,7 @@ protos: $(STAMP)
 		protos/flywheel/v1/*.proto
 
 run: $(STAMP)
-	$(BIN)/flywheel up
+	$(BIN)/flywheel up --demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -77,6 +77,7 @@ class DynamicBatcher:
         self._pending: deque[_Request] = deque()
         self._pending_rows = 0
         self._runners = 0
+        self._executing = 0  # batches computing right now; 0 means a new request need not wait
         self._inflight: set[concurrent.futures.Future] = set()
         self._closed = False
         self.batches_run = 0
@@ -168,7 +169,12 @@ class DynamicBatcher:
         batch = self._take_batch()
         if batch is None:
             return
-        self._execute(batch)
+        try:
+            self._execute(batch)
+        finally:
+            with self._cond:
+                self._executing -= 1
+                self._cond.notify()
         with self._cond:
             again = bool(self._pending) and not self._closed
             if not again:
@@ -188,10 +194,13 @@ class DynamicBatcher:
                     self._runners -= 1
                     return None
                 remaining_ns = batch[0].enqueued_ns + self._delay_ns - time.perf_counter_ns()
-                if full or remaining_ns <= 0:
+                # Idle model: run now, waiting would only add latency. Busy model: requests pile up while
+                # the running batch computes, so waiting (up to the delay) buys a fuller batch.
+                if full or remaining_ns <= 0 or self._executing == 0:
                     break
                 self._cond.wait(remaining_ns / 1e9)
             self._remove(batch)
+            self._executing += 1
             self.batches_run += 1
             self.requests_run += len(batch)
             return batch

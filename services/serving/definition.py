@@ -19,5 +19,5 @@ DEFINITION = ServiceDefinition(
     handlers=handlers.handlers,
     migrations=Path(__file__).parent / "migrations",
     reconcile=handlers.reconcile,
-    background=[handlers.run_swap_consumer, handlers.run_prediction_logger],
+    background=[handlers.run_swap_consumer, handlers.run_prediction_logger, handlers.reconcile_forever],
 )

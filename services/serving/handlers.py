@@ -57,22 +57,41 @@ async def run_swap_consumer(ctx: ServiceContext) -> None:
         await consumer.stop()
 
 
+RECONCILE_S = 5.0
+
+
 async def reconcile(ctx: ServiceContext) -> None:
     """Load every model the registry has in production before reporting SERVING."""
     delay = 0.5
     while True:
         try:
-            models = await clients.production_models(ctx.settings)
-            break
+            await reconcile_once(ctx)
+            return
         except Unavailable as exc:
             log.info("reconcile: registry not reachable yet", error=str(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-    for model in models:
+
+
+async def reconcile_once(ctx: ServiceContext) -> None:
+    manager = runtime(ctx).manager
+    for model in await clients.production_models(ctx.settings):
         version = model.aliases.get("production")
-        if version:
-            await runtime(ctx).manager.promote(model.name, version)
-    log.info("reconciled production models", models={m.name: m.aliases.get("production") for m in models})
+        current = manager.production(model.name)
+        if version and (current is None or current.version != version):
+            log.info("reconcile: loading production", model=model.name, version=version)
+            await manager.promote(model.name, version)
+
+
+async def reconcile_forever(ctx: ServiceContext) -> None:
+    """Level-triggered safety net: a model.promoted this replica missed (it joins its own consumer
+    group from the latest offset, and a join takes seconds) is caught up within RECONCILE_S."""
+    while True:
+        await asyncio.sleep(RECONCILE_S)
+        try:
+            await reconcile_once(ctx)
+        except Exception as exc:
+            log.warning("reconcile: failed, will retry", error=repr(exc))
 
 
 async def run_prediction_logger(ctx: ServiceContext) -> None:

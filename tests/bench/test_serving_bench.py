@@ -44,6 +44,7 @@ from tritonclient.utils import InferenceServerException
 
 from flywheel.stack.procs import free_port
 from flywheel.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from services.serving.runtime import execution_providers
 from services.training import packaging
 from tests.e2e.stack import UpProcess
 
@@ -174,16 +175,10 @@ def _latency_and_load(make_call: Callable[[], Callable[[int], None]], result: Re
 # ------------------------------------------------------------------------------------ raw ONNX Runtime
 
 
-def _providers() -> list[str]:
-    """What serving picks with its default provider "auto": CUDA when present, else CPU."""
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
 def bench_raw_ort(model: BenchModel) -> Result:
     result = Result("raw ONNX Runtime, in-process")
-    session = ort.InferenceSession(model.onnx_bytes, providers=_providers())
+    # The providers serving's default ("auto") picks: CUDA when a CUDA session really works, else CPU.
+    session = ort.InferenceSession(model.onnx_bytes, providers=execution_providers("auto"))
     result.notes.append(f"provider {session.get_providers()[0]}")
     rows = [model.X[i : i + 1] for i in range(len(model.X))]
 

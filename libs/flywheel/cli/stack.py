@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -34,6 +35,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = Stack(settings)
     try:
         stack.start()
+        if args.demo:
+            # The demo is a client like any other: a separate process against the running stack.
+            subprocess.Popen([sys.executable, "-m", "flywheel.cli", "demo"])
         stack.supervise()
     except StartupError as exc:
         print(f"flywheel up: error: {exc}", file=sys.stderr)
@@ -79,6 +83,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="start the embedded stack (PostgreSQL, Kafka broker, five services)")
+    up.add_argument("--demo", action="store_true", help="once ready, run `flywheel demo` against it")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the embedded stack started by `flywheel up`")
     down.add_argument("--timeout", type=float, default=60.0)

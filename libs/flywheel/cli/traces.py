@@ -2,8 +2,8 @@
 from its span file (FLYWHEEL_SPANS_FILE, by default <home>/spans.jsonl): a list of recent traces, or one
 trace as a tree of service, span name and duration.
 
-Everything here but the command handler is a pure function of span dicts as
-`flywheel.telemetry.span_to_dict` writes them (trace_id, span_id, parent_span_id, name, kind, service,
+Apart from reading the file and the command handler, everything here is a pure function of span dicts
+as `flywheel.telemetry.span_to_dict` writes them (trace_id, span_id, parent_span_id, name, kind, service,
 start_ns, end_ns, status, attributes)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 from rich.tree import Tree
 
 from flywheel.cli import client
@@ -31,7 +31,6 @@ EVENT_ID_ATTR = "flywheel.event_id"
 ALERT_ID_ATTR = "flywheel.alert_id"
 # Attributes worth a glance in the tree (the ids that link a chain to the rest of the system).
 SHOWN_ATTRS = (EVENT_ID_ATTR, ALERT_ID_ATTR, "flywheel.run_id")
-SERVICE_PREFIX = "flywheel-"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -104,9 +103,8 @@ def attributes(span: Span) -> dict[str, Any]:
 
 
 def service_name(span: Span) -> str:
-    """ "flywheel-training" -> "training"; other services print as they are."""
-    service = str(span.get("service") or "")
-    return service[len(SERVICE_PREFIX) :] if service.startswith(SERVICE_PREFIX) else service or "-"
+    """The resource's service.name as written ("flywheel-training"); "-" when absent."""
+    return str(span.get("service") or "") or "-"
 
 
 def _order(span: Span) -> tuple[int, int, str, str]:
@@ -252,7 +250,7 @@ def fmt_start(ns: int) -> str:
 
 
 def span_label(span: Span, origin: int, parent_missing: bool = False) -> str:
-    """ "+12.3 ms  registry  /flywheel.v1.RegistryService/RegisterModel  4.56 ms", red when it failed."""
+    """ "+12.3 ms  flywheel-registry  /flywheel.v1.RegistryService/RegisterModel  4.56 ms", red if it failed."""
     offset = f"+{fmt_ms(max(0, start_ns(span) - origin))}"
     text = f"{escape(service_name(span))}  {escape(str(span.get('name') or '-'))}  {fmt_ms(duration_ns(span))}"
     text = f"[bold red]{text}  ERROR[/]" if is_error(span) else text
@@ -273,7 +271,7 @@ def trace_header(trace_id: str, spans: Sequence[Span]) -> str:
     services = sorted({service_name(s) for s in spans})
     errors = sum(1 for s in spans if is_error(s))
     text = (
-        f"[bold]trace {escape(trace_id)}[/]  {fmt_start(trace_start(spans))} UTC  {len(spans)} spans"
+        f"[bold]trace {escape(trace_id)}[/]\n{fmt_start(trace_start(spans))} UTC  {len(spans)} spans"
         f"  {fmt_ms(trace_end(spans) - trace_start(spans))}  services: {escape(', '.join(services))}"
     )
     return text + (f"  [red]{errors} error{'s' if errors != 1 else ''}[/]" if errors else "")
@@ -338,11 +336,18 @@ def summarize(spans: Iterable[Span], limit: int | None = None, min_spans: int = 
 
 
 def traces_table(summaries: Sequence[TraceSummary]) -> Table:
-    table = Table("trace", "start (UTC)", "root span", "spans", "duration", "services")
+    table = Table(
+        Column("trace", no_wrap=True, min_width=32),  # ids are for copying: never cut
+        "start (UTC)",
+        Column("root span", overflow="fold"),
+        "spans",
+        "duration",
+        Column("services", overflow="fold"),
+    )
     for t in summaries:
         spans = str(t.spans) + (f" [red]({t.errors} failed)[/]" if t.errors else "")
         table.add_row(
-            t.trace_id, fmt_start(t.start_ns), escape(t.root), spans, fmt_ms(t.duration_ns), ", ".join(t.services)
+            t.trace_id, fmt_start(t.start_ns), escape(t.root), spans, fmt_ms(t.duration_ns), "\n".join(t.services)
         )
     return table
 
@@ -363,10 +368,14 @@ def cmd_traces(args: argparse.Namespace) -> int:
         if summaries:
             console.print(traces_table(summaries), highlight=False)
         else:
-            console.print(f"no traces in {path}" if not spans else f"no traces of {args.min_spans}+ spans in {path}")
+            empty = f"no traces in {path}" if not spans else f"no traces of {args.min_spans}+ spans in {path}"
+            console.print(empty, highlight=False)
         small = sum(1 for members in group_by_trace(spans).values() if len(members) < args.min_spans)
         if small:
-            console.print(f"[dim]{small} traces of fewer than {args.min_spans} spans not listed (--min-spans 1)[/]")
+            console.print(
+                f"[dim]{small} traces of fewer than {args.min_spans} spans not listed (--min-spans 1)[/]",
+                highlight=False,
+            )
         return 0
 
     if args.last:

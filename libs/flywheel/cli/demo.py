@@ -1,0 +1,270 @@
+"""`flywheel demo`: the whole loop on a running stack, each step printed as it happens.
+
+A synthetic tabular data set (generated here, nothing downloaded) is ingested, trained, checked,
+promoted and served; reference traffic raises nothing; shifted traffic raises a drift alert;
+training waits for new data, which arrives on the Kafka records topic; the model is retrained,
+beats production on the same rows and is swapped in. The trace id of the chain ends the show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.duration_pb2 import Duration
+from rich.console import Console
+
+from flywheel.bus.topics import Topics
+from flywheel.cli import client
+from flywheel.config import get_settings
+from flywheel.grpc import channel_options
+from flywheel.telemetry import read_spans
+from flywheel.v1 import (
+    common_pb2,
+    ingestion_pb2,
+    ingestion_pb2_grpc,
+    monitoring_pb2,
+    monitoring_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
+
+console = Console()
+K, T, M, R = common_pb2, training_pb2, monitoring_pb2, registry_pb2
+FEATURES = ["tenure", "spend", "visits", "tickets"]
+
+
+def _data(rows: int, seed: int, shift: float, weights: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, len(FEATURES)))
+    x[:, 0] += shift
+    x[:, 1] *= 1 + shift
+    y = ((x - [shift, 0, 0, 0]) @ np.array(weights) + rng.normal(scale=0.3, size=rows) > 0).astype(int)
+    return x, y
+
+
+def _csv(x: np.ndarray, y: np.ndarray, start_id: int) -> bytes:
+    lines = ["id," + ",".join(FEATURES) + ",churned"]
+    lines += [
+        f"{start_id + i}," + ",".join(f"{v:.5f}" for v in row) + f",{t}"
+        for i, (row, t) in enumerate(zip(x, y, strict=True))
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _wait(what: str, check: Callable[[], Any], timeout_s: float = 180) -> Any:
+    with console.status(what):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                value = check()
+            except grpc.RpcError:
+                value = None
+            if value:
+                return value
+            time.sleep(0.3)
+    raise client.CliError(f"timed out after {timeout_s:.0f}s: {what}")
+
+
+class Demo:
+    def __init__(self, suffix: str) -> None:
+        s = get_settings()
+        opts = channel_options(s)
+        self.ingestion = ingestion_pb2_grpc.IngestionServiceStub(grpc.insecure_channel(s.addr_for("ingestion"), opts))
+        self.training = training_pb2_grpc.TrainingServiceStub(grpc.insecure_channel(s.addr_for("training"), opts))
+        self.registry = registry_pb2_grpc.RegistryServiceStub(grpc.insecure_channel(s.addr_for("registry"), opts))
+        self.monitoring = monitoring_pb2_grpc.MonitoringServiceStub(
+            grpc.insecure_channel(s.addr_for("monitoring"), opts)
+        )
+        self.serving_addr = s.addr_for("serving")
+        self.kafka = s.kafka_bootstrap
+        self.spans = s.spans_file or s.home / "spans.jsonl"
+        self.dataset = f"demo-churn-{suffix}"
+        self.model = f"demo-churn-{suffix}"
+
+    def step(self, text: str) -> None:
+        console.print(f"[bold cyan]>[/] {text}")
+
+    def run(self) -> int:
+        import tritonclient.grpc as triton
+
+        started = time.monotonic()
+        schema = K.Schema(
+            fields=[K.Field(name="id", type=K.FIELD_TYPE_INT)]
+            + [K.Field(name=f, type=K.FIELD_TYPE_FLOAT) for f in FEATURES]
+            + [K.Field(name="churned", type=K.FIELD_TYPE_INT, min=0, max=1)],
+            label_field="churned",
+            key_field="id",
+        )
+        self.ingestion.CreateDataset(
+            ingestion_pb2.CreateDatasetRequest(dataset=ingestion_pb2.Dataset(name=self.dataset, schema=schema,
+                micro_batch=ingestion_pb2.MicroBatchPolicy(max_rows=5000, max_wait=Duration(seconds=1))))
+        )  # fmt: skip
+        x, y = _data(5000, seed=1, shift=0.0, weights=(1.5, 0.5, -0.5, -1.0))
+        v1 = self.ingestion.IngestDataset(iter([
+            ingestion_pb2.IngestDatasetRequest(header=ingestion_pb2.IngestHeader(dataset=self.dataset)),
+            ingestion_pb2.IngestDatasetRequest(chunk=_csv(x, y, 0)),
+        ])).version  # fmt: skip
+        self.step(f"ingested dataset {self.dataset} v{v1.ref.version}: {v1.row_count} rows "
+                  f"({v1.train_rows} train / {v1.test_rows} test), hash {v1.ref.content_hash[:12]}")  # fmt: skip
+
+        space = T.SearchSpace(strategy=T.SEARCH_STRATEGY_GRID, seed=7)
+        for c in (0.1, 1.0):
+            space.params["C"].choices.values.add().number_value = c
+        spec = T.TrainingSpec(
+            name=self.model, dataset=self.dataset, model_name=self.model, task=K.TASK_CLASSIFICATION,
+            estimator=T.ESTIMATOR_LOGISTIC_REGRESSION, search_space=space, metric="accuracy",
+            triggers=T.Triggers(on_data_versioned=True, on_drift_detected=True, wait_for_new_data=True,
+                                cooldown=Duration(seconds=120)),
+            promotion_policy=K.PromotionPolicy(metric="accuracy", direction=K.METRIC_DIRECTION_MAXIMIZE,
+                                               min_improvement=0.01, approval=K.APPROVAL_MODE_AUTO),
+        )  # fmt: skip
+        self.training.CreateSpec(T.CreateSpecRequest(spec=spec))
+        self.step(f"training spec {self.model}: logistic regression, grid of 2, retrains on drift")
+        self.training.StartRun(T.StartRunRequest(spec_name=self.model))
+        run = self._run_done(T.RUN_TRIGGER_MANUAL)
+        acc = {m.name: m.value for m in run.evaluation.metrics if not m.class_label}
+        self.step(f"run {run.run_id[:8]} trained v{run.registered_model.version}: test accuracy {acc['accuracy']:.3f}, "
+                  f"ONNX parity {'passed' if run.parity.passed else 'FAILED'}")  # fmt: skip
+        self._promoted(1)
+        infer = triton.InferenceServerClient(self.serving_addr)
+        self._served(infer, 1)
+        self.step(f"serving v1 over the Open Inference Protocol at {self.serving_addr}")
+
+        policy = M.MonitoringPolicy(model_name=self.model, enabled=True, consecutive_breaches=1,
+                                    window=M.WindowPolicy(size_rows=250, min_rows=100, duration=Duration(seconds=600)),
+                                    cooldown=Duration(seconds=120))  # fmt: skip
+        self.monitoring.SetMonitoringPolicy(M.SetMonitoringPolicyRequest(policy=policy))
+        self._traffic(infer, _data(500, seed=2, shift=0.0, weights=(1, 0, 0, 0))[0], "ref")
+        windows = _wait("monitoring the reference traffic", lambda: self._windows(2))
+        self.step(f"reference traffic: {len(windows)} windows, breached: "
+                  f"{sorted({K.DriftKind.Name(b) for w in windows for b in w.breached}) or 'nothing'}")  # fmt: skip
+
+        shift_at = time.monotonic()
+        self._traffic(infer, _data(500, seed=3, shift=2.0, weights=(1, 0, 0, 0))[0], "shifted")
+        alert = _wait("waiting for monitoring to notice the shift", self._alert)
+        alert_at = time.monotonic()
+        named = ", ".join(f"{s.feature} {s.statistic}={s.score:.2f}" for s in alert.scores if s.breached)
+        self.step(f"[yellow]drift detected[/] in window {alert.window_id}: {named}")
+        decisions = _wait("training decides", lambda: self.training.ListTriggerDecisions(
+            T.ListTriggerDecisionsRequest(spec_name=self.model)).decisions)  # fmt: skip
+        self.step(f"training: {decisions[0].decision} ({decisions[0].reason})")
+
+        x2, y2 = _data(5000, seed=4, shift=2.0, weights=(-1.0, 1.0, 1.0, 0.5))
+        asyncio.run(self._produce(x2, y2))
+        self.step(f"new labelled data arrives on {Topics.INGEST_RECORDS} (5000 rows, a new concept)")
+        run2 = self._run_done(T.RUN_TRIGGER_DRIFT_DETECTED)
+        acc2 = {m.name: m.value for m in run2.evaluation.metrics if not m.class_label}
+        self.step(f"retrained on dataset v{run2.dataset.version}: v{run2.registered_model.version}, "
+                  f"test accuracy {acc2['accuracy']:.3f}")  # fmt: skip
+        mv = self._promoted(run2.registered_model.version)
+        self.step(f"registry: {mv.promotion.reason}")
+        self._served(infer, run2.registered_model.version)
+        served_at = time.monotonic()
+        since_alert, since_shift = served_at - alert_at, served_at - shift_at
+        self.step(f"[green]serving v{run2.registered_model.version}[/]: "
+                  f"{since_alert:.1f}s from the drift alert, {since_shift:.1f}s from the shift")  # fmt: skip
+
+        trace = _wait("collecting the trace", lambda: self._trace(run2.trigger_event_id), timeout_s=30)
+        self.step(f"one trace links alert, run, registration, checks, promotion and swap: [bold]{trace}[/]")
+        console.print(f"  see it with: flywheel traces --chain {run2.trigger_event_id}")
+        console.print(f"demo finished in {time.monotonic() - started:.1f}s")
+        infer.close()
+        return 0
+
+    def _run_done(self, trigger: int) -> T.Run:
+        def done() -> T.Run | None:
+            runs = self.training.ListRuns(T.ListRunsRequest(spec_name=self.model)).runs
+            for r in runs:
+                if r.trigger == trigger and r.status == T.RUN_STATUS_FAILED:
+                    raise client.CliError(f"run {r.run_id} failed: {r.error}")
+                if r.trigger == trigger and r.status == T.RUN_STATUS_SUCCEEDED:
+                    return r
+            return None
+
+        return _wait("training", done)
+
+    def _promoted(self, version: int) -> R.ModelVersion:
+        def decided() -> R.ModelVersion | None:
+            mv = self.registry.GetModelVersion(R.GetModelVersionRequest(name=self.model, version=version)).version
+            return mv if mv.promotion.state not in (0, R.PROMOTION_STATE_PENDING_CHECKS) else None
+
+        mv = _wait(f"staging checks of v{version}", decided)
+        checks = ", ".join(f"{c.name} {'ok' if c.passed else 'FAILED'}" for c in mv.staging.checks)
+        self.step(f"staging checks of v{version}: {checks}; p99 {mv.staging.latency_p99_ms:.2f} ms")
+        if mv.promotion.state != R.PROMOTION_STATE_PROMOTED:
+            raise client.CliError(f"v{version} was not promoted: {mv.promotion.reason}")
+        return mv
+
+    def _served(self, infer: Any, version: int) -> None:
+        import tritonclient.grpc as triton
+
+        def ok() -> bool:
+            inp = triton.InferInput("input", [1, len(FEATURES)], "FP32")
+            inp.set_data_from_numpy(np.zeros((1, len(FEATURES)), np.float32))
+            try:
+                return infer.infer(self.model, [inp]).get_response().model_version == str(version)
+            except Exception:
+                return False
+
+        _wait(f"serving to swap to v{version}", ok)
+
+    def _traffic(self, infer: Any, x: np.ndarray, prefix: str) -> None:
+        import tritonclient.grpc as triton
+
+        for i in range(0, len(x), 25):
+            chunk = x[i : i + 25].astype(np.float32)
+            inp = triton.InferInput("input", list(chunk.shape), "FP32")
+            inp.set_data_from_numpy(chunk)
+            infer.infer(self.model, [inp], request_id=f"{prefix}-{i}")
+        self.step(f"sent {len(x)} {prefix} rows through tritonclient")
+
+    def _windows(self, n: int) -> list[M.WindowReport] | None:
+        windows = self.monitoring.GetDriftReport(M.GetDriftReportRequest(model_name=self.model)).windows
+        return list(windows) if len(windows) >= n else None
+
+    def _alert(self) -> M.Alert | None:
+        alerts = self.monitoring.ListAlerts(
+            M.ListAlertsRequest(model_name=self.model, kind=K.DRIFT_KIND_DATA_DRIFT)
+        ).alerts
+        return alerts[0] if alerts else None
+
+    async def _produce(self, x: np.ndarray, y: np.ndarray) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=self.kafka)
+        await producer.start()
+        try:
+            rows = [
+                {"id": 1_000_000 + i, **{f: float(v) for f, v in zip(FEATURES, row, strict=True)}, "churned": int(t)}
+                for i, (row, t) in enumerate(zip(x, y, strict=True))
+            ]
+            await producer.send_and_wait(
+                Topics.INGEST_RECORDS, json.dumps({"rows": rows}).encode(), key=self.dataset.encode()
+            )
+        finally:
+            await producer.stop()
+
+    def _trace(self, event_id: str) -> str | None:
+        for span in read_spans(self.spans):
+            if span["attributes"].get("flywheel.event_id") == event_id:
+                return str(span["trace_id"])
+        return None
+
+
+@client.command
+def cmd_demo(args: argparse.Namespace) -> int:
+    return Demo(time.strftime("%H%M%S")).run()
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="run the whole loop on the running stack, printing each step")
+    demo.set_defaults(func=cmd_demo)
