@@ -72,7 +72,9 @@ def histogram_sorted(bin_edges: Sequence[float] | np.ndarray, ordered: np.ndarra
     return np.diff(np.concatenate([[0], below, [len(ordered)]]))
 
 
-def psi_numeric(bin_edges: Sequence[float] | np.ndarray, ref_histogram: Sequence[int] | np.ndarray, values) -> float:
+def psi_numeric(
+    bin_edges: Sequence[float] | np.ndarray, ref_histogram: Sequence[int] | np.ndarray, values: np.ndarray
+) -> float:
     """PSI of `values` against the reference histogram, binned with profile.bin_index; NaN ignored."""
     hist = np.asarray(ref_histogram, dtype=np.float64)
     if len(bin_edges) < 2 or len(hist) == 0:

@@ -11,14 +11,13 @@ from typing import Any
 
 import asyncpg
 import numpy as np
-from opentelemetry import trace
 
 from flywheel.app import ServiceContext
 from flywheel.bus import Topics, enqueue
 from flywheel.bus.serde import new_meta
 from flywheel.logging import get_logger
 from flywheel.pbutil import timestamp
-from flywheel.telemetry import meter
+from flywheel.telemetry import meter, tracer
 from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2
 from services.monitoring import policy as policies
 from services.monitoring.quality import quality_report, segment_report
@@ -75,15 +74,16 @@ async def close_drift_window(ctx: ServiceContext, conn: asyncpg.Connection, mode
     ref = await conn.fetchrow("SELECT * FROM model_refs WHERE model = $1 FOR UPDATE", model)
     if ref is None:
         return None
+    policy = await load_policy(conn, model)
     rows = await conn.fetch(
         "SELECT id, inputs, outputs, latency_ms, at FROM predictions WHERE model = $1 AND window_id IS NULL"
-        " AND version = $2 ORDER BY id",
+        " AND version = $2 ORDER BY id LIMIT $3",
         model,
         ref["version"],
+        policy.window.size_rows,  # a count window holds exactly this many rows, the oldest first
     )
     if not rows:
         return None
-    policy = await load_policy(conn, model)
     schema = common_pb2.Schema.FromString(ref["schema"])
     profile = json.loads(ref["profile"])
     window = _window_input(rows, schema)
@@ -164,56 +164,78 @@ async def raise_alerts(
             count,
         )
     alerts = []
-    trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
     for d in decisions:
-        alert = M.Alert(
-            alert_id=f"a-{uuid.uuid4().hex[:12]}",
+        alert_id = f"a-{uuid.uuid4().hex[:12]}"
+        # One span per alert, so the chain it starts (drift.detected -> retraining) hangs off it.
+        with tracer().start_as_current_span(
+            "alert raised",
+            attributes={
+                "flywheel.alert_id": alert_id,
+                "flywheel.alert_kind": d.kind,
+                "flywheel.suppressed": d.suppressed,
+            },
+        ) as span:
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            alerts.append(await _raise(conn, report, d, alert_id, scores.get(d.kind, []), segment, trace_id))
+    return alerts
+
+
+async def _raise(
+    conn: asyncpg.Connection,
+    report: M.WindowReport,
+    d: policies.AlertDecision,
+    alert_id: str,
+    scores: list[common_pb2.FeatureScore],
+    segment: common_pb2.Segment | None,
+    trace_id: str,
+) -> M.Alert:
+    model = report.model.name
+    alert = M.Alert(
+        alert_id=alert_id,
+        model=report.model,
+        kind=d.kind,
+        window_id=report.window_id,
+        scores=scores,
+        message=_message(d.kind, scores, segment),
+        suppressed=d.suppressed,
+    )
+    if segment is not None:
+        alert.segment.CopyFrom(segment)
+    alert.create_time.GetCurrentTime()
+    if not d.suppressed:
+        event = events_pb2.DriftDetected(
+            meta=new_meta("monitoring"),
             model=report.model,
-            kind=d.kind,
             window_id=report.window_id,
-            scores=scores.get(d.kind, []),
-            message=_message(d.kind, scores.get(d.kind, []), segment),
-            suppressed=d.suppressed,
+            kind=d.kind,
+            scores=alert.scores,
+            window_start=report.start,
+            window_end=report.end,
+            window_rows=report.rows,
+            alert_id=alert.alert_id,
         )
         if segment is not None:
-            alert.segment.CopyFrom(segment)
-        alert.create_time.GetCurrentTime()
-        if not d.suppressed:
-            event = events_pb2.DriftDetected(
-                meta=new_meta("monitoring"),
-                model=report.model,
-                window_id=report.window_id,
-                kind=d.kind,
-                scores=alert.scores,
-                window_start=report.start,
-                window_end=report.end,
-                window_rows=report.rows,
-                alert_id=alert.alert_id,
-            )
-            if segment is not None:
-                event.segment.CopyFrom(segment)
-            alert.event_id = await enqueue(conn, Topics.DRIFT_DETECTED, model, event)
-        trace.get_current_span().set_attribute("flywheel.alert_id", alert.alert_id)
-        await conn.execute(
-            "INSERT INTO alerts (alert_id, model, version, kind, window_id, alert, suppressed, trace_id)"
-            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-            alert.alert_id,
-            model,
-            report.model.version,
-            d.kind,
-            report.window_id,
-            alert.SerializeToString(),
-            d.suppressed,
-            trace_id,
-        )
-        log.warning(
-            "alert" if not d.suppressed else "alert suppressed by cooldown",
-            model=model,
-            kind=policies.KIND_NAMES.get(d.kind, d.kind),
-            message=alert.message,
-        )
-        alerts.append(alert)
-    return alerts
+            event.segment.CopyFrom(segment)
+        alert.event_id = await enqueue(conn, Topics.DRIFT_DETECTED, model, event)
+    await conn.execute(
+        "INSERT INTO alerts (alert_id, model, version, kind, window_id, alert, suppressed, trace_id)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+        alert.alert_id,
+        model,
+        report.model.version,
+        d.kind,
+        report.window_id,
+        alert.SerializeToString(),
+        d.suppressed,
+        trace_id,
+    )
+    log.warning(
+        "alert" if not d.suppressed else "alert suppressed by cooldown",
+        model=model,
+        kind=policies.KIND_NAMES.get(d.kind, d.kind),
+        message=alert.message,
+    )
+    return alert
 
 
 def _message(kind: int, scores: list[common_pb2.FeatureScore], segment: common_pb2.Segment | None) -> str:
