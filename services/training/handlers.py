@@ -16,7 +16,7 @@ from flywheel.errors import NotFound
 from flywheel.logging import get_logger
 from flywheel.v1 import events_pb2, training_pb2
 from services.training import ingestion_client, store, triggers
-from services.training.queue import DataVersion, enqueue_run
+from services.training.queue import DataVersion, covering_run, enqueue_run
 
 log = get_logger(__name__)
 T = training_pb2
@@ -73,6 +73,11 @@ async def on_data_versioned(conn: asyncpg.Connection, event: events_pb2.DataVers
             await decide(conn, spec, T.RUN_TRIGGER_DRIFT_DETECTED, pending["event_id"], triggers.QUEUE, reason, run_id)
             continue
         if not spec.triggers.on_data_versioned:
+            continue
+        covered = await covering_run(conn, spec, data)
+        if covered:  # e.g. a manual run got there first; one run per spec version and data version
+            reason = f"run {covered} already covers spec v{spec.version} on {data.name} v{data.version}"
+            await decide(conn, spec, T.RUN_TRIGGER_DATA_VERSIONED, ectx.event_id, "duplicate", reason, covered)
             continue
         run_id, created = await enqueue_run(
             conn, spec, data, trigger=T.RUN_TRIGGER_DATA_VERSIONED, trigger_event_id=ectx.event_id

@@ -77,3 +77,16 @@ async def enqueue_run(
         return str(await conn.fetchval("SELECT run_id FROM runs WHERE dedup_key = $1", key)), False
     await conn.execute("SELECT pg_notify($1, $2)", RUN_NOTIFY, run_id)
     return str(run_id), True
+
+
+async def covering_run(conn: asyncpg.Connection, spec: training_pb2.TrainingSpec, data: DataVersion) -> str | None:
+    """A run of this spec version on this dataset version, whatever triggered it (manual, drift, data)."""
+    run_id = await conn.fetchval(
+        "SELECT run_id FROM runs WHERE spec_name = $1 AND spec_version = $2 AND dataset = $3 AND dataset_version = $4"
+        " ORDER BY created_at LIMIT 1",
+        spec.name,
+        spec.version,
+        data.name,
+        data.version,
+    )
+    return str(run_id) if run_id else None

@@ -10,7 +10,7 @@ from flywheel.errors import NotFound, Unavailable
 from flywheel.logging import get_logger
 from flywheel.v1 import training_pb2
 from services.training import ingestion_client
-from services.training.queue import enqueue_run
+from services.training.queue import covering_run, enqueue_run
 
 log = get_logger(__name__)
 INTERVAL_S = 60.0
@@ -40,6 +40,8 @@ async def reconcile_once(ctx: ServiceContext) -> int:
         except NotFound:
             continue  # no version yet
         async with ctx.pool.acquire() as conn, conn.transaction():
+            if await covering_run(conn, spec, data):  # any run of this spec on this data counts
+                continue
             run_id, created = await enqueue_run(conn, spec, data, trigger=training_pb2.RUN_TRIGGER_DATA_VERSIONED)
         if created:
             queued += 1

@@ -2,15 +2,13 @@
 
 A synthetic tabular data set (generated here, nothing downloaded) is ingested, trained, checked,
 promoted and served; reference traffic raises nothing; shifted traffic raises a drift alert;
-training waits for new data, which arrives on the Kafka records topic; the model is retrained,
-beats production on the same rows and is swapped in. The trace id of the chain ends the show.
+training waits for new data; a fresh snapshot arrives and the model is retrained, beats
+production on the same rows and is swapped in. The trace id of the chain ends the show.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +18,6 @@ import numpy as np
 from google.protobuf.duration_pb2 import Duration
 from rich.console import Console
 
-from flywheel.bus.topics import Topics
 from flywheel.cli import client
 from flywheel.config import get_settings
 from flywheel.grpc import channel_options
@@ -154,13 +151,21 @@ class Demo:
         alert_at = time.monotonic()
         named = ", ".join(f"{s.feature} {s.statistic}={s.score:.2f}" for s in alert.scores if s.breached)
         self.step(f"[yellow]drift detected[/] in window {alert.window_id}: {named}")
-        decisions = _wait("training decides", lambda: self.training.ListTriggerDecisions(
-            T.ListTriggerDecisionsRequest(spec_name=self.model)).decisions)  # fmt: skip
-        self.step(f"training: {decisions[0].decision} ({decisions[0].reason})")
+        decisions = _wait("training decides", lambda: [
+            d for d in self.training.ListTriggerDecisions(T.ListTriggerDecisionsRequest(spec_name=self.model)).decisions
+            if d.trigger == T.RUN_TRIGGER_DRIFT_DETECTED
+        ])  # fmt: skip
+        drift = [d for d in decisions if d.trigger == T.RUN_TRIGGER_DRIFT_DETECTED]
+        self.step(f"training: {drift[-1].decision} ({drift[-1].reason})" if drift else "training: no decision yet")
 
         x2, y2 = _data(5000, seed=4, shift=2.0, weights=(-1.0, 1.0, 1.0, 0.5))
-        asyncio.run(self._produce(x2, y2))
-        self.step(f"new labelled data arrives on {Topics.INGEST_RECORDS} (5000 rows, a new concept)")
+        header = ingestion_pb2.IngestHeader(dataset=self.dataset, mode=K.WRITE_MODE_REPLACE)
+        v2 = self.ingestion.IngestDataset(iter([
+            ingestion_pb2.IngestDatasetRequest(header=header),
+            ingestion_pb2.IngestDatasetRequest(chunk=_csv(x2, y2, 1_000_000)),
+        ])).version  # fmt: skip
+        self.step(f"new labelled data arrives: dataset v{v2.ref.version}, a fresh snapshot of "
+                  f"{v2.row_count} rows in which the customers, and what makes them churn, have changed")  # fmt: skip
         run2 = self._run_done(T.RUN_TRIGGER_DRIFT_DETECTED)
         acc2 = {m.name: m.value for m in run2.evaluation.metrics if not m.class_label}
         self.step(f"retrained on dataset v{run2.dataset.version}: v{run2.registered_model.version}, "
@@ -236,22 +241,6 @@ class Demo:
             M.ListAlertsRequest(model_name=self.model, kind=K.DRIFT_KIND_DATA_DRIFT)
         ).alerts
         return alerts[0] if alerts else None
-
-    async def _produce(self, x: np.ndarray, y: np.ndarray) -> None:
-        from aiokafka import AIOKafkaProducer
-
-        producer = AIOKafkaProducer(bootstrap_servers=self.kafka)
-        await producer.start()
-        try:
-            rows = [
-                {"id": 1_000_000 + i, **{f: float(v) for f, v in zip(FEATURES, row, strict=True)}, "churned": int(t)}
-                for i, (row, t) in enumerate(zip(x, y, strict=True))
-            ]
-            await producer.send_and_wait(
-                Topics.INGEST_RECORDS, json.dumps({"rows": rows}).encode(), key=self.dataset.encode()
-            )
-        finally:
-            await producer.stop()
 
     def _trace(self, event_id: str) -> str | None:
         for span in read_spans(self.spans):
