@@ -75,6 +75,7 @@ class Settings(BaseSettings):
 
     artifact_root: Path | None = None
     spans_file: Path | None = None
+    trace_inference: bool = False  # one span per ModelInfer call: opt-in, it costs throughput
     metrics_port: int = 0  # 0: no Prometheus endpoint
     log_level: str = "INFO"
 

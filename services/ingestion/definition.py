@@ -10,5 +10,5 @@ DEFINITION = ServiceDefinition(
     register=service.register,
     handlers=handlers.handlers,
     migrations=Path(__file__).parent / "migrations",
-    background=[handlers.run_records_consumer],
+    background=[handlers.run_records_consumer, handlers.run_feedback_consumer],
 )

@@ -17,17 +17,17 @@ from aiokafka import ConsumerRecord
 from google.protobuf import json_format
 
 from flywheel.app import ServiceContext
-from flywheel.bus import BatchConsumer, Handler, RejectBatch, Topics, acknowledge_only
+from flywheel.bus import BatchConsumer, Handler, RejectBatch, Topics
 from flywheel.bus.serde import CONTENT_PROTOBUF, MalformedEvent, decode, header
 from flywheel.errors import FlywheelError
-from flywheel.v1 import common_pb2, events_pb2
+from flywheel.v1 import common_pb2, events_pb2, ingestion_pb2
 from services.ingestion import datasets, store
 from services.ingestion.tables import rows_to_table
 from services.ingestion.writer import write_version
 
 
 def handlers(ctx: ServiceContext) -> dict[str, Handler]:
-    return {Topics.FEEDBACK: acknowledge_only("append labelled rows to opted-in datasets (issue 6)")}
+    return {}
 
 
 def decode_rows(record: ConsumerRecord) -> list[dict[str, Any]]:
@@ -71,6 +71,56 @@ def records_consumer(ctx: ServiceContext) -> BatchConsumer:
 
 async def run_records_consumer(ctx: ServiceContext) -> None:
     consumer = records_consumer(ctx)
+    try:
+        await consumer.run()
+    finally:
+        await consumer.stop()
+
+
+def decode_feedback(record: ConsumerRecord) -> dict[str, Any] | None:
+    """A labelled production row (features + label), or None for labels that carry no features."""
+    event = decode(events_pb2.Feedback, record.value, record.headers)
+    if not event.HasField("features") or not event.features.fields:  # type: ignore[attr-defined]
+        return None
+    row = json_format.MessageToDict(event.features)  # type: ignore[attr-defined]
+    row["__label__"] = json_format.MessageToDict(event.label)  # type: ignore[attr-defined]
+    return row
+
+
+def feedback_consumer(ctx: ServiceContext) -> BatchConsumer:
+    """Labelled production data into the datasets that opted in (Dataset.feedback_model), so the
+    next retraining sees it. Micro-batched like ingest.records: one version per batch, offsets with it."""
+
+    async def on_batch(conn: asyncpg.Connection, model: str, items: list[dict[str, Any] | None]) -> None:
+        rows = [r for r in items if r is not None]
+        if not rows:
+            return
+        specs = await conn.fetch("SELECT spec FROM datasets")
+        targets = [
+            ds for ds in (ingestion_pb2.Dataset.FromString(r["spec"]) for r in specs) if ds.feedback_model == model
+        ]
+        for ds in targets:
+            labelled = [
+                {**{k: v for k, v in r.items() if k != "__label__"}, ds.schema.label_field: r["__label__"]}
+                for r in rows
+            ]
+            try:
+                raw = rows_to_table(labelled, ds.schema)
+                await write_version(ctx, ds.name, raw, common_pb2.WRITE_MODE_APPEND, "feedback", conn=conn)
+            except FlywheelError as exc:
+                raise RejectBatch(f"dataset {ds.name}: {exc}") from exc
+
+    def policy(model: str) -> tuple[int, float]:
+        return datasets.DEFAULT_MAX_ROWS, datasets.DEFAULT_MAX_WAIT_S
+
+    return BatchConsumer(
+        ctx.settings, ctx.name, ctx.pool, ctx.producer, Topics.FEEDBACK, decode_feedback, on_batch, policy,
+        name=f"flywheel-{ctx.name}-feedback",
+    )  # fmt: skip
+
+
+async def run_feedback_consumer(ctx: ServiceContext) -> None:
+    consumer = feedback_consumer(ctx)
     try:
         await consumer.run()
     finally:

@@ -273,3 +273,42 @@ def test_traces_cli_prints_the_chain(stack):
     assert "training run" in shown.stdout and "flywheel-serving" in shown.stdout
     listed = json.loads(stack.cli("traces", "--last", "--json").stdout or "{}")
     assert listed
+
+
+def test_feedback_with_features_flows_into_the_opted_in_dataset(stack, api):
+    from .clients import schema
+
+    api.ingestion.CreateDataset(
+        ingestion_pb2.CreateDatasetRequest(
+            dataset=ingestion_pb2.Dataset(name="fb-data", schema=schema(), feedback_model="fb-model")
+        )
+    )
+    rows = [
+        {"modelName": "fb-model", "requestId": f"r{i}", "label": i % 2,
+         "features": {"id": 9000 + i, "f0": 0.5, "f1": -0.5, "f2": 1.0, "f3": float(i)}}
+        for i in range(30)
+    ]  # fmt: skip
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+        await producer.start()
+        try:
+            for row in rows:
+                await producer.send_and_wait(
+                    Topics.FEEDBACK, json.dumps(row).encode(), key=b"fb-model",
+                    headers=[("content-type", b"application/json")],
+                )  # fmt: skip
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+
+    def version() -> ingestion_pb2.DatasetVersion | None:
+        try:
+            v = api.ingestion.GetDatasetVersion(ingestion_pb2.GetDatasetVersionRequest(dataset="fb-data")).version
+        except grpc.RpcError:
+            return None
+        return v if v.row_count == 30 else None
+
+    v = wait_until(version, 60, "the labelled production rows as a dataset version")
+    assert v.source == "feedback" and v.ref.version == 1

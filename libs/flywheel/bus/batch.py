@@ -71,8 +71,10 @@ class BatchConsumer:
         decode: Decoder,
         handler: BatchHandler,
         policy: Policy,
+        *,
+        name: str | None = None,
     ) -> None:
-        self.name = f"flywheel-{service}-batch"
+        self.name = name or f"flywheel-{service}-batch"
         self._settings = settings
         self._pool = pool
         self._producer = producer
