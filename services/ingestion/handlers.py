@@ -45,7 +45,14 @@ def decode_rows(record: ConsumerRecord) -> list[dict[str, Any]]:
             raise MalformedEvent('expected a row object, a list of rows, or {"rows": [...]}')
         return rows
     msg = decode(events_pb2.IngestRecords, record.value, record.headers)
-    return [json_format.MessageToDict(r) for r in msg.rows]  # type: ignore[attr-defined]
+    return [_struct_row(r) for r in msg.rows]  # type: ignore[attr-defined]
+
+
+def _struct_row(struct: Any) -> dict[str, Any]:
+    """A protobuf Struct as a row: Struct numbers are doubles, so whole ones become ints again
+    (an INT field would otherwise read "9000.0" and reject it as a type mismatch)."""
+    row = json_format.MessageToDict(struct)
+    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in row.items()}
 
 
 def records_consumer(ctx: ServiceContext) -> BatchConsumer:
@@ -82,8 +89,9 @@ def decode_feedback(record: ConsumerRecord) -> dict[str, Any] | None:
     event = decode(events_pb2.Feedback, record.value, record.headers)
     if not event.HasField("features") or not event.features.fields:  # type: ignore[attr-defined]
         return None
-    row = json_format.MessageToDict(event.features)  # type: ignore[attr-defined]
-    row["__label__"] = json_format.MessageToDict(event.label)  # type: ignore[attr-defined]
+    row = _struct_row(event.features)  # type: ignore[attr-defined]
+    label = json_format.MessageToDict(event.label)  # type: ignore[attr-defined]
+    row["__label__"] = int(label) if isinstance(label, float) and label.is_integer() else label
     return row
 
 

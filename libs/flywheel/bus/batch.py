@@ -154,6 +154,7 @@ class BatchConsumer:
                             async with conn.transaction():  # a savepoint: one key's rejection spares the others
                                 await self._handler(conn, key, p.items)
                         except RejectBatch as exc:
+                            log.warning("batch consumer: batch rejected, records sent to DLQ", key=key, error=str(exc))
                             for record in p.records:
                                 await self._dead_letter(record, exc)
                     for tp, offset in offsets.items():
@@ -196,7 +197,7 @@ class BatchConsumer:
 
     async def _dead_letter(self, record: ConsumerRecord, exc: BaseException) -> None:
         headers = dlq_headers(record, exc, 1, self.name)
-        log.warning("batch consumer: undecodable record sent to DLQ", error=str(exc), offset=record.offset)
+        log.info("batch consumer: record sent to DLQ", error=str(exc), offset=record.offset)
         value = record.value or b""
         await self._producer.send_and_wait(dlq_topic(record.topic), value, key=record.key, headers=headers)
         metrics.consumer_dead_lettered.add(1, {"group": self.name, "topic": record.topic})
