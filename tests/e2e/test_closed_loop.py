@@ -312,3 +312,15 @@ def test_feedback_with_features_flows_into_the_opted_in_dataset(stack, api):
 
     v = wait_until(version, 60, "the labelled production rows as a dataset version")
     assert v.source == "feedback" and v.ref.version == 1
+
+
+def test_monitoring_cli_reads_the_real_service(stack):
+    drift = stack.cli("drift", "report", "loop-model", "--json")
+    assert drift.returncode == 0, drift.stderr
+    assert json.loads(drift.stdout)["windows"], "the loop's windows"
+    alerts = stack.cli("alerts", "loop-model", "--kind", "data", "--json")
+    assert alerts.returncode == 0, alerts.stderr
+    assert all(a["kind"] == "DRIFT_KIND_DATA_DRIFT" for a in json.loads(alerts.stdout)["alerts"])
+    segments = stack.cli("segments", "quality-model", "--field", "f3", "--json")
+    assert segments.returncode == 0, segments.stderr
+    assert {s["segment"]["value"] for s in json.loads(segments.stdout)["segments"]} >= {"< 0", ">= 0"}
