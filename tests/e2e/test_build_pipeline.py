@@ -247,3 +247,39 @@ def test_same_event_twice_is_one_run_and_a_killed_run_resumes(stack, api):
     versions = api.registry.ListModelVersions(registry_pb2.ListModelVersionsRequest(name="slow-model")).versions
     assert [v.ref.version for v in versions] == [1], "exactly one model version"
     assert len(_runs(api, "churn-lr")) == 1, "the redelivered data.versioned queued no second run"
+
+
+def test_uri_ingest_search_aliases_tags_and_archive(stack, api, tmp_path):
+    path = tmp_path / "extra.csv"
+    path.write_bytes(make_csv(2_000, seed=8, start_id=500_000))
+    _create(api, "from-file")
+    resp = api.ingestion.IngestFromUri(ingestion_pb2.IngestFromUriRequest(dataset="from-file", uri=f"file://{path}"))
+    assert resp.created and resp.version.row_count == 2_000 and resp.version.source.startswith("uri:")
+    with pytest.raises(grpc.RpcError) as missing:
+        api.ingestion.IngestFromUri(ingestion_pb2.IngestFromUriRequest(dataset="from-file", uri="/no/such.csv"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "uri" in missing.value.details()
+
+    R = registry_pb2
+    found = api.registry.SearchModelVersions(
+        R.SearchModelVersionsRequest(
+            metric_filters=[R.MetricFilter(metric="accuracy", op=R.COMPARISON_GT, value=0.5)],
+            dataset_name="churn",
+            order_by_metric="accuracy",
+        )
+    ).versions
+    assert [(v.ref.name, v.ref.version) for v in found] == [("churn-model", 1)]
+    assert not api.registry.SearchModelVersions(
+        R.SearchModelVersionsRequest(metric_filters=[R.MetricFilter(metric="accuracy", op=R.COMPARISON_GT, value=1.0)])
+    ).versions
+
+    api.registry.SetTags(R.SetTagsRequest(name="churn-model", version=1, tags={"team": "growth"}, actor="dana"))
+    tagged = api.registry.SearchModelVersions(R.SearchModelVersionsRequest(tags={"team": "growth"})).versions
+    assert [v.ref.name for v in tagged] == ["churn-model"]
+    api.registry.SetAlias(R.SetAliasRequest(name="churn-model", alias="champion", version=1, actor="dana"))
+    assert api.registry.GetAlias(R.GetAliasRequest(name="churn-model", alias="champion")).alias.version == 1
+    production = api.registry.GetAlias(R.GetAliasRequest(name="churn-model", alias="production")).alias.version
+    with pytest.raises(grpc.RpcError) as held:
+        api.registry.ArchiveVersion(R.ArchiveVersionRequest(name="churn-model", version=production, reason="old"))
+    assert held.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    actions = [e.action for e in api.registry.ListAuditEvents(R.ListAuditEventsRequest(name="churn-model")).events]
+    assert {R.AUDIT_ACTION_REGISTERED, R.AUDIT_ACTION_TAGS_SET, R.AUDIT_ACTION_ALIAS_SET} <= set(actions)
