@@ -20,6 +20,8 @@ from services.monitoring.references import load_reference
 
 log = get_logger(__name__)
 TICK_S = 1.0
+KEEP_PREDICTIONS = "7 days"  # long enough for late labels to join; older rows are deleted
+PRUNE_EVERY_TICKS = 600
 
 
 def handlers(ctx: ServiceContext) -> dict[str, Handler]:
@@ -122,10 +124,19 @@ async def record_labels(
 
 
 async def close_due_windows(ctx: ServiceContext) -> None:
-    """Time-based windows: close a window whose oldest row is older than the policy's duration."""
+    """Time-based windows: close a window whose oldest row is older than the policy's duration
+    (and, now and then, forget predictions too old for any label to join)."""
+    ticks = 0
     while True:
         await asyncio.sleep(TICK_S)
+        ticks += 1
         try:
+            if ticks % PRUNE_EVERY_TICKS == 0:
+                async with ctx.pool.acquire() as conn:
+                    await conn.execute(
+                        "DELETE FROM predictions WHERE window_id IS NOT NULL"
+                        f" AND at < now() - interval '{KEEP_PREDICTIONS}'"
+                    )
             async with ctx.pool.acquire() as conn:
                 models = await conn.fetch(
                     "SELECT r.model, min(p.at) AS oldest FROM model_refs r JOIN predictions p"
