@@ -13,7 +13,7 @@ import pyarrow.csv as pacsv
 
 from flywheel.app import ServiceContext
 from flywheel.errors import AlreadyExists, InvalidArgument, NotFound
-from flywheel.grpc import GrpcServer
+from flywheel.grpc import GrpcServer, stream_header
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services.ingestion import datasets, store
@@ -60,14 +60,7 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
         )
 
     async def IngestDataset(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        it = request_iterator.__aiter__()
-        try:
-            first = await it.__anext__()
-        except StopAsyncIteration:
-            raise InvalidArgument("empty stream; send a header first", field="header") from None
-        if first.WhichOneof("payload") != "header":
-            raise InvalidArgument("the first message must be the header", field="header")
-        header = first.header
+        header, it = await stream_header(request_iterator)
         async with self._pool.acquire() as conn:
             ds = await store.get_dataset(conn, header.dataset)
         parts: list[bytes] = []

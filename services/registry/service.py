@@ -16,7 +16,7 @@ from flywheel.app import ServiceContext
 from flywheel.bus import Topics, enqueue
 from flywheel.bus.serde import new_meta
 from flywheel.errors import FailedPrecondition, InvalidArgument, NotFound
-from flywheel.grpc import GrpcServer, channel_options
+from flywheel.grpc import GrpcServer, channel_options, stream_header
 from flywheel.grpc.context import actor
 from flywheel.logging import get_logger
 from flywheel.paging import decode_token, next_token, page_size
@@ -50,14 +50,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         request_iterator: AsyncIterator[registry_pb2.RegisterModelRequest],
         context: grpc.aio.ServicerContext,
     ) -> registry_pb2.RegisterModelResponse:
-        it = request_iterator.__aiter__()
-        try:
-            first = await it.__anext__()
-        except StopAsyncIteration:
-            raise InvalidArgument("empty stream; send a header first", field="header") from None
-        if first.WhichOneof("payload") != "header":
-            raise InvalidArgument("the first message must be the header", field="header")
-        header = first.header
+        header, it = await stream_header(request_iterator)
         name = rules.check_name(header.model_name, "header.model_name")
         fmt = rules.check_format(header.format)
         rules.check_signature(header.signature)

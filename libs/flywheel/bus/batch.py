@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from flywheel.config import Settings
@@ -24,6 +24,7 @@ from flywheel.logging import get_logger
 
 from . import metrics
 from .dlq import dlq_headers
+from .groups import group_consumer, join
 from .producer import EventProducer
 from .topics import dlq_topic
 
@@ -84,30 +85,14 @@ class BatchConsumer:
         self._policy = policy
         self._pending: dict[str, _Pending] = {}
         self._next: dict[TopicPartition, int] = {}
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=self.name,
-            client_id=self.name,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            metadata_max_age_ms=5_000,
-            session_timeout_ms=settings.consumer_session_timeout_ms,
-            heartbeat_interval_ms=settings.consumer_heartbeat_ms,
-            rebalance_timeout_ms=settings.consumer_rebalance_timeout_ms,
-        )
+        self._consumer = group_consumer(settings, self.name)
         self.batches = 0
 
     async def stop(self) -> None:
         await self._consumer.stop()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self._consumer.start()
-                break
-            except KafkaError as exc:
-                log.warning("batch consumer: cannot join group yet, will retry", error=repr(exc))
-                await asyncio.sleep(1.0)
+        await join(self._consumer, self.name)
         self._consumer.subscribe([self._topic], listener=_SeekToStored(self))
         while True:
             try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from google.protobuf.message import Message
 from opentelemetry import propagate, trace
@@ -27,6 +27,7 @@ from flywheel.telemetry import tracer
 
 from . import metrics
 from .dlq import dlq_headers
+from .groups import group_consumer, join
 from .producer import EventProducer
 from .serde import CONTENT_JSON, MalformedEvent, decode, header
 from .topics import EVENT_TYPES, dlq_topic
@@ -64,18 +65,7 @@ class EventConsumer:
         self._producer = producer
         self._handlers = handlers
         self.name = group_id or f"flywheel-{service}"
-        self._consumer = AIOKafkaConsumer(
-            *handlers,
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=self.name,
-            client_id=self.name,
-            enable_auto_commit=False,
-            auto_offset_reset=offset_reset,
-            metadata_max_age_ms=5_000,  # notice recreated topics quickly after a broker restart
-            session_timeout_ms=settings.consumer_session_timeout_ms,
-            heartbeat_interval_ms=settings.consumer_heartbeat_ms,
-            rebalance_timeout_ms=settings.consumer_rebalance_timeout_ms,
-        )
+        self._consumer = group_consumer(settings, self.name, *handlers, offset_reset=offset_reset)
         self.processed = 0
         self.dead_lettered = 0
         self._next_offsets: dict[TopicPartition, int] = {}
@@ -95,14 +85,7 @@ class EventConsumer:
 
     async def run(self) -> None:
         """Join the group (in the background of a SERVING process: joins can take seconds) and consume."""
-        while True:
-            try:
-                await self._consumer.start()
-                break
-            except KafkaError as exc:
-                log.warning("consumer: cannot join group yet, will retry", error=repr(exc))
-                await asyncio.sleep(1.0)
-        log.info("consumer: joined group", group=self.name)
+        await join(self._consumer, self.name)
         while True:
             try:
                 batches = await self._consumer.getmany(timeout_ms=500, max_records=100)

@@ -94,3 +94,15 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, method), **kw)
         return handler
+
+
+async def stream_header(request_iterator: AsyncIterator[Any], field: str = "header") -> tuple[Any, AsyncIterator[Any]]:
+    """For client-streaming uploads (a header, then chunks): the header and the rest of the stream."""
+    it = request_iterator.__aiter__()
+    try:
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        raise errors.InvalidArgument(f"empty stream; send a {field} first", field=field) from None
+    if first.WhichOneof("payload") != field:
+        raise errors.InvalidArgument(f"the first message must be the {field}", field=field)
+    return getattr(first, field), it
