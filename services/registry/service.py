@@ -71,7 +71,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         sha, size = await self._store_artifact(header, it)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("INSERT INTO models (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
-            model = await conn.fetchrow("SELECT policy FROM models WHERE name = $1 FOR UPDATE", name)
+            model = await store.ensure_model(conn, name, lock=True)
             if header.idempotency_key:  # re-check under the model lock: a concurrent retry may have won
                 existing = await conn.fetchval(
                     "SELECT version FROM model_versions WHERE name = $1 AND idempotency_key = $2",
@@ -293,14 +293,11 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         alias = rules.check_alias(request.alias)
         who = actor(context, request.actor)
         async with self._pool.acquire() as conn, conn.transaction():
-            await store.ensure_model(conn, request.name)
-            await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", request.name)
+            await store.ensure_model(conn, request.name, lock=True)
             mv = await store.get_version(conn, request.name, request.version)
             if mv.archived:
                 raise InvalidArgument(f"version {request.version} is archived", field="version")
-            previous = await conn.fetchval(
-                "SELECT version FROM aliases WHERE name = $1 AND alias = $2", request.name, alias
-            )
+            previous = await store.alias_version(conn, request.name, alias)
             row = await conn.fetchrow(
                 "INSERT INTO aliases (name, alias, version, updated_by) VALUES ($1, $2, $3, $4)"
                 " ON CONFLICT (name, alias) DO UPDATE SET version = $3, updated_by = $4, updated_at = now()"
@@ -516,8 +513,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
     async def ReportStagingChecks(self, request, context):  # type: ignore[no-untyped-def]
         name, version = request.model.name, request.model.version
         async with self._pool.acquire() as conn, conn.transaction():
-            model = await store.ensure_model(conn, name)
-            await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", name)
+            model = await store.ensure_model(conn, name, lock=True)
             mv = await store.get_version(conn, name, version)
             if mv.HasField("staging") and mv.promotion.state != A.PROMOTION_STATE_PENDING_CHECKS:
                 # A repeated report (a redelivered model.registered): the first decision stands.
@@ -544,9 +540,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
                 if model["policy"]
                 else promotion.default_policy(mv.task)
             )
-            champion_version = await conn.fetchval(
-                "SELECT version FROM aliases WHERE name = $1 AND alias = $2", name, rules.PRODUCTION
-            )
+            champion_version = await store.alias_version(conn, name, rules.PRODUCTION)
             champion = await store.get_version(conn, name, champion_version) if champion_version else None
             decision = promotion.decide(
                 policy, report, list(mv.metrics), champion_version or 0, list(champion.metrics) if champion else []
@@ -561,8 +555,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
     async def ApproveVersion(self, request, context):  # type: ignore[no-untyped-def]
         who = actor(context, request.actor)
         async with self._pool.acquire() as conn, conn.transaction():
-            await store.ensure_model(conn, request.name)
-            await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", request.name)
+            await store.ensure_model(conn, request.name, lock=True)
             mv = await store.get_version(conn, request.name, request.version)
             if mv.promotion.state != A.PROMOTION_STATE_PENDING_APPROVAL:
                 state = A.PromotionState.Name(mv.promotion.state)
@@ -573,9 +566,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
                 conn, actor=who, action=A.AUDIT_ACTION_APPROVED, name=request.name, version=request.version,
                 reason=request.reason,
             )  # fmt: skip
-            previous = await conn.fetchval(
-                "SELECT version FROM aliases WHERE name = $1 AND alias = $2", request.name, rules.PRODUCTION
-            )
+            previous = await store.alias_version(conn, request.name, rules.PRODUCTION)
             reason = f"approved by {who}" + (f": {request.reason}" if request.reason else "")
             decision = await _apply_decision(conn, mv, A.PROMOTION_STATE_PROMOTED, reason, who, previous or 0, "")
             return registry_pb2.ApproveVersionResponse(
@@ -598,11 +589,8 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
     async def Rollback(self, request, context):  # type: ignore[no-untyped-def]
         who = actor(context, request.actor)
         async with self._pool.acquire() as conn, conn.transaction():
-            await store.ensure_model(conn, request.name)
-            await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", request.name)
-            current = await conn.fetchval(
-                "SELECT version FROM aliases WHERE name = $1 AND alias = $2", request.name, rules.PRODUCTION
-            )
+            await store.ensure_model(conn, request.name, lock=True)
+            current = await store.alias_version(conn, request.name, rules.PRODUCTION)
             if current is None:
                 raise FailedPrecondition(f"model {request.name!r} has nothing in production", field="name")
             target = request.to_version or await conn.fetchval(

@@ -59,7 +59,7 @@ async def get_version(conn: asyncpg.Connection, name: str, version: int) -> regi
 async def resolve(conn: asyncpg.Connection, name: str, version: int = 0, alias: str = "") -> int:
     """The version a request means: explicit, by alias, or (0 and no alias) the latest."""
     if alias:
-        v = await conn.fetchval("SELECT version FROM aliases WHERE name = $1 AND alias = $2", name, alias)
+        v = await alias_version(conn, name, alias)
         if v is None:
             await ensure_model(conn, name)
             raise NotFound(f"model {name!r} has no alias {alias!r}", field="alias")
@@ -72,11 +72,19 @@ async def resolve(conn: asyncpg.Connection, name: str, version: int = 0, alias: 
     return int(v)
 
 
-async def ensure_model(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
-    row = await conn.fetchrow("SELECT name, policy, created_at FROM models WHERE name = $1", name)
+async def ensure_model(conn: asyncpg.Connection, name: str, *, lock: bool = False) -> asyncpg.Record:
+    """The model's row, or NotFound; `lock` holds it for the transaction (serialises alias moves
+    and version numbering per model)."""
+    sql = "SELECT name, policy, created_at FROM models WHERE name = $1" + (" FOR UPDATE" if lock else "")
+    row = await conn.fetchrow(sql, name)
     if row is None:
         raise NotFound(f"no model named {name!r}", field="name")
     return row
+
+
+async def alias_version(conn: asyncpg.Connection, name: str, alias: str) -> int | None:
+    v = await conn.fetchval("SELECT version FROM aliases WHERE name = $1 AND alias = $2", name, alias)
+    return int(v) if v is not None else None
 
 
 async def audit(
