@@ -305,7 +305,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def feature_rows(slot: Slot, feeds: dict[str, Any]) -> np.ndarray:
+def feature_rows(feeds: dict[str, Any]) -> np.ndarray:
     """The request's rows as features (the first 2-D input), for prediction logging."""
     first = next(iter(feeds.values()))
     return first if first.ndim == 2 else first.reshape(len(first), -1)

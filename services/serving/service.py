@@ -184,7 +184,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
             version=slot.version,
             request_id=request_id,
             features=list(slot.signature.feature_names),
-            inputs=feature_rows(slot, feeds),
+            inputs=feature_rows(feeds),
             outputs=outputs,
             class_labels=list(slot.signature.class_labels),
             latency_ms=latency_ms,
