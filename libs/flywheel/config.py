@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     serving_inter_op_threads: int = 0
     serving_max_batch_size: int = 32  # 1 turns dynamic batching off
     serving_max_queue_delay_us: int = 500
+    # A model whose full batch runs in at most this many microseconds runs on the event loop: handing
+    # it to a thread would cost more than the run. 0 sends every run to the executor.
+    serving_inline_max_us: int = 100
     serving_log_sample_rate: float = 1.0  # fraction of requests logged to flywheel.predictions.logged
     serving_log_buffer: int = 10_000  # records held for the logger; beyond that they are dropped and counted
     serving_staging_sample_rows: int = 5_000

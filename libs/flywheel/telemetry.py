@@ -90,7 +90,7 @@ def setup_telemetry(service: str, settings: Settings) -> TracerProvider:
             BatchSpanProcessor(JsonlSpanExporter(settings.spans_file), schedule_delay_millis=200)
         )
     trace.set_tracer_provider(provider)
-    _instrument(trace_inference=settings.trace_inference)
+    _instrument()
     _provider = provider
     return provider
 
@@ -117,18 +117,14 @@ def meter(name: str = "flywheel") -> metrics.Meter:
     return metrics.get_meter(name)
 
 
-def _instrument(*, trace_inference: bool) -> None:
+def _instrument() -> None:
     from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
-    from opentelemetry.instrumentation.grpc.filters import any_of, health_check, method_name, negate
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+    from opentelemetry.instrumentation.grpc.filters import health_check, negate
 
-    # Health probes every second would drown the traces that matter; so would one span per
-    # prediction (as Triton, inference tracing is opt-in: FLYWHEEL_TRACE_INFERENCE=true).
-    untraced_calls = [health_check()]
-    if not trace_inference:
-        untraced_calls += [method_name("ModelInfer"), method_name("ModelStreamInfer")]
-    GrpcAioInstrumentorServer(filter_=negate(any_of(*untraced_calls))).instrument()
+    # Server spans come from our own method wrapping (flywheel.grpc.methods), which leaves health
+    # probes and, unless FLYWHEEL_TRACE_INFERENCE is set, inference calls untraced.
     GrpcAioInstrumentorClient(filter_=negate(health_check())).instrument()
     AIOKafkaInstrumentor().instrument()
     AsyncPGInstrumentor().instrument()

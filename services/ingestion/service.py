@@ -191,5 +191,5 @@ def _encode(batch: pa.RecordBatch, fmt: int, header: bool) -> bytes:
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
-    ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(IngestionService(ctx), server.server)
+    ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(IngestionService(ctx), server)
     return [ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name]

@@ -14,6 +14,7 @@ from flywheel.app import ServiceContext
 from flywheel.bus import EventContext, Handler, Topics
 from flywheel.errors import InvalidArgument, Unavailable
 from flywheel.logging import get_logger
+from flywheel.predictions import logged_rows
 from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2
 from services.monitoring import evaluator
 from services.monitoring.references import load_reference
@@ -46,8 +47,9 @@ async def record_predictions(
     ctx: ServiceContext, conn: asyncpg.Connection, event: events_pb2.PredictionsLogged
 ) -> None:
     model = event.model.name
-    if not event.records:
-        raise InvalidArgument("a predictions.logged event without records", field="records")
+    logged = logged_rows(event)
+    if not logged:
+        raise InvalidArgument("a predictions.logged event without records or columns", field="records")
     ref_version = await conn.fetchval("SELECT version FROM model_refs WHERE model = $1", model)
     rows = [
         (
@@ -55,12 +57,12 @@ async def record_predictions(
             event.model.version,
             r.request_id,
             r.row_index,
-            json.dumps(json_format.MessageToDict(r.inputs)),
-            json.dumps(json_format.MessageToDict(r.outputs)),
+            json.dumps(r.inputs),
+            json.dumps(r.outputs),
             r.latency_ms,
-            r.occurred_at.ToDatetime().astimezone(),
+            r.occurred_at,
         )
-        for r in event.records
+        for r in logged
         # Shadow and canary traffic is not production's; its drift would be misattributed.
         if r.role in (common_pb2.SERVING_ROLE_PRODUCTION, common_pb2.SERVING_ROLE_UNSPECIFIED)
     ]

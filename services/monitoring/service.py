@@ -123,5 +123,5 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
-    monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(MonitoringService(ctx), server.server)
+    monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(MonitoringService(ctx), server)
     return [monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name]

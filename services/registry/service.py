@@ -704,5 +704,5 @@ async def _emit_promoted(
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(ctx), server.server)
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(ctx), server)
     return [registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name]

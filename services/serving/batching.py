@@ -5,6 +5,11 @@ event loop: the queue delay is then timed by a condition variable with microseco
 (asyncio's timers round to the selector's millisecond), and concatenation, the run and the slicing
 never hold up the loop. A runner holds an executor thread for one batch at most (plus its queue
 delay) and exits when the queue is empty, so batchers can share a small executor fairly.
+
+Cheap models are the exception (`inline_max_rows`): when a full batch computes in less time than
+handing work to a thread and back costs (tens of microseconds, plus GIL contention with the loop),
+batches of up to that many rows run on the event loop itself. Requests that arrive in the same loop
+iteration are then coalesced, at no added latency; larger requests still go to the executor.
 """
 
 from __future__ import annotations
@@ -64,8 +69,12 @@ class DynamicBatcher:
         executor: concurrent.futures.Executor | None = None,
         max_inflight: int = 2,
         max_queue_size: int = 0,
+        inline_max_rows: int = 0,
     ) -> None:
         self._run = run
+        self.inline_max_rows = max(0, inline_max_rows)
+        self._inline: list[_Request] = []  # loop side: waiting for this iteration's flush
+        self._flush_scheduled = False
         self.max_batch_size = max_batch_size
         self._delay_ns = max(0, max_queue_delay_us) * 1000
         self._max_inflight = max(1, max_inflight)
@@ -92,7 +101,17 @@ class DynamicBatcher:
         rows = batch_size(feeds)
         loop = asyncio.get_running_loop()
         request = _Request(feeds, rows, _shape_key(feeds), loop.create_future(), loop, time.perf_counter_ns())
-        if self.coalescing:
+        if rows <= self.inline_max_rows:
+            if self._closed:
+                raise Unavailable("the model is being unloaded")
+            if not self.coalescing:
+                self._count(1)
+                return _outcome(self._compute_batch([request])[0])
+            self._inline.append(request)
+            if not self._flush_scheduled:  # runs after the requests already scheduled in this iteration
+                self._flush_scheduled = True
+                loop.call_soon(self._flush_inline)
+        elif self.coalescing:
             self._enqueue(request)
         else:
             self._submit(self._run_alone, request)
@@ -107,6 +126,8 @@ class DynamicBatcher:
             self._pending_rows = 0
             self._cond.notify_all()
             inflight = list(self._inflight)
+        dropped += self._inline
+        self._inline = []
         for request in dropped:
             if not request.future.done():
                 request.future.set_exception(Unavailable("the model was unloaded before this request ran"))
@@ -152,12 +173,32 @@ class DynamicBatcher:
         with self._cond:
             self._inflight.discard(future)
 
+    def _flush_inline(self) -> None:
+        """On the loop: runs what this iteration queued, in batches of compatible requests (FIFO)."""
+        self._flush_scheduled = False
+        waiting, self._inline = [r for r in self._inline if not r.future.done()], []
+        while waiting:
+            batch, rows, rest = [waiting[0]], waiting[0].rows, []
+            for request in waiting[1:]:
+                if request.key == batch[0].key and rows + request.rows <= self.max_batch_size:
+                    batch.append(request)
+                    rows += request.rows
+                else:
+                    rest.append(request)
+            waiting = rest
+            self._count(len(batch))
+            for request, result in zip(batch, self._compute_batch(batch), strict=True):
+                _resolve([(request.future, result)])
+
+    def _count(self, requests: int) -> None:
+        with self._cond:
+            self.batches_run += 1
+            self.requests_run += requests
+
     # -- worker threads -------------------------------------------------------------------------
 
     def _run_alone(self, request: _Request) -> None:
-        with self._cond:
-            self.batches_run += 1
-            self.requests_run += 1
+        self._count(1)
         self._execute([request])
 
     def _drain(self) -> None:
@@ -234,17 +275,17 @@ class DynamicBatcher:
         self._pending_rows = sum(r.rows for r in kept)
 
     def _execute(self, batch: list[_Request]) -> None:
+        _settle(batch, self._compute_batch(batch))
+
+    def _compute_batch(self, batch: list[_Request]) -> list:
+        """Each request's (outputs, timing), or the exception the run raised, for every request."""
         started = time.perf_counter_ns()
         try:
             outputs, rows = self._compute(batch)
         except Exception as exc:
-            _settle(batch, [exc] * len(batch))
-            return
+            return [exc] * len(batch)
         compute_ns = time.perf_counter_ns() - started
-        results = [
-            (out, Timing(started - r.enqueued_ns, compute_ns, rows)) for out, r in zip(outputs, batch, strict=True)
-        ]
-        _settle(batch, results)
+        return [(out, Timing(started - r.enqueued_ns, compute_ns, rows)) for out, r in zip(outputs, batch, strict=True)]
 
     def _compute(self, batch: list[_Request]) -> tuple[list[Feeds], int]:
         if len(batch) == 1:  # nothing to concatenate or slice
@@ -275,6 +316,12 @@ def _settle(batch: list[_Request], results: list) -> None:
             loop.call_soon_threadsafe(_resolve, items)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
+
+
+def _outcome(result: object) -> tuple[Feeds, Timing]:
+    if isinstance(result, BaseException):
+        raise result
+    return result  # type: ignore[return-value]
 
 
 def _resolve(items: list[tuple[asyncio.Future, object]]) -> None:

@@ -54,6 +54,13 @@ class Slot:
     inflight: int = 0
     errors: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Read on every logged request: plain tuples, not protobuf repeated fields.
+    feature_names: tuple[str, ...] = field(init=False)
+    class_labels: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.feature_names = tuple(self.signature.feature_names)
+        self.class_labels = tuple(self.signature.class_labels)
 
     async def infer(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Timing]:
         self.inflight += 1
@@ -140,13 +147,18 @@ class ModelManager:
             inter_op_threads=s.serving_inter_op_threads,
         )
         await asyncio.to_thread(model.warm_up)  # the first real request should not pay for initialisation
+        batch_rows = max(1, s.serving_max_batch_size)
+        cost_us = await asyncio.to_thread(model.batch_cost_us, batch_rows)
+        inline = s.serving_inline_max_us > 0 and cost_us <= s.serving_inline_max_us
         batcher = DynamicBatcher(
             model.run,
             max_batch_size=s.serving_max_batch_size,
             max_queue_delay_us=s.serving_max_queue_delay_us,
             executor=self._executor,
+            inline_max_rows=batch_rows if inline else 0,
         )
-        log.info("model loaded", model=name, version=version, role=role, provider=model.provider)
+        log.info("model loaded", model=name, version=version, role=role, provider=model.provider,
+                 batch_rows=batch_rows, batch_cost_us=round(cost_us, 1), on_event_loop=inline)  # fmt: skip
         return Slot(name, version, role, mv.checksum, model, batcher, mv.signature, datetime.now(UTC))
 
     async def _artifact(self, name: str, version: int, checksum: str) -> bytes:

@@ -155,12 +155,13 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
         total = time.perf_counter_ns() - started
         slot.stats.record_success(total, timing.queue_ns, timing.compute_ns, rows=len(next(iter(feeds.values()))),
                                   batch_rows=timing.batch_rows)  # fmt: skip
-        request_id = request.id or str(uuid.uuid4())
-        self._log(slot, request_id, feeds, outputs, total / 1e6)
+        request_id = request.id
         if shadow is not None:
+            request_id = request_id or str(uuid.uuid4())  # both logged answers share it
             task = asyncio.get_running_loop().create_task(self._shadow(shadow, request_id, feeds))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        self._log(slot, request_id, feeds, outputs, total / 1e6)
         return oip.ModelInferResponse(
             model_name=request.model_name,
             model_version=str(slot.version),
@@ -179,14 +180,16 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
         self._log(slot, request_id, feeds, outputs, (time.perf_counter_ns() - started) / 1e6)
 
     def _log(self, slot: Slot, request_id: str, feeds: dict, outputs: dict, latency_ms: float) -> None:  # type: ignore[type-arg]
+        if not self._logger.sampled():
+            return
         self._logger.log(
             model=slot.name,
             version=slot.version,
             request_id=request_id,
-            features=list(slot.signature.feature_names),
+            features=slot.feature_names,
             inputs=feature_rows(feeds),
             outputs=outputs,
-            class_labels=list(slot.signature.class_labels),
+            class_labels=slot.class_labels,
             latency_ms=latency_ms,
             role=slot.role,
         )
@@ -231,8 +234,11 @@ class ServingAdmin(serving_pb2_grpc.ServingAdminServicer):
 
 
 def register(server: GrpcServer, ctx: ServiceContext, manager: ModelManager, logger: PredictionLogger) -> list[str]:
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(ctx, server, manager, logger), server.server)
-    serving_pb2_grpc.add_ServingAdminServicer_to_server(ServingAdmin(manager, logger), server.server)
+    if not ctx.settings.trace_inference:  # as in Triton, a span per prediction is opt-in
+        infer = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+        server.untrace(f"/{infer}/ModelInfer", f"/{infer}/ModelStreamInfer")
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(ctx, server, manager, logger), server)
+    serving_pb2_grpc.add_ServingAdminServicer_to_server(ServingAdmin(manager, logger), server)
     return [
         oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         serving_pb2.DESCRIPTOR.services_by_name["ServingAdmin"].full_name,

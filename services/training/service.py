@@ -190,5 +190,5 @@ def _row(name: str, values: list[object], *, lower_better: bool = False) -> T.Co
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
-    training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingService(ctx), server.server)
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingService(ctx), server)
     return [training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name]

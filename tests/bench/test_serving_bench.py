@@ -7,9 +7,13 @@ by the training service's own packaging (skl2onnx, no ZipMap). Every request is 
   MLflow's defaults (uvicorn, 1 worker), JSON {"inputs": ...} over keep-alive HTTP connections;
 - Flywheel: `flywheel up` (tests/e2e/stack.py), the ONNX bytes registered through the registry and
   aliased `production`, called with tritonclient's gRPC clients; twice: with serving's dynamic batching
-  defaults, and with FLYWHEEL_SERVING_MAX_BATCH_SIZE=1 (batching off).
+  defaults, and with FLYWHEEL_SERVING_MAX_BATCH_SIZE=1 (batching off); each with unary ModelInfer and
+  with ModelStreamInfer (one bidirectional stream per client, as perf_analyzer --streaming does);
+- the gRPC floor (oip_floor_server.py): the same protocol on a bare grpc.aio server answering a
+  prebuilt response, no model at all: the most any Python gRPC server can do here.
 Each is measured as p50/p99 latency at 1 client (sequential calls) and requests/s at 64 concurrent
-clients (closed loop over a fixed duration, after a warm-up). Load generators run in this process.
+clients (closed loop over a fixed duration, after a warm-up). Load generators run in this process, on
+the same CPUs as the servers; the CPU time each server process used per request is printed too.
 Goals, printed and not asserted (machines vary): Flywheel p50 within 1 ms of raw ORT, >= 5x MLflow's
 requests/s at 64 clients, and batching on >= 3x batching off at 64 clients. Failed requests or wrong
 answers do fail the test. MLflow comes from tests/bench/requirements.txt (`make bench` installs it).
@@ -28,13 +32,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 import onnxruntime as ort
+import psutil
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
@@ -43,6 +48,7 @@ from sklearn.pipeline import Pipeline
 from tritonclient.utils import InferenceServerException
 
 from flywheel.stack.procs import free_port
+from flywheel.stack.up import read_state
 from flywheel.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from services.serving.runtime import execution_providers
 from services.training import packaging
@@ -92,6 +98,32 @@ class Result:
     load: Measurement | None = None  # CLIENTS clients
     notes: list[str] = field(default_factory=list)
     error: str = ""
+    server_cpu_us: float | None = None  # server process CPU time per request under load
+
+
+class CpuMeter:
+    """CPU time (user + system) used by some processes between start() and per_request()."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._procs = [psutil.Process(pid) for pid in pids]
+        self._start = 0.0
+
+    def _total(self) -> float:
+        total = 0.0
+        for proc in self._procs:
+            for p in [proc, *proc.children(recursive=True)]:
+                try:
+                    times = p.cpu_times()
+                    total += times.user + times.system
+                except psutil.Error:
+                    pass
+        return total
+
+    def start(self) -> None:
+        self._start = self._total()
+
+    def per_request_us(self, m: Measurement) -> float:
+        return (self._total() - self._start) / max(1, m.calls) * 1e6
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -275,7 +307,13 @@ def bench_mlflow(model: BenchModel, work: Path) -> Result:
 
             return call
 
-        _latency_and_load(make_call, result)
+        _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
+        result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
+        _threads(make_call, CLIENTS, WARMUP_S, LOAD_MAX_CALLS_PER_CLIENT)
+        cpu = CpuMeter([server.proc.pid])
+        cpu.start()
+        result.load = _threads(make_call, CLIENTS, LOAD_S, LOAD_MAX_CALLS_PER_CLIENT)
+        result.server_cpu_us = cpu.per_request_us(result.load)
     finally:
         server.stop()
     return result
@@ -375,7 +413,100 @@ async def _aio_load(url: str, inputs: list[list[tgrpc.InferInput]], clients: int
     return _merge(list(per_client), start)
 
 
-def bench_flywheel(model: BenchModel, work: Path, name: str, env: dict[str, str], result: Result) -> None:
+async def _aio_stream_load(
+    url: str, inputs: list[list[tgrpc.InferInput]], clients: int, duration_s: float
+) -> Measurement:
+    """Closed loop over ModelStreamInfer: each client holds one stream and sends its next request when
+    the previous answer arrives (tritonclient.grpc.aio's stream_infer)."""
+    async with tgrpc_aio.InferenceServerClient(url) as client:
+
+        async def worker(k: int) -> tuple[list[float], int, str, float]:
+            latencies: list[float] = []
+            errors, first = 0, ""
+            outbox: asyncio.Queue[dict | None] = asyncio.Queue()
+
+            async def requests() -> AsyncIterator[dict]:
+                while (item := await outbox.get()) is not None:
+                    yield item
+
+            def send(n: int) -> float:
+                row = inputs[(k * LOAD_MAX_CALLS_PER_CLIENT + n) % len(inputs)]
+                outbox.put_nowait({"model_name": MODEL, "inputs": row})
+                return time.perf_counter()
+
+            deadline = time.perf_counter() + duration_s
+            n, t0 = 0, send(0)
+            async for _result, error in client.stream_infer(requests()):
+                if error is None:
+                    latencies.append((time.perf_counter() - t0) * 1e3)
+                else:
+                    errors += 1
+                    first = first or str(error)
+                n += 1
+                if time.perf_counter() >= deadline or n >= LOAD_MAX_CALLS_PER_CLIENT:
+                    outbox.put_nowait(None)
+                    break
+                t0 = send(n)
+            return latencies, errors, first, time.perf_counter()
+
+        start = time.perf_counter()
+        per_client = await asyncio.gather(*(worker(k) for k in range(clients)))
+    return _merge(list(per_client), start)
+
+
+def _measure(url: str, model: BenchModel, result: Result, streamed: Result, pids: list[int]) -> None:
+    """1-client latency, then unary and streaming load at CLIENTS, on a server already answering."""
+    inputs = [_infer_input(model.X[i : i + 1]) for i in range(len(model.X))]
+    with tgrpc.InferenceServerClient(url) as client:
+
+        def make_call() -> Callable[[int], None]:
+            def call(i: int) -> None:
+                client.infer(MODEL, inputs[i % len(inputs)])
+
+            return call
+
+        _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
+        result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
+    cpu = CpuMeter(pids)
+    for target, load in ((result, _aio_load), (streamed, _aio_stream_load)):
+        asyncio.run(load(url, inputs, CLIENTS, WARMUP_S))
+        cpu.start()
+        target.load = asyncio.run(load(url, inputs, CLIENTS, LOAD_S))
+        target.server_cpu_us = cpu.per_request_us(target.load)
+    streamed.latency = result.latency  # streaming changes nothing for one client calling in sequence
+
+
+def bench_floor(model: BenchModel, work: Path, result: Result, streamed: Result) -> None:
+    port = free_port()
+    with (work / "floor.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.bench.oip_floor_server", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    url = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            try:
+                with tgrpc.InferenceServerClient(url) as client:
+                    if client.is_server_ready():
+                        break
+            except InferenceServerException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"floor server did not start: {(work / 'floor.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        _measure(url, model, result, streamed, [proc.pid])
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def bench_flywheel(
+    model: BenchModel, work: Path, name: str, env: dict[str, str], result: Result, streamed: Result
+) -> None:
     stack = UpProcess(work / name)
     for key in ("FLYWHEEL_SERVING_MAX_BATCH_SIZE", "FLYWHEEL_SERVING_MAX_QUEUE_DELAY_US"):
         stack.env.pop(key, None)  # batching on = serving's defaults, whatever this shell has set
@@ -384,7 +515,6 @@ def bench_flywheel(model: BenchModel, work: Path, name: str, env: dict[str, str]
         stack.start(SERVER_START_S)
         _deploy(stack, model)
         url = stack.address("serving")
-        inputs = [_infer_input(model.X[i : i + 1]) for i in range(len(model.X))]
 
         # Same answers as ONNX Runtime in-process, before timing anything.
         session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
@@ -393,17 +523,14 @@ def bench_flywheel(model: BenchModel, work: Path, name: str, env: dict[str, str]
             got = client.infer(MODEL, _infer_input(model.X[:16]))
             assert np.array_equal(got.as_numpy("label"), want_label), "Flywheel labels differ from ONNX Runtime's"
             assert np.allclose(got.as_numpy("probabilities"), want_proba, atol=1e-5), "Flywheel probabilities differ"
-
-            def make_call() -> Callable[[int], None]:
-                def call(i: int) -> None:
-                    client.infer(MODEL, inputs[i % len(inputs)])
-
-                return call
-
-            _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
-            result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
-        asyncio.run(_aio_load(url, inputs, CLIENTS, WARMUP_S))
-        result.load = asyncio.run(_aio_load(url, inputs, CLIENTS, LOAD_S))
+        state = read_state(stack.home)
+        assert state is not None, "flywheel up wrote no stack.json"
+        _measure(url, model, result, streamed, [state["services"]["serving"]["pid"]])
+        with tgrpc.InferenceServerClient(url) as client:
+            stats = client.get_inference_statistics(MODEL).model_stats[0]
+        rows_per_run = stats.inference_count / max(1, stats.execution_count)
+        for r in (result, streamed):
+            r.notes.append(f"{rows_per_run:.1f} rows per model run, over the whole run")
     finally:
         if stack.proc is not None and stack.proc.poll() is None:
             try:
@@ -418,10 +545,19 @@ def bench_flywheel(model: BenchModel, work: Path, name: str, env: dict[str, str]
 
 def _row(r: Result) -> str:
     if r.latency is None or r.load is None:
-        return f"  {r.name:<44} not measured: {r.error or 'no result'}"
-    line = f"  {r.name:<44} {r.latency.pct(50):8.3f} {r.latency.pct(99):8.3f} {r.load.rps:11,.0f}"
+        return f"  {r.name:<46} not measured: {r.error or 'no result'}"
+    line = f"  {r.name:<46} {r.latency.pct(50):8.3f} {r.latency.pct(99):8.3f} {r.load.rps:11,.0f}"
     line += f" {r.load.pct(50):9.3f} {r.load.pct(99):9.3f}"
+    line += f" {r.server_cpu_us:10,.0f}" if r.server_cpu_us is not None else f" {'-':>10}"
     return line + (f"   ({'; '.join(r.notes)})" if r.notes else "")
+
+
+def _ok(r: Result) -> bool:
+    return r.latency is not None and r.load is not None
+
+
+def _ratio(a: Result, b: Result) -> float | None:
+    return a.load.rps / b.load.rps if _ok(a) and _ok(b) and a.load and b.load else None
 
 
 def _goal(label: str, value: float | None, fmt: str, goal: str, met: Callable[[float], bool]) -> str:
@@ -430,18 +566,20 @@ def _goal(label: str, value: float | None, fmt: str, goal: str, met: Callable[[f
     return f"  {label}: {value:{fmt}} (goal {goal}: {'met' if met(value) else 'NOT met'})"
 
 
-def _report(ort_r: Result, mlflow_r: Result, on: Result, off: Result) -> str:
-    ok = [r for r in (ort_r, mlflow_r, on, off) if r.latency is not None and r.load is not None]
-    overhead = on.latency.pct(50) - ort_r.latency.pct(50) if on in ok and ort_r in ok else None
-    vs_mlflow = on.load.rps / mlflow_r.load.rps if on in ok and mlflow_r in ok else None
-    batching = on.load.rps / off.load.rps if on in ok and off in ok else None
+def _report(rows: dict[str, Result]) -> str:
+    ort_r, mlflow_r, on, off = rows["ort"], rows["mlflow"], rows["on"], rows["off"]
+    on_s, off_s, floor = rows["on_stream"], rows["off_stream"], rows["floor"]
+    overhead = on.latency.pct(50) - ort_r.latency.pct(50) if _ok(on) and _ok(ort_r) and on.latency else None
+    vs = f">= {GOAL_VS_MLFLOW}x"
     lines = [
         f"\nserving bench: LogisticRegression, {N_FEATURES} features, {len(CLASS_LABELS)} classes; 1-row requests;"
         f" {os.cpu_count()} CPUs; load generators in this process",
         f"  latency: 1 client, {LATENCY_S:.0f} s (at most {LATENCY_MAX_CALLS:,} calls);"
-        f" throughput: {CLIENTS} clients, {LOAD_S:.0f} s; {WARMUP_S:.0f} s warm-up before each",
-        f"  {'':<44} {'p50 ms':>8} {'p99 ms':>8} {f'req/s @{CLIENTS}':>11} {f'p50@{CLIENTS}':>9} {f'p99@{CLIENTS}':>9}",
-        *(_row(r) for r in (ort_r, mlflow_r, on, off)),
+        f" throughput: {CLIENTS} clients, {LOAD_S:.0f} s; {WARMUP_S:.0f} s warm-up before each;"
+        " server CPU: the server process's CPU time per request at 64 clients",
+        f"  {'':<46} {'p50 ms':>8} {'p99 ms':>8} {f'req/s @{CLIENTS}':>11} {f'p50@{CLIENTS}':>9} {f'p99@{CLIENTS}':>9}"
+        f" {'server µs':>10}",
+        *(_row(r) for r in rows.values()),
         _goal(
             "p50 overhead, Flywheel (batching on) - raw ORT",
             overhead,
@@ -449,16 +587,20 @@ def _report(ort_r: Result, mlflow_r: Result, on: Result, off: Result) -> str:
             f"< {GOAL_P50_OVERHEAD_MS} ms",
             lambda v: v < GOAL_P50_OVERHEAD_MS,
         ),
-        _goal(
-            f"req/s @{CLIENTS}, Flywheel (batching on) / MLflow",
-            vs_mlflow,
-            ".2f",
-            f">= {GOAL_VS_MLFLOW}x",
-            lambda v: v >= GOAL_VS_MLFLOW,
+        *(
+            _goal(f"req/s @{CLIENTS}, {label} / MLflow", _ratio(r, mlflow_r), ".2f", vs, lambda v: v >= GOAL_VS_MLFLOW)
+            for label, r in (("Flywheel unary", on), ("Flywheel streaming", on_s), ("gRPC floor, unary", floor))
         ),
         _goal(
-            f"req/s @{CLIENTS}, Flywheel batching on / off",
-            batching,
+            f"req/s @{CLIENTS}, Flywheel batching on / off, unary",
+            _ratio(on, off),
+            ".2f",
+            f">= {GOAL_BATCHING}x",
+            lambda v: v >= GOAL_BATCHING,
+        ),
+        _goal(
+            f"req/s @{CLIENTS}, Flywheel batching on / off, streaming",
+            _ratio(on_s, off_s),
             ".2f",
             f">= {GOAL_BATCHING}x",
             lambda v: v >= GOAL_BATCHING,
@@ -468,35 +610,46 @@ def _report(ort_r: Result, mlflow_r: Result, on: Result, off: Result) -> str:
 
 
 def test_serving_latency_and_throughput(model: BenchModel) -> None:
-    ort_r = Result("raw ONNX Runtime, in-process")
-    mlflow_r = Result("mlflow models serve")
-    on = Result("Flywheel, batching on (serving defaults)")
-    off = Result("Flywheel, batching off (MAX_BATCH_SIZE=1)")
+    rows = {
+        "ort": Result("raw ONNX Runtime, in-process"),
+        "mlflow": Result("mlflow models serve"),
+        "floor": Result("gRPC floor: prebuilt answer, unary"),
+        "floor_stream": Result("gRPC floor: prebuilt answer, streaming"),
+        "on": Result("Flywheel, batching on (defaults), unary"),
+        "on_stream": Result("Flywheel, batching on (defaults), streaming"),
+        "off": Result("Flywheel, batching off (MAX_BATCH=1), unary"),
+        "off_stream": Result("Flywheel, batching off (MAX_BATCH=1), stream"),
+    }
     failures: list[str] = []
+
+    def attempt(names: tuple[str, ...], fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            for name in names:
+                rows[name].error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            failures.append(f"{rows[names[0]].name}: {exc}")
+
     with tempfile.TemporaryDirectory(prefix="flywheel-serving-bench-") as tmp:
         work = Path(tmp)
         try:
-            ort_r = bench_raw_ort(model)
-            try:
-                mlflow_r = bench_mlflow(model, work)
-            except Exception as exc:
-                mlflow_r.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                failures.append(f"MLflow: {exc}")
-            for result, name, env in (
-                (on, "flywheel-batching-on", {}),
-                (off, "flywheel-batching-off", {"FLYWHEEL_SERVING_MAX_BATCH_SIZE": "1"}),
+            rows["ort"] = bench_raw_ort(model)
+            attempt(("mlflow",), lambda: rows.__setitem__("mlflow", bench_mlflow(model, work)))
+            attempt(("floor", "floor_stream"), lambda: bench_floor(model, work, rows["floor"], rows["floor_stream"]))
+            for unary, stream, name, env in (
+                ("on", "on_stream", "flywheel-batching-on", {}),
+                ("off", "off_stream", "flywheel-batching-off", {"FLYWHEEL_SERVING_MAX_BATCH_SIZE": "1"}),
             ):
-                if on.error:  # the same stack and model would fail the same way; keep the run short
-                    result.error = "skipped: the batching-on run failed"
+                if rows["on"].error:  # the same stack and model would fail the same way; keep the run short
+                    rows[unary].error = rows[stream].error = "skipped: the batching-on run failed"
                     continue
-                try:
-                    bench_flywheel(model, work, name, env, result)
-                except Exception as exc:
-                    result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    failures.append(f"{result.name}: {exc}")
+                attempt(
+                    (unary, stream),
+                    lambda u=unary, st=stream, n=name, e=env: bench_flywheel(model, work, n, e, rows[u], rows[st]),
+                )
         finally:
-            print(_report(ort_r, mlflow_r, on, off))
-    for r in (ort_r, mlflow_r, on, off):
+            print(_report(rows))
+    for r in rows.values():
         for m in (r.latency, r.load):
             if m is not None and m.errors:
                 failures.append(f"{r.name}: {m.errors} failed requests, first: {m.first_error}")

@@ -24,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from tritonclient.utils import InferenceServerException
 
 from flywheel import evaluation
+from flywheel.predictions import LoggedRow, logged_rows
 from flywheel.stack.up import read_state
 from flywheel.v1 import common_pb2, ingestion_pb2, registry_pb2, serving_pb2, serving_pb2_grpc
 
@@ -382,12 +383,12 @@ def test_canary_shadow_prediction_log_and_cli(api, stack, data):
     admin.ClearTraffic(serving_pb2.ClearTrafficRequest(model_name=MODEL))
     assert {_served_version(client, x) for _ in range(20)} == {str(prod_v)}
 
-    def logged() -> list[events_pb2.PredictionRecord] | None:
+    def logged() -> list[tuple[int, LoggedRow]] | None:
         records = [
             (e.model.version, r)
             for rec in read_topic(stack.bootstrap, Topics.PREDICTIONS_LOGGED, idle_s=1.0)
             for e in [events_pb2.PredictionsLogged.FromString(rec.value)]
-            for r in e.records
+            for r in logged_rows(e)
             if r.request_id == "shadow-0"
         ]
         return records if len(records) >= 4 else None  # 2 rows x (production + shadow)

@@ -49,9 +49,7 @@ def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
         return event_id.encode()
 
     handler = grpc.unary_unary_rpc_method_handler(emit)
-    server.server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("flywheel.test.Echo", {"Emit": handler}),)
-    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("flywheel.test.Echo", {"Emit": handler}),))
     return []
 
 

@@ -52,7 +52,7 @@ async def test_interceptor_maps_errors_for_unary_and_streaming_calls():
         yield b"first"
         raise errors.NotFound("dataset 'x' has no version 9", field="version")
 
-    server.server.add_generic_rpc_handlers(
+    server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
                 "t.T",

@@ -24,7 +24,7 @@ def _server(**settings: object) -> GrpcServer:
         await asyncio.sleep(0.5)
         return b"done:" + request[:10]
 
-    server.server.add_generic_rpc_handlers(
+    server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("t.T", {"Slow": grpc.unary_unary_rpc_method_handler(slow)}),)
     )
     server.add_services(["t.T"])

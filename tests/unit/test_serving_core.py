@@ -447,6 +447,65 @@ async def test_batch_size_one_runs_each_request_alone():
     assert threading.main_thread().name not in threads
 
 
+async def test_cheap_model_coalesces_on_the_event_loop():
+    """inline_max_rows: requests arriving in one loop iteration form a batch run on the loop thread."""
+    calls: list[tuple[int, str]] = []
+
+    def run(feeds):
+        calls.append((len(feeds["x"]), threading.current_thread().name))
+        return {"y": feeds["x"] * 2}
+
+    batcher = DynamicBatcher(run, max_batch_size=8, max_queue_delay_us=50_000, inline_max_rows=8)
+    requests = [{"x": np.full((1 + i % 2, 1), float(i))} for i in range(12)]  # 18 rows
+    results = await asyncio.gather(*(batcher.infer(f) for f in requests))
+    for feeds, (out, timing) in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(out["y"], feeds["x"] * 2)
+        assert timing.batch_rows <= 8
+    assert {thread for _, thread in calls} == {threading.current_thread().name}
+    assert sum(rows for rows, _ in calls) == 18 and max(rows for rows, _ in calls) == 8
+    assert batcher.requests_run == 12 and batcher.batches_run == len(calls) <= 4
+
+    # Larger than what was timed as cheap: to the executor, never on the loop.
+    big, _ = await batcher.infer({"x": np.ones((9, 1))})
+    assert calls[-1] == (9, calls[-1][1]) and calls[-1][1] != threading.current_thread().name
+    np.testing.assert_array_equal(big["y"], np.full((9, 1), 2.0))
+    await batcher.close()
+    with pytest.raises(Unavailable):
+        await batcher.infer({"x": np.ones((1, 1))})
+
+
+async def test_cheap_model_without_batching_runs_each_request_on_the_loop():
+    threads: list[str] = []
+
+    def run(feeds):
+        threads.append(threading.current_thread().name)
+        if feeds["x"][0] < 0:
+            raise InvalidArgument("negative", field="x")
+        return {"y": feeds["x"] + 1}
+
+    batcher = DynamicBatcher(run, max_batch_size=1, max_queue_delay_us=0, inline_max_rows=1)
+    results = await asyncio.gather(*(batcher.infer({"x": np.full(1, i)}) for i in range(5)))
+    assert [out["y"].tolist() for out, _ in results] == [[i + 1] for i in range(5)]
+    with pytest.raises(InvalidArgument):
+        await batcher.infer({"x": np.full(1, -1)})
+    assert set(threads) == {threading.current_thread().name} and batcher.batches_run == 6
+    await batcher.close()
+
+
+async def test_inline_batch_failure_reaches_each_caller():
+    def run(feeds):
+        raise FailedPrecondition("model broke")
+
+    batcher = DynamicBatcher(run, max_batch_size=4, max_queue_delay_us=0, inline_max_rows=4)
+    results = await asyncio.gather(*(batcher.infer({"x": np.ones(1)}) for _ in range(3)), return_exceptions=True)
+    assert [type(r) for r in results] == [FailedPrecondition] * 3
+    await batcher.close()
+
+
+def test_batch_cost_is_timed_on_a_full_batch(classifier):
+    assert 0 < classifier.batch_cost_us(32) < 50_000
+
+
 async def test_run_exception_reaches_every_caller_of_the_batch():
     def run(feeds):
         time.sleep(0.05)

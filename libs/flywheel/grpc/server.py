@@ -1,10 +1,14 @@
 """aio server with health (SERVING only while the process's dependencies answer), reflection,
-configured message limits and a graceful stop that drains calls in flight."""
+configured message limits and a graceful stop that drains calls in flight.
+
+Servicers register on the GrpcServer itself (`add_XServicer_to_server(servicer, server)`): it wraps
+their methods (domain errors -> status codes, server spans; see methods.py) before handing them on.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,7 +18,7 @@ from flywheel.config import Settings
 from flywheel.errors import StartupError
 from flywheel.logging import get_logger
 
-from .errors import DomainErrorInterceptor
+from .methods import MethodWrapper
 
 log = get_logger(__name__)
 ReadinessCheck = Callable[[], Awaitable[bool]]
@@ -30,13 +34,14 @@ class GrpcServer:
         self._settings = settings
         self.port = port
         self.server = grpc.aio.server(
-            interceptors=[DomainErrorInterceptor()],
             # so_reuseport=0: a second process on a taken port must fail, not silently share it.
             options=[*channel_options(settings), ("grpc.so_reuseport", 0)],
         )
         self.health = health.aio.HealthServicer()
         self.serving = False  # mirrors the health status, for protocols with their own readiness call
         self._service_names: list[str] = []
+        self._untraced: set[str] = set()
+        self._methods = MethodWrapper(self._untraced)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._bind()
 
@@ -49,6 +54,18 @@ class GrpcServer:
         if bound == 0:
             raise StartupError(f"cannot listen on {address}: port already in use or not bindable")
         self.port = bound
+
+    def untrace(self, *methods: str) -> None:
+        """No spans for these methods ("/pkg.Service/Method"); call before registering their servicer."""
+        self._untraced.update(methods)
+
+    # The two registration calls generated code makes on a server, our method wrapping in between.
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self.server.add_generic_rpc_handlers(tuple(self._methods.generic(h) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        wrapped = {name: self._methods.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        self.server.add_registered_method_handlers(service, wrapped)
 
     def add_services(self, full_names: Sequence[str]) -> None:
         self._service_names.extend(full_names)

@@ -134,17 +134,53 @@ class PredictionRecord(_message.Message):
     role: _common_pb2.ServingRole
     def __init__(self, request_id: _Optional[str] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., latency_ms: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., row_index: _Optional[int] = ..., role: _Optional[_Union[_common_pb2.ServingRole, str]] = ...) -> None: ...
 
+class PredictionColumns(_message.Message):
+    __slots__ = ("request_ids", "row_indexes", "latency_ms", "occurred_at_unix_nanos", "roles", "feature_names", "inputs", "outputs", "class_labels")
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    ROW_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_LABELS_FIELD_NUMBER: _ClassVar[int]
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    row_indexes: _containers.RepeatedScalarFieldContainer[int]
+    latency_ms: _containers.RepeatedScalarFieldContainer[float]
+    occurred_at_unix_nanos: _containers.RepeatedScalarFieldContainer[int]
+    roles: _containers.RepeatedScalarFieldContainer[_common_pb2.ServingRole]
+    feature_names: _containers.RepeatedScalarFieldContainer[str]
+    inputs: LoggedTensor
+    outputs: _containers.RepeatedCompositeFieldContainer[LoggedTensor]
+    class_labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., row_indexes: _Optional[_Iterable[int]] = ..., latency_ms: _Optional[_Iterable[float]] = ..., occurred_at_unix_nanos: _Optional[_Iterable[int]] = ..., roles: _Optional[_Iterable[_Union[_common_pb2.ServingRole, str]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Union[LoggedTensor, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[LoggedTensor, _Mapping]]] = ..., class_labels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LoggedTensor(_message.Message):
+    __slots__ = ("name", "datatype", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    datatype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class PredictionsLogged(_message.Message):
-    __slots__ = ("meta", "model", "records", "dropped")
+    __slots__ = ("meta", "model", "records", "dropped", "columns")
     META_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     meta: _common_pb2.EventMeta
     model: _common_pb2.ModelRef
     records: _containers.RepeatedCompositeFieldContainer[PredictionRecord]
     dropped: int
-    def __init__(self, meta: _Optional[_Union[_common_pb2.EventMeta, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., records: _Optional[_Iterable[_Union[PredictionRecord, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
+    columns: PredictionColumns
+    def __init__(self, meta: _Optional[_Union[_common_pb2.EventMeta, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., records: _Optional[_Iterable[_Union[PredictionRecord, _Mapping]]] = ..., dropped: _Optional[int] = ..., columns: _Optional[_Union[PredictionColumns, _Mapping]] = ...) -> None: ...
 
 class Feedback(_message.Message):
     __slots__ = ("meta", "model_name", "request_id", "label", "occurred_at", "row_index", "features")

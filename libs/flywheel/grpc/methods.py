@@ -1,0 +1,129 @@
+"""What every RPC method of ours gets: domain errors become status codes, and a SERVER span continues
+the caller's trace.
+
+Both are applied once, when a servicer's handlers are registered, not per call by server
+interceptors: an aio interceptor runs a coroutine and rebuilds the method handler on every call,
+which costs serving ~12% of its throughput on one-row inference.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from flywheel.logging import get_logger
+
+from .errors import status_for
+
+log = get_logger(__name__)
+Behavior = Callable[..., Any]
+
+
+class MethodWrapper:
+    """Wraps method handlers; methods named in `untraced` (full names, "/pkg.Service/Method") get no span."""
+
+    def __init__(self, untraced: Collection[str] = (), tracer: trace.Tracer | None = None) -> None:
+        self._untraced = untraced  # read when a method is wrapped
+        self._tracer = tracer or trace.get_tracer("flywheel.grpc")
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+        if handler is None:
+            return None
+        traced = method not in self._untraced
+        kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary, method, traced), **kw)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(self._unary(handler.stream_unary, method, traced), **kw)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(self._stream(handler.unary_stream, method, traced), **kw)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(self._stream(handler.stream_stream, method, traced), **kw)
+        return handler
+
+    def generic(self, handler: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
+        return _WrappedGeneric(handler, self)
+
+    def _span(self, method: str, context: grpc.aio.ServicerContext) -> AbstractContextManager[Any]:
+        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        service, _, name = method.lstrip("/").partition("/")
+        return self._tracer.start_as_current_span(
+            method,
+            context=propagate.extract(carrier),
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
+    def _unary(self, behavior: Behavior, method: str, traced: bool) -> Callable[..., Awaitable[Any]]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with self._span(method, context) if traced else nullcontext() as span:
+                try:
+                    return await behavior(request, context)
+                except Exception as exc:
+                    await _fail(context, exc, method, span)
+
+        return unary
+
+    def _stream(self, behavior: Behavior, method: str, traced: bool) -> Callable[..., AsyncIterator[Any]]:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            with self._span(method, context) if traced else nullcontext() as span:
+                try:
+                    result = behavior(request, context)
+                    if inspect.isasyncgen(result):
+                        async for item in result:
+                            yield item
+                    else:  # a coroutine that writes with context.write()
+                        await result
+                except Exception as exc:
+                    await _fail(context, exc, method, span)
+
+        return stream
+
+
+async def _fail(context: grpc.aio.ServicerContext, exc: Exception, method: str, span: trace.Span | None) -> None:
+    """Ends the call with the status for `exc`; a call already aborted keeps its own status."""
+    if isinstance(exc, grpc.aio.AbortError | grpc.RpcError):
+        code, message = context.code(), context.details() or ""
+        if span is not None and isinstance(code, grpc.StatusCode):
+            _record(span, code, message)
+        raise exc
+    code, message = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("rpc failed", method=method)
+        if span is not None:
+            span.record_exception(exc)
+    if span is not None:
+        _record(span, code, message)
+    await context.abort(code, message)
+
+
+def _record(span: trace.Span, code: grpc.StatusCode, message: str) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code is not grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, f"{code.name}: {message}"))
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    """A generic handler's methods, wrapped the first time each is called and cached after."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrapper: MethodWrapper) -> None:
+        self._inner = inner
+        self._wrapper = wrapper
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        wrapped = self._cache.get(method)
+        if wrapped is None:
+            wrapped = self._wrapper.wrap(method, self._inner.service(handler_call_details))
+            if wrapped is not None:  # unknown names are not cached: callers choose them
+                self._cache[method] = wrapped
+        return wrapped
