@@ -3,6 +3,8 @@ untraced), domain errors as status codes recorded on the span, generic and regis
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import grpc
 import pytest
 from opentelemetry import propagate, trace
@@ -117,3 +119,20 @@ async def test_unexpected_errors_are_internal_and_unknown_methods_unimplemented(
     (first, second) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
     assert first.status.status_code == StatusCode.ERROR and first.events[0].name == "exception"
     assert trace.format_trace_id(first.context.trace_id) != trace.format_trace_id(second.context.trace_id)
+
+
+@pytest.mark.parametrize("trace_inference", [False, True])
+async def test_serving_leaves_inference_untraced_unless_asked(tmp_path, trace_inference):
+    from flywheel.config import Settings
+    from flywheel.grpc import GrpcServer
+    from services.serving.models import ModelManager
+    from services.serving.service import register
+
+    settings = Settings(home=tmp_path, trace_inference=trace_inference)
+    server = GrpcServer(settings, free_port())
+    ctx = SimpleNamespace(settings=settings)
+    manager = ModelManager(settings)
+    register(server, ctx, manager, None)  # type: ignore[arg-type]
+    await manager.close()
+    infer = {"/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelStreamInfer"}
+    assert server.untraced == (set() if trace_inference else infer)

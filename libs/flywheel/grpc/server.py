@@ -59,6 +59,10 @@ class GrpcServer:
         """No spans for these methods ("/pkg.Service/Method"); call before registering their servicer."""
         self._untraced.update(methods)
 
+    @property
+    def untraced(self) -> frozenset[str]:
+        return frozenset(self._untraced)
+
     # The two registration calls generated code makes on a server, our method wrapping in between.
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self.server.add_generic_rpc_handlers(tuple(self._methods.generic(h) for h in handlers))
