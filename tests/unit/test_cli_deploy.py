@@ -687,7 +687,9 @@ def fakes(monkeypatch):
     monkeypatch.setattr(deploy, "connect_admin", connect_admin)
     monkeypatch.setattr(client, "connect", connect)
     monkeypatch.setattr(deploy, "default_actor", lambda: "tester")
-    monkeypatch.setattr(deploy, "console", Console(width=220))
+    wide = Console(width=220)
+    monkeypatch.setattr(deploy, "console", wide)
+    monkeypatch.setattr(client, "console", wide)  # listings print through client.print_listing
     return admin, registry
 
 

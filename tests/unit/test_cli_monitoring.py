@@ -13,7 +13,7 @@ import grpc
 import pytest
 from rich.console import Console
 
-from flywheel.cli import build_parser, monitoring, traces
+from flywheel.cli import build_parser, client, monitoring, traces
 from flywheel.cli.traces import SpanNode
 from flywheel.config import Settings
 from flywheel.v1 import common_pb2, monitoring_pb2
@@ -606,7 +606,9 @@ def fake(monkeypatch):
         yield stub
 
     monkeypatch.setattr(monitoring, "connect_monitoring", connect)
-    monkeypatch.setattr(monitoring, "console", Console(width=220))
+    wide = Console(width=220)
+    monkeypatch.setattr(monitoring, "console", wide)
+    monkeypatch.setattr(client, "console", wide)  # listings print through client.print_listing
     return stub
 
 

@@ -132,6 +132,23 @@ def list_json(key: str, items: Sequence[Message]) -> dict[str, Any]:
     return {key: [to_dict(item) for item in items]}
 
 
+def print_listing(
+    as_json: bool,
+    key: str,
+    items: Sequence[Message],
+    table: Callable[[Sequence[Message]], Any],
+    empty: str | None = None,
+) -> int:
+    """A list command's output: {key: [...]} as JSON, else a table, else "no <key>" (or `empty`)."""
+    if as_json:
+        print_json(list_json(key, items))
+    elif not items:
+        console.print(empty or f"no {key}", highlight=False)
+    else:
+        console.print(table(items), highlight=False)
+    return 0
+
+
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (proto field names) for scripts")
 

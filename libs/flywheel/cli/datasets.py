@@ -370,13 +370,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     with client.connect("ingestion") as stub:
         datasets = client.paged(stub.ListDatasets, ingestion_pb2.ListDatasetsRequest(), "datasets")
-    if args.json:
-        client.print_json(client.list_json("datasets", datasets))
-    elif not datasets:
-        console.print("no datasets")
-    else:
-        console.print(datasets_table(datasets))
-    return 0
+    return client.print_listing(args.json, "datasets", datasets, datasets_table)
 
 
 @command

@@ -413,13 +413,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.model is None:
         with connect_admin() as admin:
             deployments = client.paged(admin.ListDeployments, serving_pb2.ListDeploymentsRequest(), "deployments")
-        if args.json:
-            client.print_json(client.list_json("deployments", deployments))
-        elif not deployments:
-            console.print("no deployments")
-        else:
-            console.print(deployments_table(deployments), highlight=False)
-        return 0
+        return client.print_listing(args.json, "deployments", deployments, deployments_table)
 
     name = args.model
     limit = args.limit or None

@@ -221,13 +221,7 @@ def _get_version(stub: Any, ref: ModelSelector) -> registry_pb2.ModelVersion:
 def cmd_list(args: argparse.Namespace) -> int:
     with client.connect("registry") as stub:
         models = client.paged(stub.ListModels, registry_pb2.ListModelsRequest(alias=args.alias or ""), "models")
-    if args.json:
-        client.print_json(client.list_json("models", models))
-    elif not models:
-        console.print("no models")
-    else:
-        console.print(models_table(models))
-    return 0
+    return client.print_listing(args.json, "models", models, models_table)
 
 
 @command

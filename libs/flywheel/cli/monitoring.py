@@ -349,13 +349,9 @@ def cmd_drift_report(args: argparse.Namespace) -> int:
     )
     with connect_monitoring() as stub:
         response = stub.GetDriftReport(request, timeout=client.RPC_TIMEOUT_S)
-    if args.json:
-        client.print_json(client.list_json("windows", response.windows))
-    elif not response.windows:
-        console.print(f"no windows for {args.model} yet", highlight=False)
-    else:
-        console.print(drift_report(response.windows), highlight=False)
-    return 0
+    return client.print_listing(
+        args.json, "windows", response.windows, drift_report, empty=f"no windows for {args.model} yet"
+    )
 
 
 def _list_request(args: argparse.Namespace) -> monitoring_pb2.ListAlertsRequest:
@@ -408,13 +404,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         if args.watch:
             return watch_alerts(stub, args)
         alerts = client.paged(stub.ListAlerts, _list_request(args), "alerts", limit=args.limit or None)
-    if args.json:
-        client.print_json(client.list_json("alerts", alerts))
-    elif not alerts:
-        console.print("no alerts")
-    else:
-        console.print(alerts_table(alerts), highlight=False)
-    return 0
+    return client.print_listing(args.json, "alerts", alerts, alerts_table)
 
 
 @command

@@ -336,13 +336,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     )
     with client.connect("training") as stub:
         runs = client.paged(stub.ListRuns, request, "runs", limit=args.limit or None)
-    if args.json:
-        client.print_json(client.list_json("runs", runs))
-    elif not runs:
-        console.print("no runs")
-    else:
-        console.print(runs_table(runs))
-    return 0
+    return client.print_listing(args.json, "runs", runs, runs_table)
 
 
 @command

@@ -105,13 +105,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     )
     with client.connect("training") as stub:
         specs = client.paged(stub.ListSpecs, request, "specs")
-    if args.json:
-        client.print_json(client.list_json("specs", specs))
-    elif not specs:
-        console.print("no specs")
-    else:
-        console.print(specs_table(specs))
-    return 0
+    return client.print_listing(args.json, "specs", specs, specs_table)
 
 
 @command
