@@ -17,14 +17,13 @@ from typing import Any
 
 import asyncpg
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 
 from flywheel.config import Settings
 from flywheel.logging import get_logger
 
 from . import metrics
 from .dlq import dlq_headers
-from .groups import group_consumer, join
+from .groups import fetch, group_consumer, join
 from .producer import EventProducer
 from .topics import dlq_topic
 
@@ -95,11 +94,8 @@ class BatchConsumer:
         await join(self._consumer, self.name)
         self._consumer.subscribe([self._topic], listener=_SeekToStored(self))
         while True:
-            try:
-                batch = await self._consumer.getmany(timeout_ms=200, max_records=1000)
-            except KafkaError as exc:
-                log.warning("batch consumer: fetch failed, will retry", error=repr(exc))
-                await asyncio.sleep(1.0)
+            batch = await fetch(self._consumer, timeout_ms=200, max_records=1000)
+            if batch is None:
                 continue
             for tp, records in batch.items():
                 for record in records:

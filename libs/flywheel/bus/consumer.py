@@ -27,7 +27,7 @@ from flywheel.telemetry import tracer
 
 from . import metrics
 from .dlq import dlq_headers
-from .groups import group_consumer, join
+from .groups import fetch, group_consumer, join
 from .producer import EventProducer
 from .serde import CONTENT_JSON, MalformedEvent, decode, header
 from .topics import EVENT_TYPES, dlq_topic
@@ -87,11 +87,8 @@ class EventConsumer:
         """Join the group (in the background of a SERVING process: joins can take seconds) and consume."""
         await join(self._consumer, self.name)
         while True:
-            try:
-                batches = await self._consumer.getmany(timeout_ms=500, max_records=100)
-            except KafkaError as exc:
-                log.warning("consumer: fetch failed, will retry", error=repr(exc))
-                await asyncio.sleep(1.0)
+            batches = await fetch(self._consumer, timeout_ms=500, max_records=100)
+            if batches is None:
                 continue
             for tp, records in batches.items():
                 for record in records:

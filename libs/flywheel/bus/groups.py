@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from flywheel.config import Settings
@@ -39,3 +39,16 @@ async def join(consumer: AIOKafkaConsumer, group: str) -> None:
             log.warning("consumer: cannot join group yet, will retry", group=group, error=repr(exc))
             await asyncio.sleep(1.0)
     log.info("consumer: joined group", group=group)
+
+
+async def fetch(
+    consumer: AIOKafkaConsumer, *, timeout_ms: int, max_records: int
+) -> dict[TopicPartition, list[ConsumerRecord]] | None:
+    """The next records by partition (empty when none came in time); None, after a pause, while the
+    broker is away."""
+    try:
+        return await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+    except KafkaError as exc:
+        log.warning("consumer: fetch failed, will retry", error=repr(exc))
+        await asyncio.sleep(1.0)
+        return None
