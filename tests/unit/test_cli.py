@@ -4,27 +4,16 @@ hand-built protobuf messages (tables and JSON), the one-line gRPC error, and loc
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import grpc
 import pytest
-from rich.console import Console
 
-from flywheel.cli import build_parser, client, datasets, models, runs, specs
+from flywheel.cli import client, datasets, models, runs, specs
 from flywheel.cli.client import CliError, ModelSelector, parse_model_ref
 from flywheel.v1 import common_pb2, ingestion_pb2, registry_pb2, training_pb2
 
-
-def render(renderable) -> str:
-    out = io.StringIO()
-    Console(file=out, width=200, color_system=None, force_terminal=False).print(renderable)
-    return out.getvalue()
-
-
-def parse(*argv: str):
-    return build_parser().parse_args(list(argv))
-
+from .cli_helpers import parse, render
 
 # ---------------------------------------------------------------------------------------------------
 # Parser

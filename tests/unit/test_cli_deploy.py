@@ -15,20 +15,11 @@ import pytest
 from rich.console import Console
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from flywheel.cli import build_parser, client, deploy, predict
+from flywheel.cli import client, deploy, predict
 from flywheel.cli.client import CliError, ModelSelector
 from flywheel.v1 import common_pb2, registry_pb2, serving_pb2
 
-
-def render(renderable) -> str:
-    out = io.StringIO()
-    Console(file=out, width=220, color_system=None, force_terminal=False).print(renderable)
-    return out.getvalue()
-
-
-def parse(*argv: str):
-    return build_parser().parse_args(list(argv))
-
+from .cli_helpers import parse, render
 
 # ---------------------------------------------------------------------------------------------------
 # Parser

@@ -4,7 +4,6 @@ and the handlers against in-process fake stubs (no channel is opened)."""
 
 from __future__ import annotations
 
-import io
 import json
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -13,21 +12,12 @@ import grpc
 import pytest
 from rich.console import Console
 
-from flywheel.cli import build_parser, client, monitoring, traces
+from flywheel.cli import client, monitoring, traces
 from flywheel.cli.traces import SpanNode
 from flywheel.config import Settings
 from flywheel.v1 import common_pb2, monitoring_pb2
 
-
-def render(renderable) -> str:
-    out = io.StringIO()
-    Console(file=out, width=220, color_system=None, force_terminal=False).print(renderable)
-    return out.getvalue()
-
-
-def parse(*argv: str):
-    return build_parser().parse_args(list(argv))
-
+from .cli_helpers import parse, render
 
 # ---------------------------------------------------------------------------------------------------
 # Parser
