@@ -16,6 +16,7 @@ from flywheel.v1 import (
     common_pb2,
     ingestion_pb2,
     ingestion_pb2_grpc,
+    monitoring_pb2_grpc,
     registry_pb2_grpc,
     training_pb2_grpc,
 )
@@ -31,6 +32,7 @@ class Clients:
         self.ingestion = ingestion_pb2_grpc.IngestionServiceStub(self._channels["ingestion"])
         self.training = training_pb2_grpc.TrainingServiceStub(self._channels["training"])
         self.registry = registry_pb2_grpc.RegistryServiceStub(self._channels["registry"])
+        self.monitoring = monitoring_pb2_grpc.MonitoringServiceStub(self._channels["monitoring"])
 
     def close(self) -> None:
         for ch in self._channels.values():
@@ -44,6 +46,13 @@ def schema(n_features: int = 4, *, label: str = "label") -> common_pb2.Schema:
     ]
     fields.append(common_pb2.Field(name=label, type=common_pb2.FIELD_TYPE_INT, min=0, max=1))
     return common_pb2.Schema(fields=fields, label_field=label, key_field="id", train_fraction=0.8)
+
+
+def create_dataset(api: Clients, name: str, **fields: Any) -> None:
+    """A dataset with `schema()` and any other Dataset fields given."""
+    api.ingestion.CreateDataset(
+        ingestion_pb2.CreateDatasetRequest(dataset=ingestion_pb2.Dataset(name=name, schema=schema(), **fields))
+    )
 
 
 def make_csv(rows: int, n_features: int = 4, *, seed: int = 0, start_id: int = 0) -> bytes:

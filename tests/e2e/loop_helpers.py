@@ -10,7 +10,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from google.protobuf.duration_pb2 import Duration
 
-from flywheel.v1 import common_pb2, ingestion_pb2, registry_pb2, training_pb2
+from flywheel.v1 import common_pb2, registry_pb2, training_pb2
 
 from .clients import Clients, wait_until
 
@@ -54,14 +54,6 @@ def spec(name: str, dataset: str, model: str, *, on_data: bool, margin: float, c
             approval=common_pb2.APPROVAL_MODE_AUTO,
         ),
     )  # fmt: skip
-
-
-def create_dataset(api: Clients, name: str) -> None:
-    from .clients import schema
-
-    api.ingestion.CreateDataset(
-        ingestion_pb2.CreateDatasetRequest(dataset=ingestion_pb2.Dataset(name=name, schema=schema()))
-    )
 
 
 def production_version(api: Clients, model: str) -> int:

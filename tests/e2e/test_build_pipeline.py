@@ -20,31 +20,10 @@ from flywheel.bus.topics import Topics
 from flywheel.stack.up import read_state
 from flywheel.v1 import common_pb2, events_pb2, ingestion_pb2, registry_pb2, training_pb2
 
-from .clients import Clients, ingest_requests, make_csv, read_topic, schema, wait_until
+from .clients import Clients, create_dataset, ingest_requests, make_csv, read_topic, wait_until
 from .stack import UpProcess
 
 T = training_pb2
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    up = UpProcess(tmp_path_factory.mktemp("build") / "home")
-    up.start()
-    yield up
-    up.kill_all()
-
-
-@pytest.fixture(scope="module")
-def api(stack):
-    clients = Clients(stack)
-    yield clients
-    clients.close()
-
-
-def _create(api: Clients, name: str, **kw) -> None:  # type: ignore[no-untyped-def]
-    api.ingestion.CreateDataset(
-        ingestion_pb2.CreateDatasetRequest(dataset=ingestion_pb2.Dataset(name=name, schema=schema(), **kw))
-    )
 
 
 def _events_for(stack: UpProcess, topic: str, key: str) -> list[bytes]:
@@ -52,7 +31,7 @@ def _events_for(stack: UpProcess, topic: str, key: str) -> list[bytes]:
 
 
 def test_stream_ingest_versions_dedupes_and_validates(stack, api):
-    _create(api, "clicks")
+    create_dataset(api, "clicks")
     data = make_csv(100_000, seed=1)
     resp = api.ingestion.IngestDataset(ingest_requests("clicks", data))
     v = resp.version
@@ -79,7 +58,7 @@ def test_stream_ingest_versions_dedupes_and_validates(stack, api):
 
 
 def test_quarantine_policy_counts_bad_rows_per_reason(api):
-    _create(api, "quarantined", invalid_row_policy=ingestion_pb2.INVALID_ROW_POLICY_QUARANTINE)
+    create_dataset(api, "quarantined", invalid_row_policy=ingestion_pb2.INVALID_ROW_POLICY_QUARANTINE)
     lines = make_csv(1000, seed=2).decode().splitlines()
     lines[1] = lines[1].rsplit(",", 1)[0] + ",7"  # label out of [0, 1]
     lines[2] = lines[2].rsplit(",", 1)[0] + ",7"
@@ -92,7 +71,7 @@ def test_quarantine_policy_counts_bad_rows_per_reason(api):
 
 def test_plain_kafka_producer_json_records_make_a_version(stack, api):
     batch = ingestion_pb2.MicroBatchPolicy(max_rows=500, max_wait=Duration(seconds=1))
-    _create(api, "stream", micro_batch=batch)
+    create_dataset(api, "stream", micro_batch=batch)
     rows = [{"id": i, "f0": 0.1 * i, "f1": 1.0, "f2": -1.0, "f3": 2.0, "label": i % 2} for i in range(50)]
 
     async def produce() -> None:
@@ -155,7 +134,7 @@ def _finished_run(api: Clients, spec: str, timeout_s: float = 120) -> T.Run:
 
 
 def test_new_data_trains_registers_and_reproduces_metrics(stack, api):
-    _create(api, "churn")
+    create_dataset(api, "churn")
     api.training.CreateSpec(T.CreateSpecRequest(spec=_spec("churn-lr", "churn", "churn-model")))
     api.ingestion.IngestDataset(ingest_requests("churn", make_csv(20_000, seed=3)))
 
@@ -214,7 +193,7 @@ def test_same_event_twice_is_one_run_and_a_killed_run_resumes(stack, api):
     import asyncio
 
     asyncio.run(redeliver())
-    _create(api, "slow")
+    create_dataset(api, "slow")
     space = T.SearchSpace(strategy=T.SEARCH_STRATEGY_RANDOM, trial_budget=4, seed=3)
     space.params["n_estimators"].range.CopyFrom(T.ParamDistribution.Range(low=60, high=100, integer=True))
     spec = T.TrainingSpec(
@@ -252,7 +231,7 @@ def test_same_event_twice_is_one_run_and_a_killed_run_resumes(stack, api):
 def test_uri_ingest_search_aliases_tags_and_archive(stack, api, tmp_path):
     path = tmp_path / "extra.csv"
     path.write_bytes(make_csv(2_000, seed=8, start_id=500_000))
-    _create(api, "from-file")
+    create_dataset(api, "from-file")
     resp = api.ingestion.IngestFromUri(ingestion_pb2.IngestFromUriRequest(dataset="from-file", uri=f"file://{path}"))
     assert resp.created and resp.version.row_count == 2_000 and resp.version.source.startswith("uri:")
     with pytest.raises(grpc.RpcError) as missing:

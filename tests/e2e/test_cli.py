@@ -5,18 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-import pytest
-
 from .clients import make_csv, schema
 from .stack import UpProcess
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    up = UpProcess(tmp_path_factory.mktemp("cli") / "home")
-    up.start()
-    yield up
-    up.kill_all()
 
 
 def _ok(stack: UpProcess, *args: str) -> str:

@@ -20,42 +20,23 @@ from flywheel.v1 import (
     common_pb2,
     ingestion_pb2,
     monitoring_pb2,
-    monitoring_pb2_grpc,
     registry_pb2,
     training_pb2,
 )
 
-from .clients import Clients, ingest_requests, read_topic, wait_until
+from .clients import Clients, create_dataset, ingest_requests, read_topic, wait_until
 from .loop_helpers import (
     concept_csv,
-    create_dataset,
     production_version,
     send_traffic,
     shifted,
     spec,
     wait_served,
 )
-from .stack import UpProcess
 
 T = training_pb2
 M = monitoring_pb2
 K = common_pb2
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    up = UpProcess(tmp_path_factory.mktemp("loop") / "home")
-    up.start()
-    yield up
-    up.kill_all()
-
-
-@pytest.fixture(scope="module")
-def api(stack):
-    clients = Clients(stack)
-    clients.monitoring = monitoring_pb2_grpc.MonitoringServiceStub(grpc.insecure_channel(stack.address("monitoring")))
-    yield clients
-    clients.close()
 
 
 @pytest.fixture(scope="module")

@@ -29,26 +29,10 @@ from flywheel.stack.up import read_state
 from flywheel.v1 import common_pb2, ingestion_pb2, registry_pb2, serving_pb2, serving_pb2_grpc
 
 from .clients import Clients, ingest_requests, make_csv, schema, wait_until
-from .stack import UpProcess
 
 R = registry_pb2
 FEATURES = ["f0", "f1", "f2", "f3"]
 MODEL = "deploy-model"
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    up = UpProcess(tmp_path_factory.mktemp("deploy") / "home")
-    up.start()
-    yield up
-    up.kill_all()
-
-
-@pytest.fixture(scope="module")
-def api(stack):
-    clients = Clients(stack)
-    yield clients
-    clients.close()
 
 
 @pytest.fixture(scope="module")
