@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -76,17 +76,6 @@ def ingest_requests(dataset: str, data: bytes, chunk: int = 1 << 20) -> Iterator
     )
     for i in range(0, len(data), chunk):
         yield ingestion_pb2.IngestDatasetRequest(chunk=data[i : i + chunk])
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 def read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, max_s: float = 30.0) -> list[Any]:

@@ -11,8 +11,9 @@ import tritonclient.grpc as triton
 from google.protobuf.duration_pb2 import Duration
 
 from flywheel.v1 import common_pb2, registry_pb2, training_pb2
+from tests.polling import wait_until
 
-from .clients import Clients, wait_until
+from .clients import Clients
 
 T = training_pb2
 

@@ -19,8 +19,9 @@ from google.protobuf.duration_pb2 import Duration
 from flywheel.bus.topics import Topics
 from flywheel.stack.up import read_state
 from flywheel.v1 import common_pb2, events_pb2, ingestion_pb2, registry_pb2, training_pb2
+from tests.polling import wait_until
 
-from .clients import Clients, create_dataset, ingest_requests, make_csv, read_topic, wait_until
+from .clients import Clients, create_dataset, ingest_requests, make_csv, read_topic
 from .stack import UpProcess
 
 T = training_pb2

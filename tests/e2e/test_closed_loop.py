@@ -23,8 +23,9 @@ from flywheel.v1 import (
     registry_pb2,
     training_pb2,
 )
+from tests.polling import wait_until
 
-from .clients import Clients, create_dataset, ingest_requests, read_topic, wait_until
+from .clients import Clients, create_dataset, ingest_requests, read_topic
 from .loop_helpers import (
     concept_csv,
     production_version,

@@ -27,8 +27,9 @@ from flywheel import evaluation
 from flywheel.predictions import LoggedRow, logged_rows
 from flywheel.stack.up import read_state
 from flywheel.v1 import common_pb2, ingestion_pb2, registry_pb2, serving_pb2, serving_pb2_grpc
+from tests.polling import wait_until
 
-from .clients import Clients, ingest_requests, make_csv, schema, wait_until
+from .clients import Clients, ingest_requests, make_csv, schema
 
 R = registry_pb2
 FEATURES = ["f0", "f1", "f2", "f3"]

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 
 from flywheel.config import Settings
 from flywheel.stack.procs import free_port
+from tests.polling import wait_until
 
 ECHO = Path(__file__).parent / "echo_service.py"
 
@@ -53,7 +54,7 @@ class EchoProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        wait_for(lambda: serving_sync(self.address), 60, f"echo service {self.name} SERVING")
+        wait_until(lambda: serving_sync(self.address), 60, f"echo service {self.name} SERVING")
         return self
 
     def stop(self) -> None:
@@ -82,16 +83,6 @@ async def emit(address: str, name: str, timeout_s: float = 10.0) -> str:
         call = channel.unary_unary("/flywheel.test.Echo/Emit")
         result: bytes = await call(name.encode(), timeout=timeout_s)
         return result.decode()
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 async def await_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:

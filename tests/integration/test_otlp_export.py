@@ -10,8 +10,9 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from flywheel.stack.procs import free_port
+from tests.polling import wait_until
 
-from .harness import EchoProcess, emit, wait_for
+from .harness import EchoProcess, emit
 
 
 class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -54,7 +55,7 @@ async def test_spans_reach_an_otlp_collector(infra, unique, tmp_path):
             names = {(s, n) for s, n, _ in collector.spans}
             return {(f"flywheel-{name}", "/flywheel.test.Echo/Emit"), (f"flywheel-{name}", f"{topic} process")} <= names
 
-        wait_for(chain, 30, "the server and consumer spans at the collector")
+        wait_until(chain, 30, "the server and consumer spans at the collector")
         traces = {t for s, n, t in collector.spans if n in ("/flywheel.test.Echo/Emit", f"{topic} process")}
         assert len(traces) == 1, "one trace from the call to the consumer"
     finally:

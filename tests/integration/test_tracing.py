@@ -10,8 +10,9 @@ import asyncpg
 
 from flywheel.stack.procs import free_port
 from flywheel.telemetry import read_spans
+from tests.polling import wait_until
 
-from .harness import EchoProcess, await_for, emit, wait_for
+from .harness import EchoProcess, await_for, emit
 
 
 async def test_consumer_span_and_logs_share_the_trace_of_the_grpc_call(infra, unique, tmp_path):
@@ -42,7 +43,7 @@ async def test_consumer_span_and_logs_share_the_trace_of_the_grpc_call(infra, un
     finally:
         echo.stop()  # flushes the span processor
 
-    spans = wait_for(lambda: read_spans(spans_file), 10, "spans in the JSONL file")
+    spans = wait_until(lambda: read_spans(spans_file), 10, "spans in the JSONL file")
     by_id = {s["span_id"]: s for s in spans}
     server = [s for s in spans if s["name"] == "/flywheel.test.Echo/Emit" and s["kind"] == "SERVER"]
     assert len(server) == 1, [s["name"] for s in spans]
