@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC
 
 from flywheel.app import ServiceContext
 from flywheel.errors import InvalidArgument, NotFound
@@ -44,7 +45,7 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
 
     async def ListAlerts(self, request, context):  # type: ignore[no-untyped-def]
         size, offset = page_size(request.page_size), decode_token(request.page_token)
-        since = request.since.ToDatetime().astimezone() if request.HasField("since") else None
+        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT alert FROM alerts WHERE ($1 = '' OR model = $1) AND ($2 = 0 OR kind = $2)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC
 
 import asyncpg
 import grpc
@@ -237,9 +238,9 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         if request.dataset_version:
             where.append(f"v.dataset_version = {arg(request.dataset_version)}")
         if request.HasField("created_after"):
-            where.append(f"v.created_at > {arg(request.created_after.ToDatetime().astimezone())}")
+            where.append(f"v.created_at > {arg(request.created_after.ToDatetime(tzinfo=UTC))}")
         if request.HasField("created_before"):
-            where.append(f"v.created_at < {arg(request.created_before.ToDatetime().astimezone())}")
+            where.append(f"v.created_at < {arg(request.created_before.ToDatetime(tzinfo=UTC))}")
         order = "v.created_at DESC, v.name, v.version DESC"
         if request.order_by_metric:
             direction = "ASC" if request.ascending else "DESC"
@@ -461,7 +462,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
 
     async def ListAuditEvents(self, request, context):  # type: ignore[no-untyped-def]
         size, offset = page_size(request.page_size), decode_token(request.page_token)
-        since = request.since.ToDatetime().astimezone() if request.HasField("since") else None
+        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT * FROM audit_events WHERE ($1 = '' OR name = $1) AND ($2 = 0 OR version = $2)"
