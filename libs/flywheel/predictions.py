@@ -8,7 +8,6 @@ Consumers read both through `logged_rows`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -16,16 +15,9 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 
+from flywheel.datatypes import NUMERIC_DTYPES, datatype_of
 from flywheel.errors import InvalidArgument
 from flywheel.v1 import events_pb2
-
-# KServe v2 datatypes a logged tensor may have (numeric only: BYTES inputs are not logged as columns).
-DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
-}  # fmt: skip
-_DATATYPES = {(dt.kind, dt.itemsize): name for name, dt in DTYPES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +52,15 @@ def logged_rows(event: events_pb2.PredictionsLogged) -> list[LoggedRow]:
 
 def tensor(name: str, array: np.ndarray) -> events_pb2.LoggedTensor:
     """A numeric array as a LoggedTensor."""
-    datatype = _DATATYPES.get((array.dtype.kind, array.dtype.itemsize))
-    if datatype is None:
-        raise ValueError(f"output {name!r} has dtype {array.dtype}, which is not logged")
-    data = np.ascontiguousarray(array, dtype=DTYPES[datatype]).tobytes()
+    datatype = datatype_of(array.dtype)
+    if datatype not in NUMERIC_DTYPES:
+        raise ValueError(f"tensor {name!r} has dtype {array.dtype}, which is not logged")
+    data = np.ascontiguousarray(array, dtype=NUMERIC_DTYPES[datatype]).tobytes()
     return events_pb2.LoggedTensor(name=name, datatype=datatype, shape=array.shape, data=data)
 
 
-def array(t: events_pb2.LoggedTensor, rows: int) -> np.ndarray:
-    dtype = DTYPES.get(t.datatype)
+def _array(t: events_pb2.LoggedTensor, rows: int) -> np.ndarray:
+    dtype = NUMERIC_DTYPES.get(t.datatype)
     if dtype is None:
         raise InvalidArgument(f"tensor {t.name!r} has datatype {t.datatype!r}", field="columns")
     shape = tuple(t.shape)
@@ -85,13 +77,13 @@ def _column_rows(c: events_pb2.PredictionColumns) -> list[LoggedRow]:
         if len(getattr(c, field)) != n:
             raise InvalidArgument(f"{len(getattr(c, field))} {field} for {n} request_ids", field=f"columns.{field}")
     features = list(c.feature_names)
-    inputs = array(c.inputs, n).reshape(n, -1) if n else np.empty((0, len(features)))
+    inputs = _array(c.inputs, n).reshape(n, -1) if n else np.empty((0, len(features)))
     if inputs.shape[1] != len(features):
         raise InvalidArgument(f"{inputs.shape[1]} input columns for {len(features)} feature_names", field="columns")
-    outputs = {t.name: array(t, n) for t in c.outputs}
+    outputs = {t.name: _array(t, n) for t in c.outputs}
     labels = list(c.class_labels)
-    input_rows = _plain(inputs.tolist())
-    output_rows = {name: _plain(a.tolist()) for name, a in outputs.items()}
+    input_rows = json_value(inputs.tolist())
+    output_rows = {name: json_value(a.tolist()) for name, a in outputs.items()}
     rows = []
     for i in range(n):
         out: dict[str, Any] = {name: values[i] for name, values in output_rows.items()}
@@ -111,6 +103,12 @@ def _column_rows(c: events_pb2.PredictionColumns) -> list[LoggedRow]:
     return rows
 
 
-def _plain(values: Sequence[Any]) -> list[Any]:
-    """NaN has no JSON form: it is logged as None (as Struct-form records do)."""
-    return [_plain(v) if isinstance(v, list) else (None if isinstance(v, float) and v != v else v) for v in values]
+def json_value(v: Any) -> Any:
+    """A logged value as JSON can hold it: NaN (no JSON form) as None, bytes as text, lists element-wise."""
+    if isinstance(v, float) and v != v:
+        return None
+    if isinstance(v, list):
+        return [json_value(x) for x in v]
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v

@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from flywheel.bus import EventProducer, Topics
 from flywheel.bus.serde import CONTENT_PROTOBUF, event_type_name, new_meta
 from flywheel.logging import get_logger
-from flywheel.predictions import tensor
+from flywheel.predictions import json_value, tensor
 from flywheel.v1 import common_pb2, events_pb2
 
 log = get_logger(__name__)
@@ -190,8 +190,8 @@ def _records(e: _Entry) -> list[events_pb2.PredictionRecord]:
     records = []
     for i, row in enumerate(e.inputs.tolist()):
         inputs = Struct()
-        inputs.update({name: _plain(v) for name, v in zip(e.features, row, strict=False)})
-        row_out: dict[str, Any] = {name: _plain(values[i]) for name, values in outs.items() if i < len(values)}
+        inputs.update({name: json_value(v) for name, v in zip(e.features, row, strict=False)})
+        row_out: dict[str, Any] = {name: json_value(values[i]) for name, values in outs.items() if i < len(values)}
         if "label" in row_out and e.class_labels:
             idx = int(row_out["label"])
             row_out["class"] = e.class_labels[idx] if 0 <= idx < len(e.class_labels) else None
@@ -209,13 +209,3 @@ def _records(e: _Entry) -> list[events_pb2.PredictionRecord]:
             )
         )
     return records
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, float) and v != v:  # NaN has no JSON form: log it as null
-        return None
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return v

@@ -15,29 +15,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from tritonclient.grpc import service_pb2 as oip
 
+from flywheel.datatypes import NUMPY_DTYPES, datatype_of
 from flywheel.errors import InvalidArgument
 from flywheel.v1 import common_pb2
 
 Feeds = dict[str, np.ndarray]
 InferInput = oip.ModelInferRequest.InferInputTensor
 InferOutput = oip.ModelInferResponse.InferOutputTensor
-
-# Explicit little-endian dtypes: the wire format is little-endian whatever the host is.
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
-}
 
 # The typed-contents field per datatype. FP16 has none: KServe v2 sends it raw only.
 CONTENTS_FIELDS: dict[str, str] = {
@@ -55,20 +39,7 @@ CONTENTS_FIELDS: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 
-_DATATYPE_BY_KIND: dict[tuple[str, int], str] = {
-    (dt.kind, dt.itemsize): name for name, dt in NUMPY_DTYPES.items() if name != "BYTES"
-}
 _LENGTH_PREFIX = struct.Struct("<I")
-
-
-def datatype_of(dtype: np.dtype) -> str:
-    """The KServe v2 datatype of a numpy dtype; str, bytes and object arrays are BYTES."""
-    if dtype.kind in "OSU":
-        return "BYTES"
-    try:
-        return _DATATYPE_BY_KIND[(dtype.kind, dtype.itemsize)]
-    except KeyError:
-        raise ValueError(f"numpy dtype {dtype} has no KServe v2 datatype") from None
 
 
 def to_contents(array: np.ndarray) -> oip.InferTensorContents:
