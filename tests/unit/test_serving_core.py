@@ -502,8 +502,12 @@ async def test_inline_batch_failure_reaches_each_caller():
     await batcher.close()
 
 
-def test_batch_cost_is_timed_on_a_full_batch(classifier):
+def test_batch_cost_is_timed_on_a_full_batch(classifier, monkeypatch):
     assert 0 < classifier.batch_cost_us(32) < 50_000
+    runs = []
+    monkeypatch.setattr(classifier, "run", lambda feeds: runs.append(len(feeds["X"])))
+    assert classifier.batch_cost_us(32, enough_us=0.0) > 0  # any run is "slow enough": timing stops
+    assert runs == [32]
 
 
 async def test_run_exception_reaches_every_caller_of_the_batch():
