@@ -197,11 +197,18 @@ def _merge(per_client: list[tuple[list[float], int, str, float]], start: float) 
     return Measurement(int(latencies.size), errors, elapsed, latencies, first)
 
 
-def _latency_and_load(make_call: Callable[[], Callable[[int], None]], result: Result) -> None:
+def _latency_and_load(
+    make_call: Callable[[], Callable[[int], None]], result: Result, server_pids: list[int] | None = None
+) -> None:
+    """1-client latency, then load at CLIENTS threads; the servers' CPU per request when pids are given."""
     _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
     result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
     _threads(make_call, CLIENTS, WARMUP_S, LOAD_MAX_CALLS_PER_CLIENT)
+    cpu = CpuMeter(server_pids or [])
+    cpu.start()
     result.load = _threads(make_call, CLIENTS, LOAD_S, LOAD_MAX_CALLS_PER_CLIENT)
+    if server_pids:
+        result.server_cpu_us = cpu.per_request_us(result.load)
 
 
 # ------------------------------------------------------------------------------------ raw ONNX Runtime
@@ -307,13 +314,7 @@ def bench_mlflow(model: BenchModel, work: Path) -> Result:
 
             return call
 
-        _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
-        result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
-        _threads(make_call, CLIENTS, WARMUP_S, LOAD_MAX_CALLS_PER_CLIENT)
-        cpu = CpuMeter([server.proc.pid])
-        cpu.start()
-        result.load = _threads(make_call, CLIENTS, LOAD_S, LOAD_MAX_CALLS_PER_CLIENT)
-        result.server_cpu_us = cpu.per_request_us(result.load)
+        _latency_and_load(make_call, result, [server.proc.pid])
     finally:
         server.stop()
     return result
