@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install protos run test test-unit test-integration test-e2e lint bench clean
+.PHONY: install protos run test test-unit test-integration test-e2e lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I protos \
-		--python_out=libs --grpc_python_out=libs --pyi_out=libs \
+		--python_out=libs --grpc_python_out=libs \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=libs \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=libs \
 		protos/flywheel/v1/*.proto
 
 run: $(STAMP)
@@ -39,6 +41,10 @@ test-e2e: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Static types of libs/ and services/ (settings in pyproject.toml [tool.mypy]); zero errors is the gate.
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 # Bench-only dependencies (MLflow as a serving baseline), installed once per change of the list.
 $(BENCH_STAMP): $(STAMP) tests/bench/requirements.txt

@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -25,6 +26,7 @@ from flywheel.config import Settings, get_settings
 from flywheel.errors import StartupError
 from flywheel.grpc import GrpcServer
 from flywheel.logging import configure_logging, get_logger
+from flywheel.tasks import TaskSet
 from flywheel.telemetry import setup_telemetry, shutdown_telemetry, untraced
 
 log = get_logger(__name__)
@@ -39,6 +41,8 @@ class ServiceContext:
     pool: asyncpg.Pool
     producer: EventProducer
     artifacts: LocalArtifactStore
+    # Tasks started while serving (a model's retirement, a shadow call): cancelled and awaited at stop.
+    tasks: TaskSet = field(default_factory=TaskSet)
 
 
 @dataclass
@@ -47,10 +51,13 @@ class ServiceDefinition:
     # Adds servicers to the server; returns the full names of the services added.
     register: Callable[[GrpcServer, ServiceContext], list[str]]
     migrations: Path
-    handlers: Callable[[ServiceContext], dict[str, Handler]] = lambda _ctx: {}
+    handlers: Callable[[ServiceContext], dict[str, Handler[Any]]] = lambda _ctx: {}
     # Level-triggered recovery run once before SERVING (e.g. serving loads production models).
     reconcile: Callable[[ServiceContext], Awaitable[None]] | None = None
-    background: list[Callable[[ServiceContext], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[ServiceContext], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    # Releases what the service built (model sessions, executors) after calls and tasks have stopped
+    # and before the database pool and the producer close.
+    shutdown: Callable[[ServiceContext], Awaitable[None]] | None = None
 
 
 def run(definition: ServiceDefinition) -> None:
@@ -83,6 +90,7 @@ async def _main(definition: ServiceDefinition, settings: Settings) -> int:
     )
     producer = EventProducer(settings, client_id=f"flywheel-{name}")
     consumer: EventConsumer | None = None
+    ctx: ServiceContext | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
         applied = await db.migrate(pool, name, [db.LIBRARY_MIGRATIONS, definition.migrations])
@@ -103,7 +111,7 @@ async def _main(definition: ServiceDefinition, settings: Settings) -> int:
 
         handlers = definition.handlers(ctx)
         relay = OutboxRelay(pool, producer, settings)
-        jobs: list[Awaitable[None]] = [relay.run()]
+        jobs: list[Coroutine[Any, Any, None]] = [relay.run()]
         if handlers:
             consumer = EventConsumer(settings, name, pool, producer, handlers)
             jobs.append(consumer.run())
@@ -127,6 +135,13 @@ async def _main(definition: ServiceDefinition, settings: Settings) -> int:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if ctx is not None:
+            await ctx.tasks.close()
+            if definition.shutdown is not None:
+                try:
+                    await definition.shutdown(ctx)
+                except Exception as exc:
+                    log.error("shutdown hook failed", error=repr(exc))
         if consumer is not None:
             with contextlib.suppress(Exception):
                 await consumer.stop()

@@ -1,7 +1,8 @@
 """Content-addressed artifact store: objects are named by their sha256 and verified on read.
 
 `ArtifactStore` is the interface (an S3 store implements the same four methods);
-`LocalArtifactStore` keeps objects under a directory, fanned out by hash prefix.
+`LocalArtifactStore` keeps objects under a directory, fanned out by hash prefix. Hashing and file
+IO run in threads (both release the GIL), so a large upload or download never stalls the event loop.
 """
 
 from __future__ import annotations
@@ -12,15 +13,22 @@ import os
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from flywheel.errors import InvalidArgument, NotFound
+from flywheel.errors import DataLoss, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 CHUNK = 1024 * 1024
 
 
 class ChecksumMismatch(InvalidArgument):
-    pass
+    """Uploaded bytes do not hash to what the caller announced: the caller's error."""
+
+
+class CorruptArtifact(DataLoss):
+    """A stored object no longer hashes to its name: the store's fault, never the caller's."""
 
 
 class ArtifactStore(Protocol):
@@ -51,7 +59,7 @@ class LocalArtifactStore:
         return f"sha256:{sha256}"
 
     async def exists(self, sha256: str) -> bool:
-        return self._path(sha256).exists()
+        return await asyncio.to_thread(self._path(sha256).exists)
 
     async def put(self, chunks: AsyncIterable[bytes], *, expected_sha256: str | None = None) -> tuple[str, int]:
         digest = hashlib.sha256()
@@ -60,9 +68,8 @@ class LocalArtifactStore:
         try:
             with os.fdopen(fd, "wb") as out:
                 async for chunk in chunks:
-                    digest.update(chunk)
                     size += len(chunk)
-                    await asyncio.to_thread(out.write, chunk)
+                    await asyncio.to_thread(_hash_and_write, digest, out, chunk)
                 await asyncio.to_thread(os.fsync, out.fileno())
             sha = digest.hexdigest()
             if expected_sha256 and expected_sha256 != sha:
@@ -84,17 +91,31 @@ class LocalArtifactStore:
 
         return await self.put(one())
 
-    async def get(self, sha256: str) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def get(self, sha256: str) -> AsyncIterator[bytes]:
         path = self._path(sha256)
-        if not path.exists():
-            raise NotFound(f"artifact {sha256} not found", field="sha256")
+        try:
+            f = await asyncio.to_thread(path.open, "rb")
+        except FileNotFoundError:
+            raise NotFound(f"artifact {sha256} not found", field="sha256") from None
         digest = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := await asyncio.to_thread(f.read, CHUNK):
-                digest.update(chunk)
+        try:
+            while chunk := await asyncio.to_thread(_read_and_hash, f, digest):
                 yield chunk
+        finally:
+            await asyncio.to_thread(f.close)
         if digest.hexdigest() != sha256:
-            raise ChecksumMismatch(f"stored object {sha256} is corrupt (hash {digest.hexdigest()})")
+            raise CorruptArtifact(f"stored object {sha256} is corrupt (hash {digest.hexdigest()})")
 
     async def get_bytes(self, sha256: str) -> bytes:
         return b"".join([c async for c in self.get(sha256)])
+
+
+def _hash_and_write(digest: _Hash, out: BinaryIO, chunk: bytes) -> None:
+    digest.update(chunk)
+    out.write(chunk)
+
+
+def _read_and_hash(f: BinaryIO, digest: _Hash) -> bytes:
+    chunk = f.read(CHUNK)
+    digest.update(chunk)
+    return chunk

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     consumer_backoff_s: float = 0.1
     consumer_backoff_max_s: float = 2.0
     outbox_poll_s: float = 0.5
+    # One retry policy for calls to other services and for loops that wait out a dependency
+    # (flywheel.retry): the first delay, doubling up to the cap.
+    retry_base_s: float = 0.1
+    retry_max_s: float = 5.0
     # Group timings: tansu holds a join for the rebalance timeout, so keep it short for fast starts.
     consumer_session_timeout_ms: int = 6000
     consumer_heartbeat_ms: int = 1000
@@ -75,6 +79,17 @@ class Settings(BaseSettings):
     serving_staging_sample_rows: int = 5_000
     serving_staging_latency_calls: int = 200
     serving_staging_tolerance: float = 0.02  # |sample metric - recorded test metric| allowed
+    serving_reconcile_s: float = 5.0  # how often serving re-reads production from the registry
+    serving_log_flush_s: float = 0.5  # the prediction logger publishes at least this often
+    serving_executor_threads: int = 4  # threads that run ONNX Runtime sessions off the event loop
+
+    # Training.
+    training_lease_s: float = 15.0  # a run whose worker stops heartbeating is reclaimed after this
+    training_heartbeat_s: float = 1.0
+    training_max_attempts: int = 3  # a run reclaimed this many times fails
+
+    # Monitoring.
+    monitoring_tick_s: float = 1.0  # how often time-based windows are checked for closing
 
     artifact_root: Path | None = None
     spans_file: Path | None = None

@@ -42,6 +42,10 @@ class PermissionDenied(FlywheelError):
     pass
 
 
+class DataLoss(FlywheelError):
+    """Stored data is corrupt or unreadable (a checksum failed): not the caller's fault, not retryable."""
+
+
 class Unavailable(FlywheelError):
     """A dependency (database, broker, another service) cannot be reached right now."""
 

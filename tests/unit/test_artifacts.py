@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from flywheel.artifacts import ChecksumMismatch, LocalArtifactStore
+from flywheel.artifacts import ChecksumMismatch, CorruptArtifact, LocalArtifactStore
 from flywheel.errors import InvalidArgument, NotFound
 
 
@@ -36,7 +36,7 @@ async def test_corruption_is_detected_on_read(tmp_path):
     store = LocalArtifactStore(tmp_path)
     sha, _ = await store.put_bytes(b"model bytes")
     (tmp_path / sha[:2] / sha).write_bytes(b"tampered!!!")
-    with pytest.raises(ChecksumMismatch):
+    with pytest.raises(CorruptArtifact):
         await store.get_bytes(sha)
 
 

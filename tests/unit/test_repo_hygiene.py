@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 
 
 def test_generated_code_is_up_to_date(tmp_path):
@@ -20,7 +21,10 @@ def test_generated_code_is_up_to_date(tmp_path):
             str(ROOT / "protos"),
             f"--python_out={tmp_path}",
             f"--grpc_python_out={tmp_path}",
-            f"--pyi_out={tmp_path}",
+            f"--plugin=protoc-gen-mypy={BIN / 'protoc-gen-mypy'}",
+            f"--mypy_out={tmp_path}",
+            f"--plugin=protoc-gen-mypy_grpc={BIN / 'protoc-gen-mypy_grpc'}",
+            f"--mypy_grpc_out={tmp_path}",
             *map(str, protos),
         ],
         check=True,

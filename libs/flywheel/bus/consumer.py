@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import structlog
@@ -45,7 +46,10 @@ class EventContext:
     offset: int
 
 
-Handler = Callable[[asyncpg.Connection, Message, EventContext], Awaitable[None]]
+MessageT = TypeVar("MessageT", bound=Message)
+# A reaction to one event type: `async def on_x(conn, event: events_pb2.X, ctx) -> None` is a Handler[X].
+# It runs inside the consumer's transaction, with the inbox insert that makes it happen once.
+Handler: TypeAlias = Callable[[asyncpg.Connection, MessageT, EventContext], Awaitable[None]]
 
 
 class EventConsumer:
@@ -55,7 +59,7 @@ class EventConsumer:
         service: str,
         pool: asyncpg.Pool,
         producer: EventProducer,
-        handlers: dict[str, Handler],
+        handlers: dict[str, Handler[Any]],
         *,
         group_id: str | None = None,
         offset_reset: str = "earliest",
@@ -199,7 +203,7 @@ def _event_id(event: Message, record: ConsumerRecord) -> str:
     raise MalformedEvent("event has no meta.event_id")
 
 
-def acknowledge_only(reaction: str) -> Handler:
+def acknowledge_only(reaction: str) -> Handler[Message]:
     """A handler for a topic whose reaction is not built yet: the event is recorded in the inbox
     (so it is consumed once, and lag stays visible) and logged with what will happen to it."""
 

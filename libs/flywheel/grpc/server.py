@@ -1,14 +1,16 @@
 """aio server with health (SERVING only while the process's dependencies answer), reflection,
 configured message limits and a graceful stop that drains calls in flight.
 
-Servicers register on the GrpcServer itself (`add_XServicer_to_server(servicer, server)`): it wraps
-their methods (domain errors -> status codes, server spans; see methods.py) before handing them on.
+Servicers register through `GrpcServer.add_servicer(add_XServicer_to_server, servicer)`: the generated
+function registers on the GrpcServer itself, which wraps the methods (domain errors -> status codes,
+server spans; see methods.py) before handing them to the aio server.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +24,7 @@ from .methods import MethodWrapper
 
 log = get_logger(__name__)
 ReadinessCheck = Callable[[], Awaitable[bool]]
+S = TypeVar("S")
 
 
 def channel_options(settings: Settings) -> list[tuple[str, int]]:
@@ -70,6 +73,11 @@ class GrpcServer:
     def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
         wrapped = {name: self._methods.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
         self.server.add_registered_method_handlers(service, wrapped)
+
+    def add_servicer(self, add: Callable[[S, grpc.aio.Server], None], servicer: S) -> None:
+        """`add` is a generated `add_XServicer_to_server`; it only calls the two registration methods
+        below, so this object stands in for the aio server it expects."""
+        add(servicer, cast("grpc.aio.Server", self))
 
     def add_services(self, full_names: Sequence[str]) -> None:
         self._service_names.extend(full_names)
