@@ -1,17 +1,25 @@
-"""Clients for Flywheel's own services, used by the others: one place for the calls and for
-turning gRPC errors back into domain errors (NOT_FOUND -> NotFound, the rest -> Unavailable)."""
+"""Clients for Flywheel's own services, used by the others: every inter-service call goes through
+here, and so does turning gRPC errors back into domain errors.
+
+The caller's mistakes (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...) come back as the same
+domain error and are never worth retrying; a dependency that is away or failing (UNAVAILABLE,
+DEADLINE_EXCEEDED, INTERNAL, ...) comes back as `Unavailable`, the one error `flywheel.retry`
+retries by default.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
 
 import grpc
 import pyarrow as pa
 
+from flywheel import errors
 from flywheel.config import Settings
-from flywheel.errors import FailedPrecondition, NotFound, Unavailable
-from flywheel.grpc import channel_options
+from flywheel.errors import Unavailable
+from flywheel.grpc import aio_channel
 from flywheel.v1 import (
     common_pb2,
     ingestion_pb2,
@@ -21,16 +29,30 @@ from flywheel.v1 import (
 )
 
 
+CHUNK = 1024 * 1024
+_CALLER_ERRORS: dict[grpc.StatusCode, type[errors.FlywheelError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.DATA_LOSS: errors.DataLoss,
+}
+
+
 def _channel(settings: Settings, service: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(settings.addr_for(service), options=channel_options(settings))
+    return aio_channel(settings, service)
 
 
-def _translate(exc: grpc.aio.AioRpcError, service: str) -> Exception:
-    if exc.code() == grpc.StatusCode.NOT_FOUND:
-        return NotFound(exc.details() or "not found")
-    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-        return FailedPrecondition(exc.details() or "failed precondition")
-    return Unavailable(f"{service}: {exc.code().name}: {exc.details()}")
+def translate(exc: grpc.aio.AioRpcError, service: str) -> errors.FlywheelError:
+    """The domain error for a failed call to `service` (see the module docstring)."""
+    code, details = exc.code(), exc.details() or ""
+    cls = _CALLER_ERRORS.get(code)
+    if cls is not None:
+        return cls(details or f"{service}: {code.name}")
+    return Unavailable(f"{service}: {code.name}: {details}")
 
 
 async def production_models(settings: Settings) -> list[registry_pb2.Model]:
@@ -44,7 +66,7 @@ async def production_models(settings: Settings) -> list[registry_pb2.Model]:
                     registry_pb2.ListModelsRequest(alias="production", page_token=token), timeout=10
                 )
             except grpc.aio.AioRpcError as exc:
-                raise _translate(exc, "registry") from exc
+                raise translate(exc, "registry") from exc
             models.extend(resp.models)
             token = resp.next_page_token
             if not token:
@@ -61,7 +83,7 @@ async def model_version(settings: Settings, name: str, version: int = 0, alias: 
         try:
             resp = await registry_pb2_grpc.RegistryServiceStub(ch).GetModelVersion(request, timeout=10)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, "registry") from exc
+            raise translate(exc, "registry") from exc
     return resp.version
 
 
@@ -78,7 +100,7 @@ async def download(settings: Settings, name: str, version: int) -> tuple[bytes, 
                 sha = sha or msg.sha256
                 parts.append(msg.chunk)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, "registry") from exc
+            raise translate(exc, "registry") from exc
     data = b"".join(parts)
     if hashlib.sha256(data).hexdigest() != sha:
         raise Unavailable(f"artifact of {name} v{version} failed its checksum")
@@ -95,8 +117,26 @@ async def report_staging(
                 timeout=30,
             )
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, "registry") from exc
+            raise translate(exc, "registry") from exc
     return resp.decision
+
+
+async def register_model(
+    settings: Settings, header: registry_pb2.RegisterModelHeader, artifact: bytes, *, timeout_s: float = 60
+) -> registry_pb2.ModelVersion:
+    """Registers a version (a header, then the artifact in chunks); idempotent on header.idempotency_key."""
+
+    def requests() -> Iterator[registry_pb2.RegisterModelRequest]:
+        yield registry_pb2.RegisterModelRequest(header=header)
+        for i in range(0, len(artifact), CHUNK):
+            yield registry_pb2.RegisterModelRequest(chunk=artifact[i : i + CHUNK])
+
+    async with _channel(settings, "registry") as ch:
+        try:
+            resp = await registry_pb2_grpc.RegistryServiceStub(ch).RegisterModel(requests(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "registry") from exc
+    return resp.version
 
 
 async def test_split(settings: Settings, dataset: common_pb2.DatasetRef, columns: list[str], limit: int) -> pa.Table:
@@ -115,7 +155,7 @@ async def test_split(settings: Settings, dataset: common_pb2.DatasetRef, columns
                 if rows >= limit:
                     break
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, "ingestion") from exc
+            raise translate(exc, "ingestion") from exc
     return pa.concat_tables(tables).slice(0, limit) if tables else pa.table({})
 
 
@@ -126,7 +166,7 @@ async def dataset_version(settings: Settings, dataset: common_pb2.DatasetRef) ->
                 ingestion_pb2.GetDatasetVersionRequest(dataset=dataset.name, version=dataset.version), timeout=10
             )
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, "ingestion") from exc
+            raise translate(exc, "ingestion") from exc
     return resp.version
 
 
@@ -137,5 +177,5 @@ async def dataset(settings: Settings, name: str) -> ingestion_pb2.Dataset:
                 ingestion_pb2.GetDatasetRequest(name=name), timeout=10
             )
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, "ingestion") from exc
+            raise translate(exc, "ingestion") from exc
     return resp.dataset

@@ -20,16 +20,12 @@ from flywheel.config import Settings
 from flywheel.errors import StartupError
 from flywheel.logging import get_logger
 
+from .channels import channel_options
 from .methods import MethodWrapper
 
 log = get_logger(__name__)
 ReadinessCheck = Callable[[], Awaitable[bool]]
 S = TypeVar("S")
-
-
-def channel_options(settings: Settings) -> list[tuple[str, int]]:
-    size = settings.grpc_max_message_mb * 1024 * 1024
-    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
 
 
 class GrpcServer:
