@@ -28,7 +28,6 @@ from flywheel.v1 import (
     registry_pb2_grpc,
 )
 
-
 CHUNK = 1024 * 1024
 _CALLER_ERRORS: dict[grpc.StatusCode, type[errors.FlywheelError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
