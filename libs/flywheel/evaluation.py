@@ -31,12 +31,12 @@ MINIMIZE = common_pb2.METRIC_DIRECTION_MINIMIZE
 _MINIMIZED = {"mae", "rmse"}
 
 
-def default_direction(metric: str) -> int:
+def default_direction(metric: str) -> common_pb2.MetricDirection.ValueType:
     """Errors are minimised; scores (accuracy, precision, recall, f1, roc_auc, r2) maximised."""
     return MINIMIZE if metric in _MINIMIZED else MAXIMIZE
 
 
-def _metric(name: str, value: float, split: int, class_label: str = "") -> common_pb2.Metric:
+def _metric(name: str, value: float, split: common_pb2.Split.ValueType, class_label: str = "") -> common_pb2.Metric:
     return common_pb2.Metric(name=name, value=float(value), split=split, class_label=class_label)
 
 
@@ -45,7 +45,7 @@ def classification_metrics(
     y_pred_idx: np.ndarray,
     proba: np.ndarray | None,
     class_labels: Sequence[str],
-    split: int = common_pb2.SPLIT_TEST,
+    split: common_pb2.Split.ValueType = common_pb2.SPLIT_TEST,
 ) -> training_pb2.Evaluation:
     y_true = np.asarray(y_true_idx, dtype=np.int64)
     y_pred = np.asarray(y_pred_idx, dtype=np.int64)
@@ -94,7 +94,7 @@ def _confusion(y_true: np.ndarray, y_pred: np.ndarray, class_labels: Sequence[st
 
 
 def regression_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, split: int = common_pb2.SPLIT_TEST
+    y_true: np.ndarray, y_pred: np.ndarray, split: common_pb2.Split.ValueType = common_pb2.SPLIT_TEST
 ) -> training_pb2.Evaluation:
     t = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(y_pred, dtype=np.float64).reshape(-1)

@@ -9,7 +9,6 @@ A record the decoder rejects goes to `<topic>.dlq` with error headers and is ski
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from flywheel.config import Settings
 from flywheel.logging import get_logger
+from flywheel.retry import Backoff
 
 from . import metrics
 from .dlq import dlq_headers
@@ -48,7 +48,7 @@ class _Pending:
     first_at: float = 0.0
 
 
-class _SeekToStored(ConsumerRebalanceListener):
+class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
     def __init__(self, batcher: BatchConsumer) -> None:
         self._batcher = batcher
 
@@ -126,7 +126,7 @@ class BatchConsumer:
 
     async def _flush(self) -> None:
         pending, offsets = self._pending, dict(self._next)
-        backoff = self._settings.consumer_backoff_s
+        backoff = Backoff.from_settings(self._settings)
         while True:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
@@ -152,8 +152,7 @@ class BatchConsumer:
             except (asyncpg.PostgresError, OSError) as exc:
                 # The database is away: nothing committed, keep the batch and try again.
                 log.warning("batch consumer: commit failed, will retry", error=repr(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.wait()
         self._pending = {}
         self._next = {}
         self.batches += 1

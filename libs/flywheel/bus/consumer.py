@@ -7,7 +7,6 @@ stops a consumer. Offsets are committed only after the handler's transaction com
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from opentelemetry.instrumentation.aiokafka.utils import _aiokafka_getter
 
 from flywheel.config import Settings
 from flywheel.logging import get_logger
+from flywheel.retry import Backoff, retry
 from flywheel.telemetry import tracer
 
 from . import metrics
@@ -118,6 +118,7 @@ class EventConsumer:
 
     async def _attempts(self, record: ConsumerRecord, parent: Context) -> None:
         attempt = 0
+        backoff = Backoff(self._settings.consumer_backoff_s, self._settings.consumer_backoff_max_s)
         while True:
             attempt += 1
             with (
@@ -143,8 +144,7 @@ class EventConsumer:
                         return
                     log.warning("consumer: handler failed, will retry", error=repr(exc), attempt=attempt)
                     metrics.consumer_retries.add(1, {"group": self.name, "topic": record.topic})
-            delay = self._settings.consumer_backoff_s * 2 ** (attempt - 1)
-            await asyncio.sleep(min(delay, self._settings.consumer_backoff_max_s))
+            await backoff.wait()
 
     async def _handle(self, record: ConsumerRecord) -> None:
         event = decode(EVENT_TYPES[record.topic], record.value, record.headers)
@@ -178,19 +178,17 @@ class EventConsumer:
 
     async def _dead_letter(self, record: ConsumerRecord, exc: BaseException, attempts: int) -> None:
         headers = dlq_headers(record, exc, attempts, self.name)
-        backoff = self._settings.consumer_backoff_s
-        while True:  # the record must not be lost: keep trying until the DLQ has it
-            try:
-                await self._producer.send_and_wait(
-                    dlq_topic(record.topic), record.value or b"", key=record.key, headers=headers
-                )
-                self.dead_lettered += 1
-                metrics.consumer_dead_lettered.add(1, {"group": self.name, "topic": record.topic})
-                return
-            except Exception as dlq_exc:
-                log.warning("consumer: DLQ publish failed, will retry", error=repr(dlq_exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        # The record must not be lost: keep trying until the DLQ has it.
+        await retry(
+            lambda: self._producer.send_and_wait(
+                dlq_topic(record.topic), record.value or b"", key=record.key, headers=headers
+            ),
+            backoff=Backoff.from_settings(self._settings),
+            what="DLQ publish",
+            retry_on=(Exception,),
+        )
+        self.dead_lettered += 1
+        metrics.consumer_dead_lettered.add(1, {"group": self.name, "topic": record.topic})
 
 
 def _event_id(event: Message, record: ConsumerRecord) -> str:

@@ -16,6 +16,7 @@ from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
 
 from flywheel.config import Settings
 from flywheel.logging import get_logger
+from flywheel.retry import Backoff
 from flywheel.telemetry import tracer, untraced
 
 from . import metrics
@@ -65,22 +66,20 @@ class OutboxRelay:
     async def run(self) -> None:
         listener = await self._pool.acquire()
         await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        backoff = self._settings.consumer_backoff_s
+        backoff = Backoff.from_settings(self._settings)
         try:
             while True:
                 try:
                     n = await self.drain_once()
-                    backoff = self._settings.consumer_backoff_s
+                    backoff.reset()
                 except (asyncpg.PostgresError, OSError) as exc:
                     log.warning("outbox relay: database error, will retry", error=str(exc))
                     n = 0
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    await backoff.wait()
                 except Exception as exc:  # broker errors: keep rows, retry with backoff
                     log.warning("outbox relay: publish failed, will retry", error=repr(exc))
                     n = 0
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    await backoff.wait()
                     await self._recreate_topics()
                 if n == 0:
                     self._wake.clear()

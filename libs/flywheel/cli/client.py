@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -23,13 +23,18 @@ from rich.console import Console
 from rich.table import Table
 
 from flywheel.config import get_settings
-from flywheel.grpc import channel_options
+from flywheel.grpc import sync_channel
 from flywheel.v1 import (
     common_pb2,
     ingestion_pb2_grpc,
+    monitoring_pb2_grpc,
     registry_pb2_grpc,
+    serving_pb2_grpc,
     training_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper as EnumTypeWrapper
 
 # Deadline for unary calls; streams (ingest, watch, download) run without one.
 RPC_TIMEOUT_S = 60.0
@@ -41,6 +46,8 @@ _STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
     "ingestion": ingestion_pb2_grpc.IngestionServiceStub,
     "training": training_pb2_grpc.TrainingServiceStub,
     "registry": registry_pb2_grpc.RegistryServiceStub,
+    "monitoring": monitoring_pb2_grpc.MonitoringServiceStub,
+    "serving": serving_pb2_grpc.ServingAdminStub,
 }
 
 
@@ -57,14 +64,21 @@ class CliError(Exception):
 
 
 @contextmanager
-def connect(service: str) -> Iterator[Any]:
-    """A stub for `service` ("ingestion", "training" or "registry") on a fresh insecure channel."""
-    settings = get_settings()
-    channel = grpc.insecure_channel(settings.addr_for(service), options=channel_options(settings))
+def channel(service: str) -> Iterator[grpc.Channel]:
+    """A fresh channel to `service`, closed on exit: the CLI's one way to reach a service."""
+    ch = sync_channel(get_settings(), service)
     try:
-        yield _STUBS[service](channel)
+        yield ch
     finally:
-        channel.close()
+        ch.close()
+
+
+@contextmanager
+def connect(service: str) -> Iterator[Any]:
+    """A stub for `service` ("ingestion", "training", "registry", "monitoring" or "serving", the
+    last being ServingAdmin) on a fresh channel."""
+    with channel(service) as ch:
+        yield _STUBS[service](ch)
 
 
 def rpc_error_line(exc: grpc.RpcError) -> str:
@@ -88,6 +102,8 @@ def report_error(message: str) -> None:
 
 
 F = TypeVar("F", bound=Callable[[argparse.Namespace], int])
+M = TypeVar("M", bound=Message)
+V = TypeVar("V", bound=int)  # a protobuf enum's ValueType
 
 
 def command(fn: F) -> F:
@@ -135,8 +151,8 @@ def list_json(key: str, items: Sequence[Message]) -> dict[str, Any]:
 def print_listing(
     as_json: bool,
     key: str,
-    items: Sequence[Message],
-    table: Callable[[Sequence[Message]], Any],
+    items: Sequence[M],
+    table: Callable[[Sequence[M]], Any],
     empty: str | None = None,
 ) -> int:
     """A list command's output: {key: [...]} as JSON, else a table, else "no <key>" (or `empty`)."""
@@ -198,12 +214,12 @@ def enum_name(enum: Any, value: int) -> str:
     return (name[len(prefix) :] if name.startswith(prefix) else name).lower()
 
 
-def enum_value(enum: Any, short: str) -> int:
+def enum_value(enum: EnumTypeWrapper[V], short: str) -> V:
     """ "succeeded" -> RUN_STATUS_SUCCEEDED; also accepts the full name."""
     name = short.upper().replace("-", "_")
     if not name.startswith(_enum_prefix(enum)):
         name = _enum_prefix(enum) + name
-    return int(enum.Value(name))
+    return enum.Value(name)
 
 
 def enum_choices(enum: Any) -> list[str]:
@@ -354,7 +370,7 @@ def kv_table(rows: Sequence[tuple[str, Any]], title: str | None = None) -> Table
     return table
 
 
-def fmt_direction(direction: int) -> str:
+def fmt_direction(direction: common_pb2.MetricDirection.ValueType) -> str:
     return {common_pb2.METRIC_DIRECTION_MAXIMIZE: "max", common_pb2.METRIC_DIRECTION_MINIMIZE: "min"}.get(
         direction, "-"
     )
@@ -384,7 +400,13 @@ def status_markup(text: str) -> str:
 # Paging
 
 
-def paged(method: Callable[..., Any], request: Message, field: str, limit: int | None = None) -> list[Any]:
+class PagedRequest(Protocol):
+    """Every List request: a page token to continue from."""
+
+    page_token: str
+
+
+def paged(method: Callable[..., Any], request: PagedRequest, field: str, limit: int | None = None) -> list[Any]:
     """Every item of a paged List RPC (following next_page_token), at most `limit` when given."""
     items: list[Any] = []
     seen: set[str] = set()
@@ -395,7 +417,7 @@ def paged(method: Callable[..., Any], request: Message, field: str, limit: int |
         if not token or token in seen or (limit is not None and len(items) >= limit):
             break
         seen.add(token)
-        request.page_token = token
+        request.page_token = token  # every List request has one; Message does not say so
     return items[:limit] if limit is not None else items
 
 

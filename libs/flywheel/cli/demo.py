@@ -20,7 +20,7 @@ from rich.console import Console
 
 from flywheel.cli import client
 from flywheel.config import get_settings
-from flywheel.grpc import channel_options
+from flywheel.grpc import sync_channel
 from flywheel.telemetry import read_spans
 from flywheel.v1 import (
     common_pb2,
@@ -74,13 +74,10 @@ def _wait(what: str, check: Callable[[], Any], timeout_s: float = 180) -> Any:
 class Demo:
     def __init__(self, suffix: str) -> None:
         s = get_settings()
-        opts = channel_options(s)
-        self.ingestion = ingestion_pb2_grpc.IngestionServiceStub(grpc.insecure_channel(s.addr_for("ingestion"), opts))
-        self.training = training_pb2_grpc.TrainingServiceStub(grpc.insecure_channel(s.addr_for("training"), opts))
-        self.registry = registry_pb2_grpc.RegistryServiceStub(grpc.insecure_channel(s.addr_for("registry"), opts))
-        self.monitoring = monitoring_pb2_grpc.MonitoringServiceStub(
-            grpc.insecure_channel(s.addr_for("monitoring"), opts)
-        )
+        self.ingestion = ingestion_pb2_grpc.IngestionServiceStub(sync_channel(s, "ingestion"))
+        self.training = training_pb2_grpc.TrainingServiceStub(sync_channel(s, "training"))
+        self.registry = registry_pb2_grpc.RegistryServiceStub(sync_channel(s, "registry"))
+        self.monitoring = monitoring_pb2_grpc.MonitoringServiceStub(sync_channel(s, "monitoring"))
         self.serving_addr = s.addr_for("serving")
         self.kafka = s.kafka_bootstrap
         self.spans = s.spans_file or s.home / "spans.jsonl"

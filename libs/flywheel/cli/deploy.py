@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpc
@@ -18,9 +18,7 @@ from rich.table import Table
 from flywheel.cli import client
 from flywheel.cli.client import CliError, command, console, enum_name, fmt_number, fmt_time
 from flywheel.cli.models import fmt_promotion
-from flywheel.config import get_settings
-from flywheel.grpc import channel_options
-from flywheel.v1 import common_pb2, registry_pb2, serving_pb2, serving_pb2_grpc
+from flywheel.v1 import common_pb2, registry_pb2, serving_pb2
 
 # Audit actions `deploy status MODEL` lists: how production moved and why.
 DEPLOY_ACTIONS = frozenset(
@@ -42,21 +40,13 @@ DEPLOY_ACTIONS = frozenset(
 # Serving channel (client.connect covers the registry, training and ingestion)
 
 
-@contextmanager
-def serving_channel() -> Iterator[grpc.Channel]:
-    """A fresh insecure channel to the serving address (ServingAdmin and the inference service)."""
-    settings = get_settings()
-    channel = grpc.insecure_channel(settings.addr_for("serving"), options=channel_options(settings))
-    try:
-        yield channel
-    finally:
-        channel.close()
+def serving_channel() -> AbstractContextManager[grpc.Channel]:
+    """A fresh channel to the serving address (ServingAdmin and the inference service)."""
+    return client.channel("serving")
 
 
-@contextmanager
-def connect_admin() -> Iterator[Any]:
-    with serving_channel() as channel:
-        yield serving_pb2_grpc.ServingAdminStub(channel)
+def connect_admin() -> AbstractContextManager[Any]:
+    return client.connect("serving")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -109,11 +99,11 @@ def role_text(role: int) -> str:
     return enum_name(common_pb2.ServingRole, role) if role else "-"
 
 
-def state_text(state: int) -> str:
+def state_text(state: serving_pb2.SlotState.ValueType) -> str:
     return enum_name(serving_pb2.SlotState, state) if state else "-"
 
 
-def state_markup(state: int) -> str:
+def state_markup(state: serving_pb2.SlotState.ValueType) -> str:
     text = state_text(state)
     colour = {
         serving_pb2.SLOT_STATE_READY: "green",
@@ -433,8 +423,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             limit=limit,
         )
         scan = None if limit is None else max(50, limit)  # decisions are a subset of the audit log
-        request = registry_pb2.ListAuditEventsRequest(name=name, page_size=scan or 0)
-        recent = client.paged(registry.ListAuditEvents, request, "events", limit=scan)
+        audit_request = registry_pb2.ListAuditEventsRequest(name=name, page_size=scan or 0)
+        recent = client.paged(registry.ListAuditEvents, audit_request, "events", limit=scan)
         events = [e for e in recent if e.action in DEPLOY_ACTIONS][:limit]
     if args.json:
         client.print_json(_status_json(deployment, versions, events))

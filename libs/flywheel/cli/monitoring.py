@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -21,12 +20,10 @@ from rich.table import Table
 from flywheel.cli import client
 from flywheel.cli.client import command, console, enum_name, fmt_number, fmt_time
 from flywheel.cli.deploy import model_name_arg
-from flywheel.config import get_settings
-from flywheel.grpc import channel_options
-from flywheel.v1 import common_pb2, monitoring_pb2, monitoring_pb2_grpc
+from flywheel.v1 import common_pb2, monitoring_pb2
 
 # --kind choices -> DriftKind.
-KINDS: dict[str, int] = {
+KINDS: dict[str, common_pb2.DriftKind.ValueType] = {
     "data": common_pb2.DRIFT_KIND_DATA_DRIFT,
     "prediction": common_pb2.DRIFT_KIND_PREDICTION_DRIFT,
     "integrity": common_pb2.DRIFT_KIND_INTEGRITY,
@@ -39,15 +36,9 @@ KINDS: dict[str, int] = {
 # Channel (client.connect covers the registry, training and ingestion)
 
 
-@contextmanager
-def connect_monitoring() -> Iterator[Any]:
-    """A MonitoringService stub on a fresh insecure channel to the monitoring address."""
-    settings = get_settings()
-    channel = grpc.insecure_channel(settings.addr_for("monitoring"), options=channel_options(settings))
-    try:
-        yield monitoring_pb2_grpc.MonitoringServiceStub(channel)
-    finally:
-        channel.close()
+def connect_monitoring() -> AbstractContextManager[Any]:
+    """A MonitoringService stub on a fresh channel to the monitoring address."""
+    return client.connect("monitoring")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -357,7 +348,7 @@ def cmd_drift_report(args: argparse.Namespace) -> int:
 def _list_request(args: argparse.Namespace) -> monitoring_pb2.ListAlertsRequest:
     request = monitoring_pb2.ListAlertsRequest(
         model_name=args.model or "",
-        kind=KINDS[args.kind] if args.kind else 0,
+        kind=KINDS[args.kind] if args.kind else common_pb2.DRIFT_KIND_UNSPECIFIED,
         page_size=min(args.limit, 1000) if args.limit else 0,
     )
     if args.since is not None:

@@ -332,7 +332,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         spec_name=args.spec or "",
         model_name=args.model or "",
         dataset=args.dataset or "",
-        status=client.enum_value(training_pb2.RunStatus, args.status) if args.status else 0,
+        status=(
+            client.enum_value(training_pb2.RunStatus, args.status)
+            if args.status
+            else training_pb2.RUN_STATUS_UNSPECIFIED
+        ),
     )
     with client.connect("training") as stub:
         runs = client.paged(stub.ListRuns, request, "runs", limit=args.limit or None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, overload
 
 import grpc
 from opentelemetry import propagate, trace
@@ -32,7 +32,14 @@ class MethodWrapper:
         self._untraced = untraced  # read when a method is wrapped
         self._tracer = tracer or trace.get_tracer("flywheel.grpc")
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+    @overload
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]: ...
+    @overload
+    def wrap(self, method: str, handler: None) -> None: ...
+
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any] | None
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if handler is None:
             return None
         traced = method not in self._untraced

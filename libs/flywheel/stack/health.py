@@ -7,13 +7,19 @@ import asyncio
 import asyncpg
 import grpc
 from aiokafka.admin import AIOKafkaAdminClient
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 
 async def grpc_serving(address: str, timeout_s: float = 2.0) -> bool:
     async with grpc.aio.insecure_channel(address) as channel:
         try:
-            resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            # Called by method path: the published stubs for grpc_health leave HealthStub.Check untyped.
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            resp = await check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
         except grpc.RpcError:
             return False
         return resp.status == health_pb2.HealthCheckResponse.SERVING

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from flywheel.logging import get_logger
+from flywheel.retry import Backoff
 
 from .procs import die_with_parent, stop_process
 
@@ -21,6 +22,7 @@ class SupervisedService:
         self.log_file = log_file
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
+        self._backoff = Backoff(0.5, 30.0)  # crash restarts: slower than a call retry
         self._started_at = 0.0
         self._restart_at: float | None = None
 
@@ -51,8 +53,8 @@ class SupervisedService:
         now = time.monotonic()
         if self._restart_at is None:
             if now - self._started_at > 60:
-                self.restarts = 0  # it ran fine for a while: start the backoff over
-            delay = min(30.0, 0.5 * 2**self.restarts)
+                self._backoff.reset()  # it ran fine for a while: start the backoff over
+            delay = self._backoff.next_delay()
             log.warning("service exited, restarting", service=self.name, exit_code=code, in_s=delay)
             self._restart_at = now + delay
         elif now >= self._restart_at:
