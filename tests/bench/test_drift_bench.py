@@ -1,4 +1,4 @@
-"""Drift check: 1M rows x 20 numeric features, Flywheel vs Evidently's DataDriftPreset (issue 6).
+"""Drift check: 1M rows x 20 numeric features, Flywheel vs Evidently's DataDriftPreset.
 
 Data: seeded normals (feature i: mean i, sd 1 + i/4), reference and current 1M rows each; four current
 features are shifted (mean and/or scale). No nulls (Evidently's PSI binning cannot take NaN).

@@ -1,4 +1,4 @@
-"""Ingestion throughput: 1M rows x 20 columns of CSV, Flywheel vs pyarrow alone (issue 4).
+"""Ingestion throughput: 1M rows x 20 columns of CSV, Flywheel vs pyarrow alone.
 
 Baseline: pyarrow.csv.read_csv + pyarrow.parquet.write_table. Flywheel: read_csv + prepare_version
 (validation, split, content hash, Parquet bytes and profile). Both run in this process, best of 2.

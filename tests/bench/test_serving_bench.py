@@ -1,4 +1,4 @@
-"""Serving latency and throughput: Flywheel vs raw ONNX Runtime and `mlflow models serve` (issue 5).
+"""Serving latency and throughput: Flywheel vs raw ONNX Runtime and `mlflow models serve`.
 
 One small model, one run: a scikit-learn LogisticRegression (20 features, 2 classes) exported to ONNX
 by the training service's own packaging (skl2onnx, no ZipMap). Every request is one row, on 127.0.0.1.

@@ -1,4 +1,4 @@
-"""Topic names (DESIGN.md §3), the event type each carries, and topic creation."""
+"""Topic names, the event type each carries, and topic creation (see docs/architecture.md, "Topics and events")."""
 
 from __future__ import annotations
 
