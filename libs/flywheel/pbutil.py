@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
+
+
+@overload
+def timestamp(dt: datetime) -> Timestamp: ...
+@overload
+def timestamp(dt: None) -> None: ...
 
 
 def timestamp(dt: datetime | None) -> Timestamp | None:

@@ -45,7 +45,7 @@ def decode_rows(record: ConsumerRecord) -> list[dict[str, Any]]:
             raise MalformedEvent('expected a row object, a list of rows, or {"rows": [...]}')
         return rows
     msg = decode(events_pb2.IngestRecords, record.value, record.headers)
-    return [_struct_row(r) for r in msg.rows]  # type: ignore[attr-defined]
+    return [_struct_row(r) for r in msg.rows]
 
 
 def _struct_row(struct: Any) -> dict[str, Any]:
@@ -87,10 +87,11 @@ async def run_records_consumer(ctx: ServiceContext) -> None:
 def decode_feedback(record: ConsumerRecord) -> dict[str, Any] | None:
     """A labelled production row (features + label), or None for labels that carry no features."""
     event = decode(events_pb2.Feedback, record.value, record.headers)
-    if not event.HasField("features") or not event.features.fields:  # type: ignore[attr-defined]
+    if not event.HasField("features") or not event.features.fields:
         return None
-    row = _struct_row(event.features)  # type: ignore[attr-defined]
-    label = json_format.MessageToDict(event.label)  # type: ignore[attr-defined]
+    row = _struct_row(event.features)
+    # A google.protobuf.Value converts to the bare JSON value (number, string, ...), not a dict.
+    label: Any = json_format.MessageToDict(event.label)
     row["__label__"] = int(label) if isinstance(label, float) and label.is_integer() else label
     return row
 

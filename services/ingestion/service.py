@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import grpc
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -30,7 +32,9 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
         self._ctx = ctx
         self._pool = ctx.pool
 
-    async def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
+    async def CreateDataset(
+        self, request: ingestion_pb2.CreateDatasetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingestion_pb2.CreateDatasetResponse:
         ds = datasets.check_dataset(ingestion_pb2.Dataset.FromString(request.dataset.SerializeToString()))
         ds.ClearField("create_time")
         ds.latest_version = 0
@@ -41,11 +45,15 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
                 raise AlreadyExists(f"dataset {ds.name!r} already exists", field="dataset.name") from None
             return ingestion_pb2.CreateDatasetResponse(dataset=await store.get_dataset(conn, ds.name))
 
-    async def GetDataset(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetDataset(
+        self, request: ingestion_pb2.GetDatasetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingestion_pb2.GetDatasetResponse:
         async with self._pool.acquire() as conn:
             return ingestion_pb2.GetDatasetResponse(dataset=await store.get_dataset(conn, request.name))
 
-    async def ListDatasets(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListDatasets(
+        self, request: ingestion_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingestion_pb2.ListDatasetsResponse:
         size, offset = page_size(request.page_size), decode_token(request.page_token)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
@@ -59,7 +67,11 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
             datasets=[store.to_dataset(r) for r in rows], next_page_token=next_token(offset, size, len(rows))
         )
 
-    async def IngestDataset(self, request_iterator, context):  # type: ignore[no-untyped-def]
+    async def IngestDataset(
+        self,
+        request_iterator: AsyncIterator[ingestion_pb2.IngestDatasetRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ingestion_pb2.IngestDatasetResponse:
         header, it = await stream_header(request_iterator)
         async with self._pool.acquire() as conn:
             ds = await store.get_dataset(conn, header.dataset)
@@ -76,7 +88,9 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
         result = await write_version(self._ctx, header.dataset, raw, header.mode, "stream")
         return ingestion_pb2.IngestDatasetResponse(version=result.version, created=result.created, stats=result.stats)
 
-    async def IngestFromUri(self, request, context):  # type: ignore[no-untyped-def]
+    async def IngestFromUri(
+        self, request: ingestion_pb2.IngestFromUriRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingestion_pb2.IngestFromUriResponse:
         async with self._pool.acquire() as conn:
             ds = await store.get_dataset(conn, request.dataset)
         if request.uri.startswith("sha256:"):
@@ -95,12 +109,16 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
         result = await write_version(self._ctx, request.dataset, raw, request.mode, f"uri:{request.uri}")
         return ingestion_pb2.IngestFromUriResponse(version=result.version, created=result.created, stats=result.stats)
 
-    async def GetDatasetVersion(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetDatasetVersion(
+        self, request: ingestion_pb2.GetDatasetVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingestion_pb2.GetDatasetVersionResponse:
         async with self._pool.acquire() as conn:
             row = await store.get_version(conn, request.dataset, request.version)
         return ingestion_pb2.GetDatasetVersionResponse(version=store.to_version(row))
 
-    async def ListDatasetVersions(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListDatasetVersions(
+        self, request: ingestion_pb2.ListDatasetVersionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingestion_pb2.ListDatasetVersionsResponse:
         size, offset = page_size(request.page_size), decode_token(request.page_token)
         async with self._pool.acquire() as conn:
             await store.get_dataset(conn, request.dataset)
@@ -115,7 +133,9 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
             versions=[store.to_version(r) for r in rows], next_page_token=next_token(offset, size, len(rows))
         )
 
-    async def ReadDatasetVersion(self, request, context) -> AsyncIterator[ingestion_pb2.ReadDatasetVersionResponse]:  # type: ignore[no-untyped-def]
+    async def ReadDatasetVersion(
+        self, request: ingestion_pb2.ReadDatasetVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[ingestion_pb2.ReadDatasetVersionResponse]:
         async with self._pool.acquire() as conn:
             row = await store.get_version(conn, request.dataset, request.version)
         ref = store.to_version(row).ref
@@ -167,7 +187,7 @@ def _format_from_suffix(suffix: str) -> int:
     return formats[suffix.lower()]
 
 
-def _select(table: pa.Table, split: int, columns: list[str]) -> pa.Table:
+def _select(table: pa.Table, split: common_pb2.Split.ValueType, columns: list[str]) -> pa.Table:
     if split:
         import pyarrow.compute as pc
 
@@ -191,5 +211,5 @@ def _encode(batch: pa.RecordBatch, fmt: int, header: bool) -> bytes:
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
-    ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(IngestionService(ctx), server)
+    server.add_servicer(ingestion_pb2_grpc.add_IngestionServiceServicer_to_server, IngestionService(ctx))
     return [ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name]

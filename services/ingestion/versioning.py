@@ -174,12 +174,12 @@ def _update_values(chunk: pa.Array, values: hashlib._Hash, lengths: hashlib._Has
     if pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type):
         offsets, data = _string_buffers(chunk)
         lengths.update(np.diff(offsets).astype("<i8").tobytes())
-        values.update(data[offsets[0] : offsets[-1]])
+        values.update(data[offsets[0] : offsets[-1]].data)
     elif pa.types.is_boolean(chunk.type):
-        values.update(np.asarray(chunk.to_numpy(zero_copy_only=False), dtype=np.uint8))
+        values.update(np.asarray(chunk.to_numpy(zero_copy_only=False), dtype=np.uint8).data)
     else:
         array = chunk.to_numpy(zero_copy_only=False)
-        values.update(np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False)))
+        values.update(np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False)).data)
 
 
 def _column_digest(name: str, column: pa.ChunkedArray) -> bytes:

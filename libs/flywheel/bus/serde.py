@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from flywheel.v1 import common_pb2
+
+M = TypeVar("M", bound=Message)
 
 CONTENT_PROTOBUF = "application/x-protobuf"
 CONTENT_JSON = "application/json"
@@ -46,7 +49,7 @@ def header(headers: Headers | None, name: str) -> str | None:
     return None
 
 
-def decode(cls: type[Message], value: bytes | None, headers: Headers | None) -> Message:
+def decode(cls: type[M], value: bytes | None, headers: Headers | None) -> M:
     if value is None:
         raise MalformedEvent("empty payload")
     content_type = (header(headers, "content-type") or CONTENT_PROTOBUF).split(";")[0].strip()
