@@ -1,11 +1,12 @@
-"""How the serving service is assembled: its APIs, its event reactions, its start-up reconciliation."""
+"""How the serving service is assembled: its APIs, its event reactions, its start-up reconciliation
+and what it releases at stop."""
 
 from pathlib import Path
 
 from flywheel.app import ServiceContext, ServiceDefinition
 from flywheel.grpc import GrpcServer
 from services.serving import handlers, service
-from services.serving.runtime_state import runtime
+from services.serving.runtime_state import close_runtime, runtime
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
@@ -20,4 +21,5 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     reconcile=handlers.reconcile,
     background=[handlers.run_swap_consumer, handlers.run_prediction_logger, handlers.reconcile_forever],
+    shutdown=close_runtime,
 )

@@ -12,6 +12,7 @@ import asyncio
 import os
 import socket
 import uuid
+from typing import Any
 
 import asyncpg
 
@@ -20,6 +21,7 @@ from flywheel.app import ServiceContext
 from flywheel.bus import EventConsumer, EventContext, Handler, Topics
 from flywheel.errors import Unavailable
 from flywheel.logging import get_logger
+from flywheel.retry import Backoff, retry
 from flywheel.v1 import events_pb2
 from services.serving import staging
 from services.serving.runtime_state import runtime
@@ -27,7 +29,7 @@ from services.serving.runtime_state import runtime
 log = get_logger(__name__)
 
 
-def handlers(ctx: ServiceContext) -> dict[str, Handler]:
+def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
     async def on_registered(conn: asyncpg.Connection, event: events_pb2.ModelRegistered, ectx: EventContext) -> None:
         report = await staging.run_checks(runtime(ctx).manager, ctx.settings, event)
         decision = await clients.report_staging(ctx.settings, event.model, report, ectx.event_id)
@@ -57,20 +59,15 @@ async def run_swap_consumer(ctx: ServiceContext) -> None:
         await consumer.stop()
 
 
-RECONCILE_S = 5.0
-
-
 async def reconcile(ctx: ServiceContext) -> None:
-    """Load every model the registry has in production before reporting SERVING."""
-    delay = 0.5
-    while True:
-        try:
-            await reconcile_once(ctx)
-            return
-        except Unavailable as exc:
-            log.info("reconcile: registry not reachable yet", error=str(exc))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    """Load every model the registry has in production before reporting SERVING (waiting out a
+    registry that is not up yet)."""
+    await retry(
+        lambda: reconcile_once(ctx),
+        backoff=Backoff.from_settings(ctx.settings),
+        what="reconcile: load production models",
+        retry_on=(Unavailable,),
+    )
 
 
 async def reconcile_once(ctx: ServiceContext) -> None:
@@ -85,9 +82,9 @@ async def reconcile_once(ctx: ServiceContext) -> None:
 
 async def reconcile_forever(ctx: ServiceContext) -> None:
     """Level-triggered safety net: a model.promoted this replica missed (it joins its own consumer
-    group from the latest offset, and a join takes seconds) is caught up within RECONCILE_S."""
+    group from the latest offset, and a join takes seconds) is caught up within serving_reconcile_s."""
     while True:
-        await asyncio.sleep(RECONCILE_S)
+        await asyncio.sleep(ctx.settings.serving_reconcile_s)
         try:
             await reconcile_once(ctx)
         except Exception as exc:

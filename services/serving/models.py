@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 import numpy as np
 
@@ -24,13 +24,16 @@ from flywheel import clients
 from flywheel.config import Settings
 from flywheel.errors import InvalidArgument, NotFound
 from flywheel.logging import get_logger
+from flywheel.tasks import TaskSet
 from flywheel.v1 import common_pb2, serving_pb2
 from services.serving.batching import DynamicBatcher, Timing
+from services.serving.batching_policy import BatchingPolicy, policy_for
 from services.serving.runtime import OnnxModel, execution_providers
 from services.serving.stats import ModelStats
 
 log = get_logger(__name__)
 S = serving_pb2
+Role: TypeAlias = common_pb2.ServingRole.ValueType
 PRODUCTION, CANARY, SHADOW, STAGING = (
     common_pb2.SERVING_ROLE_PRODUCTION,
     common_pb2.SERVING_ROLE_CANARY,
@@ -43,14 +46,15 @@ PRODUCTION, CANARY, SHADOW, STAGING = (
 class Slot:
     name: str
     version: int
-    role: int
+    role: Role
     checksum: str
     model: OnnxModel
     batcher: DynamicBatcher
     signature: common_pb2.ModelSignature
     loaded_at: datetime
+    batching: BatchingPolicy
     stats: ModelStats = field(default_factory=ModelStats)
-    state: int = S.SLOT_STATE_READY
+    state: serving_pb2.SlotState.ValueType = S.SLOT_STATE_READY
     inflight: int = 0
     errors: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -107,7 +111,7 @@ class Deployment:
     name: str
     production: Slot | None = None
     challenger: Slot | None = None
-    mode: int = S.TRAFFIC_MODE_PRODUCTION_ONLY
+    mode: serving_pb2.TrafficMode.ValueType = S.TRAFFIC_MODE_PRODUCTION_ONLY
     percent: float = 0.0
     updated_by: str = ""
     updated_at: datetime | None = None
@@ -120,14 +124,20 @@ class Deployment:
 
 
 class ModelManager:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tasks: TaskSet | None = None) -> None:
         self._settings = settings
         self.providers = execution_providers(settings.serving_provider)
+        self.batching = BatchingPolicy.from_settings(settings)  # the server's; a version's tags may override it
         self.deployments: dict[str, Deployment] = {}
         self._pinned: dict[tuple[str, int], Slot] = {}  # versions asked for explicitly
         self._locks: dict[str, asyncio.Lock] = {}
+        # Retirements run as owned tasks (the service's set, awaited at stop); without one, our own.
+        self._tasks = tasks if tasks is not None else TaskSet()
+        self._own_tasks = tasks is None
+        # Swapped out and waiting for their last calls, by id (slots are unhashable dataclasses).
+        self._retiring: dict[int, Slot] = {}
         # ORT releases the GIL while it computes; a few threads let batches of different models overlap.
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ort")
+        self._executor = ThreadPoolExecutor(max_workers=settings.serving_executor_threads, thread_name_prefix="ort")
         self._cache = settings.home / "serving-cache"
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -135,8 +145,9 @@ class ModelManager:
 
     # -- loading --------------------------------------------------------------------------------
 
-    async def load(self, name: str, version: int, role: int) -> Slot:
+    async def load(self, name: str, version: int, role: Role) -> Slot:
         mv = await clients.model_version(self._settings, name, version)
+        policy = self._policy(name, version, mv.tags)
         data = await self._artifact(name, version, mv.checksum)
         s = self._settings
         model = await asyncio.to_thread(
@@ -147,29 +158,37 @@ class ModelManager:
             inter_op_threads=s.serving_inter_op_threads,
         )
         await asyncio.to_thread(model.warm_up)  # the first real request should not pay for initialisation
-        batch_rows = max(1, s.serving_max_batch_size)
+        batch_rows = max(1, policy.max_batch_size)
         inline, cost_us = False, None
-        if s.serving_inline_max_us > 0:  # timed only when it decides something
-            limit = s.serving_inline_max_us
+        if policy.inline_max_us > 0:  # timed only when it decides something
+            limit = policy.inline_max_us
             cost_us = await asyncio.to_thread(model.batch_cost_us, batch_rows, enough_us=10 * limit)
             inline = cost_us <= limit
         batcher = DynamicBatcher(
             model.run,
-            max_batch_size=s.serving_max_batch_size,
-            max_queue_delay_us=s.serving_max_queue_delay_us,
+            max_batch_size=policy.max_batch_size,
+            max_queue_delay_us=policy.max_queue_delay_us,
             executor=self._executor,
             inline_max_rows=batch_rows if inline else 0,
         )
         log.info("model loaded", model=name, version=version, role=role, provider=model.provider,
-                 batch_rows=batch_rows, batch_cost_us=cost_us and round(cost_us, 1), on_event_loop=inline)  # fmt: skip
-        return Slot(name, version, role, mv.checksum, model, batcher, mv.signature, datetime.now(UTC))
+                 batch_rows=batch_rows, max_queue_delay_us=policy.max_queue_delay_us,
+                 batch_cost_us=cost_us and round(cost_us, 1), on_event_loop=inline)  # fmt: skip
+        return Slot(name, version, role, mv.checksum, model, batcher, mv.signature, datetime.now(UTC), policy)
+
+    def _policy(self, name: str, version: int, tags: Mapping[str, str]) -> BatchingPolicy:
+        """The version's batching: its valid tags over the server's settings; a bad tag is logged and skipped."""
+        policy, rejected = policy_for(tags, self.batching)
+        for bad in rejected:
+            log.warning("batching tag ignored, using the server's value", model=name, version=version,
+                        tag=bad.tag, value=bad.value, reason=bad.reason)  # fmt: skip
+        return policy
 
     async def _artifact(self, name: str, version: int, checksum: str) -> bytes:
         path = self._cache / f"{checksum}.onnx"
-        if await asyncio.to_thread(path.exists):
-            data = await asyncio.to_thread(path.read_bytes)
-            if hashlib.sha256(data).hexdigest() == checksum:
-                return data
+        data = await asyncio.to_thread(_cached, path, checksum)
+        if data is not None:
+            return data
         data, _ = await clients.download(self._settings, name, version)
         await asyncio.to_thread(_write_atomic, path, data)
         return data
@@ -187,9 +206,15 @@ class ModelManager:
             if dep.challenger is not None and dep.challenger.version == version:
                 dep.challenger, dep.mode, dep.percent = None, S.TRAFFIC_MODE_PRODUCTION_ONLY, 0.0
         if old is not None:
-            asyncio.get_running_loop().create_task(old.retire())
+            # Retires in the background: the swap must not wait for the old version's last calls.
+            self._retiring[id(old)] = old
+            self._tasks.spawn(self._retire(old), name=f"retire {name} v{old.version}")
         log.info("production swapped", model=name, version=version, previous=old.version if old else 0)
         return slot
+
+    async def _retire(self, slot: Slot) -> None:
+        await slot.retire()
+        self._retiring.pop(id(slot), None)  # not on cancellation: close() then closes what is left
 
     async def stage(self, name: str, version: int) -> Slot:
         slot = await self.load(name, version, STAGING)
@@ -208,7 +233,9 @@ class ModelManager:
         if slot is not None:
             await slot.retire()
 
-    async def set_challenger(self, name: str, version: int, mode: int, percent: float, actor: str) -> Deployment:
+    async def set_challenger(
+        self, name: str, version: int, mode: serving_pb2.TrafficMode.ValueType, percent: float, actor: str
+    ) -> Deployment:
         if not 0 < percent <= 100:
             raise InvalidArgument("must be in (0, 100]", field="percent")
         dep = self.deployment(name)
@@ -286,14 +313,14 @@ class ModelManager:
         return dep.production if dep else None
 
     def to_proto(self, dep: Deployment, log_sample_rate: float, log_dropped: int) -> serving_pb2.Deployment:
-        s = self._settings
+        batching = dep.production.batching if dep.production is not None else self.batching
         out = S.Deployment(
             model_name=dep.name,
             slots=[slot.to_proto() for slot in dep.slots()],
             batching=S.BatchingConfig(
-                enabled=s.serving_max_batch_size > 1,
-                max_batch_size=s.serving_max_batch_size,
-                max_queue_delay_us=s.serving_max_queue_delay_us,
+                enabled=batching.coalescing,
+                max_batch_size=batching.max_batch_size,
+                max_queue_delay_us=batching.max_queue_delay_us,
             ),
             log_sample_rate=log_sample_rate,
             log_dropped=log_dropped,
@@ -308,9 +335,24 @@ class ModelManager:
         return out
 
     async def close(self) -> None:
+        """Unloads every model, including versions still retiring, then stops the ORT threads."""
+        if self._own_tasks:
+            await self._tasks.close()
         for name in list(self.deployments):
             await self.unload(name)
+        retiring, self._retiring = list(self._retiring.values()), {}
+        for slot in retiring:  # their retirement was cancelled at stop, or is still waiting
+            await slot.batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _cached(path: Path, checksum: str) -> bytes | None:
+    """The cached artifact if it is there and intact (read and hashed on a worker thread)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == checksum else None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -320,7 +362,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def feature_rows(feeds: dict[str, Any]) -> np.ndarray:
+def feature_rows(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
     """The request's rows as features (the first 2-D input), for prediction logging."""
     first = next(iter(feeds.values()))
     return first if first.ndim == 2 else first.reshape(len(first), -1)

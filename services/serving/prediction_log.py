@@ -1,9 +1,10 @@
 """Prediction logging to flywheel.predictions.logged: sampled, buffered, batched, asynchronous.
 
 `log()` is called on the request path and only appends references to a bounded deque (or
-counts a drop). Every FLUSH_S a background task turns what accumulated into events, column-wise
-(PredictionColumns: one concatenation per tensor, not one Struct per row, which used to cost more
-than the prediction), and publishes them, so a slow or absent broker never slows a prediction.
+counts a drop). Every `flush_s` (setting serving_log_flush_s) a background task turns what
+accumulated into events, column-wise (PredictionColumns: one concatenation per tensor, not one
+Struct per row, which used to cost more than the prediction), and publishes them, so a slow or
+absent broker never slows a prediction. At stop, one last flush publishes what is left.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 from google.protobuf.struct_pb2 import Struct
@@ -28,8 +29,8 @@ from flywheel.predictions import json_value, tensor
 from flywheel.v1 import common_pb2, events_pb2
 
 log = get_logger(__name__)
-FLUSH_S = 0.5
 MAX_RECORDS_PER_EVENT = 500
+Role: TypeAlias = common_pb2.ServingRole.ValueType
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,7 @@ class _Entry:
     class_labels: Sequence[str]
     latency_ms: float
     at_ns: int
-    role: int
+    role: Role
 
     @property
     def rows(self) -> int:
@@ -57,9 +58,10 @@ class _Entry:
 
 
 class PredictionLogger:
-    def __init__(self, producer: EventProducer, sample_rate: float, capacity: int) -> None:
+    def __init__(self, producer: EventProducer, sample_rate: float, capacity: int, flush_s: float) -> None:
         self._producer = producer
         self.sample_rate = sample_rate
+        self._flush_s = flush_s
         self._buffer: deque[_Entry] = deque()
         self._capacity = capacity
         self.dropped = 0
@@ -81,7 +83,7 @@ class PredictionLogger:
         outputs: dict[str, np.ndarray],
         class_labels: Sequence[str],
         latency_ms: float,
-        role: int,
+        role: Role,
     ) -> None:
         """Queues one sampled request's rows; an empty request_id gets a generated one."""
         if len(self._buffer) >= self._capacity:
@@ -96,11 +98,18 @@ class PredictionLogger:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(FLUSH_S)
+            await asyncio.sleep(self._flush_s)
             try:
                 await self.flush()
             except Exception as exc:  # the broker may be away: the records are dropped, and counted
                 log.warning("prediction log: publish failed", error=repr(exc))
+
+    async def close(self, timeout_s: float) -> None:
+        """At stop: publishes what is still buffered, waiting at most `timeout_s` for the broker."""
+        try:
+            await asyncio.wait_for(self.flush(), timeout_s)
+        except Exception as exc:
+            log.warning("prediction log: final publish failed", error=repr(exc))
 
     async def flush(self) -> None:
         entries: list[_Entry] = []

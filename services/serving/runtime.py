@@ -11,10 +11,10 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
+from flywheel.datatypes import NUMPY_DTYPES
 from flywheel.errors import FailedPrecondition, InvalidArgument
 from flywheel.logging import get_logger
 from flywheel.v1 import common_pb2
-from services.serving.tensors import NUMPY_DTYPES
 
 log = get_logger(__name__)
 

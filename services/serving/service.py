@@ -3,17 +3,19 @@ tritonclient ships, so tritonclient and KServe clients work unchanged, and Servi
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeAlias
 
 import grpc
+import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as oip
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
 import flywheel
+from flywheel import clients
 from flywheel.app import ServiceContext
 from flywheel.errors import FlywheelError
 from flywheel.grpc import GrpcServer, status_for
@@ -27,6 +29,7 @@ from services.serving.tensors import decode_inputs, encode_outputs
 
 log = get_logger(__name__)
 S = serving_pb2
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 PLATFORM = "onnxruntime_onnx"
 CONFIG_TYPES = {
     "BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TYPE_UINT16, "UINT32": mc.TYPE_UINT32,
@@ -36,32 +39,34 @@ CONFIG_TYPES = {
 }  # fmt: skip
 
 
-class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, ctx: ServiceContext, server: GrpcServer, manager: ModelManager, logger: PredictionLogger):
+# tritonclient ships no type information, so its servicer base (and its messages) are Any here.
+class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self, ctx: ServiceContext, server: GrpcServer, manager: ModelManager, logger: PredictionLogger
+    ) -> None:
         self._ctx = ctx
         self._server = server
         self._manager = manager
         self._logger = logger
-        self._background: set[asyncio.Task[None]] = set()
 
-    async def ServerLive(self, request, context):  # type: ignore[no-untyped-def]
+    async def ServerLive(self, request: oip.ServerLiveRequest, context: Context) -> oip.ServerLiveResponse:
         return oip.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, context):  # type: ignore[no-untyped-def]
+    async def ServerReady(self, request: oip.ServerReadyRequest, context: Context) -> oip.ServerReadyResponse:
         # Ready means the same as health SERVING: dependencies answer and production models are loaded.
         return oip.ServerReadyResponse(ready=self._server.serving)
 
-    async def ServerMetadata(self, request, context):  # type: ignore[no-untyped-def]
+    async def ServerMetadata(self, request: oip.ServerMetadataRequest, context: Context) -> oip.ServerMetadataResponse:
         return oip.ServerMetadataResponse(name="flywheel-serving", version=flywheel.__version__, extensions=[])
 
-    async def ModelReady(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelReady(self, request: oip.ModelReadyRequest, context: Context) -> oip.ModelReadyResponse:
         try:
             slot, _ = await self._manager.resolve(request.name, request.version)
         except FlywheelError:
             return oip.ModelReadyResponse(ready=False)
         return oip.ModelReadyResponse(ready=slot.state == S.SLOT_STATE_READY)
 
-    async def ModelMetadata(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelMetadata(self, request: oip.ModelMetadataRequest, context: Context) -> oip.ModelMetadataResponse:
         slot, _ = await self._manager.resolve(request.name, request.version)
         dep = self._manager.deployments.get(request.name)
         versions = sorted({str(s.version) for s in dep.slots()} if dep else {str(slot.version)})
@@ -75,9 +80,9 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
                      for t in slot.model.outputs],
         )  # fmt: skip
 
-    async def ModelConfig(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelConfig(self, request: oip.ModelConfigRequest, context: Context) -> oip.ModelConfigResponse:
         slot, _ = await self._manager.resolve(request.name, request.version)
-        batch = self._ctx.settings.serving_max_batch_size
+        batch = slot.batching.max_batch_size  # the version's own, when its tags set one
         config = mc.ModelConfig(name=request.name, platform=PLATFORM, backend="onnxruntime", max_batch_size=batch)
         for kind, tensors in (("input", slot.model.inputs), ("output", slot.model.outputs)):
             for t in tensors:
@@ -87,10 +92,12 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
                 )
                 getattr(config, kind).append(entry)
         if batch > 1:
-            config.dynamic_batching.max_queue_delay_microseconds = self._ctx.settings.serving_max_queue_delay_us
+            config.dynamic_batching.max_queue_delay_microseconds = slot.batching.max_queue_delay_us
         return oip.ModelConfigResponse(config=config)
 
-    async def ModelStatistics(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelStatistics(
+        self, request: oip.ModelStatisticsRequest, context: Context
+    ) -> oip.ModelStatisticsResponse:
         out = oip.ModelStatisticsResponse()
         for dep in self._manager.deployments.values():
             if request.name and dep.name != request.name:
@@ -101,7 +108,9 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
                 out.model_stats.append(slot.stats.to_proto(dep.name, str(slot.version)))
         return out
 
-    async def RepositoryIndex(self, request, context):  # type: ignore[no-untyped-def]
+    async def RepositoryIndex(
+        self, request: oip.RepositoryIndexRequest, context: Context
+    ) -> oip.RepositoryIndexResponse:
         return oip.RepositoryIndexResponse(
             models=[
                 oip.RepositoryIndexResponse.ModelIndex(
@@ -114,21 +123,25 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
             ]
         )
 
-    async def RepositoryModelLoad(self, request, context):  # type: ignore[no-untyped-def]
-        from flywheel import clients
-
+    async def RepositoryModelLoad(
+        self, request: oip.RepositoryModelLoadRequest, context: Context
+    ) -> oip.RepositoryModelLoadResponse:
         mv = await clients.model_version(self._ctx.settings, request.model_name, alias="production")
         await self._manager.promote(request.model_name, mv.ref.version)
         return oip.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request, context):  # type: ignore[no-untyped-def]
+    async def RepositoryModelUnload(
+        self, request: oip.RepositoryModelUnloadRequest, context: Context
+    ) -> oip.RepositoryModelUnloadResponse:
         await self._manager.unload(request.model_name)
         return oip.RepositoryModelUnloadResponse()
 
-    async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelInfer(self, request: oip.ModelInferRequest, context: Context) -> oip.ModelInferResponse:
         return await self._infer(request)
 
-    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[oip.ModelStreamInferResponse]:  # type: ignore[no-untyped-def]
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[oip.ModelInferRequest], context: Context
+    ) -> AsyncIterator[oip.ModelStreamInferResponse]:
         # Errors travel in the stream (as Triton does), so one bad request does not end it.
         async for request in request_iterator:
             try:
@@ -158,9 +171,8 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
         request_id = request.id
         if shadow is not None:
             request_id = request_id or str(uuid.uuid4())  # both logged answers share it
-            task = asyncio.get_running_loop().create_task(self._shadow(shadow, request_id, feeds))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            # Owned by the service: cancelled and awaited at stop. A constant name keeps this cheap.
+            self._ctx.tasks.spawn(self._shadow(shadow, request_id, feeds), name="shadow inference")
         self._log(slot, request_id, feeds, outputs, total / 1e6)
         return oip.ModelInferResponse(
             model_name=request.model_name,
@@ -170,7 +182,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
             raw_output_contents=raw,
         )
 
-    async def _shadow(self, slot: Slot, request_id: str, feeds: dict) -> None:  # type: ignore[type-arg]
+    async def _shadow(self, slot: Slot, request_id: str, feeds: dict[str, np.ndarray]) -> None:
         started = time.perf_counter_ns()
         try:
             outputs, _ = await slot.infer(feeds)
@@ -179,7 +191,14 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):
             return
         self._log(slot, request_id, feeds, outputs, (time.perf_counter_ns() - started) / 1e6)
 
-    def _log(self, slot: Slot, request_id: str, feeds: dict, outputs: dict, latency_ms: float) -> None:  # type: ignore[type-arg]
+    def _log(
+        self,
+        slot: Slot,
+        request_id: str,
+        feeds: Mapping[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        latency_ms: float,
+    ) -> None:
         if not self._logger.sampled():
             return
         self._logger.log(
@@ -204,31 +223,31 @@ class ServingAdmin(serving_pb2_grpc.ServingAdminServicer):
         dep = self._manager.deployment(name)
         return self._manager.to_proto(dep, self._logger.sample_rate, self._logger.dropped)
 
-    async def ListDeployments(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListDeployments(self, request: S.ListDeploymentsRequest, context: Context) -> S.ListDeploymentsResponse:
         size, offset = page_size(request.page_size), decode_token(request.page_token)
         names = sorted(self._manager.deployments)[offset : offset + size]
         return S.ListDeploymentsResponse(
             deployments=[self._proto(n) for n in names], next_page_token=next_token(offset, size, len(names))
         )
 
-    async def GetDeployment(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetDeployment(self, request: S.GetDeploymentRequest, context: Context) -> S.GetDeploymentResponse:
         return S.GetDeploymentResponse(deployment=self._proto(request.model_name))
 
-    async def SetCanary(self, request, context):  # type: ignore[no-untyped-def]
+    async def SetCanary(self, request: S.SetCanaryRequest, context: Context) -> S.SetCanaryResponse:
         await self._manager.set_challenger(
             request.model_name, request.challenger_version, S.TRAFFIC_MODE_CANARY, request.percent,
             actor(context, request.actor),
         )  # fmt: skip
         return S.SetCanaryResponse(deployment=self._proto(request.model_name))
 
-    async def SetShadow(self, request, context):  # type: ignore[no-untyped-def]
+    async def SetShadow(self, request: S.SetShadowRequest, context: Context) -> S.SetShadowResponse:
         await self._manager.set_challenger(
             request.model_name, request.challenger_version, S.TRAFFIC_MODE_SHADOW, request.percent or 100.0,
             actor(context, request.actor),
         )  # fmt: skip
         return S.SetShadowResponse(deployment=self._proto(request.model_name))
 
-    async def ClearTraffic(self, request, context):  # type: ignore[no-untyped-def]
+    async def ClearTraffic(self, request: S.ClearTrafficRequest, context: Context) -> S.ClearTrafficResponse:
         await self._manager.clear_traffic(request.model_name, actor(context, request.actor))
         return S.ClearTrafficResponse(deployment=self._proto(request.model_name))
 
@@ -237,8 +256,10 @@ def register(server: GrpcServer, ctx: ServiceContext, manager: ModelManager, log
     if not ctx.settings.trace_inference:  # as in Triton, a span per prediction is opt-in
         infer = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
         server.untrace(f"/{infer}/ModelInfer", f"/{infer}/ModelStreamInfer")
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(ctx, server, manager, logger), server)
-    serving_pb2_grpc.add_ServingAdminServicer_to_server(ServingAdmin(manager, logger), server)
+    server.add_servicer(
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceService(ctx, server, manager, logger)
+    )
+    server.add_servicer(serving_pb2_grpc.add_ServingAdminServicer_to_server, ServingAdmin(manager, logger))
     return [
         oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         serving_pb2.DESCRIPTOR.services_by_name["ServingAdmin"].full_name,

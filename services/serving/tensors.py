@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import numpy as np
 from tritonclient.grpc import service_pb2 as oip
@@ -20,8 +21,8 @@ from flywheel.errors import InvalidArgument
 from flywheel.v1 import common_pb2
 
 Feeds = dict[str, np.ndarray]
-InferInput = oip.ModelInferRequest.InferInputTensor
-InferOutput = oip.ModelInferResponse.InferOutputTensor
+InferInput: TypeAlias = oip.ModelInferRequest.InferInputTensor
+InferOutput: TypeAlias = oip.ModelInferResponse.InferOutputTensor
 
 # The typed-contents field per datatype. FP16 has none: KServe v2 sends it raw only.
 CONTENTS_FIELDS: dict[str, str] = {

@@ -7,10 +7,14 @@ relay, tracing and logging end to end before the real services have behaviour of
 
 ECHO_KILL_AFTER_COMMIT=1 makes the process SIGKILL itself right after the commit, before the
 relay can publish. A name starting with "rollback" fails after staging, so nothing commits.
+A name starting with "linger" also starts a task on ctx.tasks that never ends by itself; the
+shutdown hook writes what it saw of those tasks to $ECHO_SHUTDOWN_FILE, if set.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -43,6 +47,8 @@ def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
             event_id = await enqueue(conn, TOPIC, name, event)
             if name.startswith("rollback"):
                 raise InvalidArgument("rollback requested", field="name")
+        if name.startswith("linger"):
+            ctx.tasks.spawn(_linger(name), name=name)
         if os.environ.get("ECHO_KILL_AFTER_COMMIT"):
             os.kill(os.getpid(), signal.SIGKILL)
         log.info("echo emitted", name=name, event_id=event_id)
@@ -51,6 +57,28 @@ def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
     handler = grpc.unary_unary_rpc_method_handler(emit)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("flywheel.test.Echo", {"Emit": handler}),))
     return []
+
+
+LINGERING: dict[str, str] = {}
+
+
+async def _linger(name: str) -> None:
+    LINGERING[name] = "running"
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        LINGERING[name] = "cancelled"
+        raise
+
+
+async def shutdown(ctx: ServiceContext) -> None:
+    """Records, for the tests, that the hook ran after the owned tasks were cancelled and awaited."""
+    path = os.environ.get("ECHO_SHUTDOWN_FILE")
+    if path:
+        # The pool is still open: the hook runs before resources close.
+        db_ok = await ctx.pool.fetchval("SELECT 1") == 1
+        text = json.dumps({"tasks": LINGERING, "running": len(ctx.tasks), "db_ok": db_ok})
+        await asyncio.to_thread(Path(path).write_text, text)
 
 
 def handlers(ctx: ServiceContext) -> dict:
@@ -74,5 +102,6 @@ if __name__ == "__main__":
             register=register,
             handlers=handlers,
             migrations=Path(__file__).parent / "echo_migrations",
+            shutdown=shutdown,
         )
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import numpy as np
@@ -16,6 +17,10 @@ from services.serving.prediction_log import PredictionLogger
 
 PRODUCTION, SHADOW = common_pb2.SERVING_ROLE_PRODUCTION, common_pb2.SERVING_ROLE_SHADOW
 FEATURES = ("f0", "f1", "f2")
+
+
+def _logger(sample_rate: float, capacity: int, producer: object = None, flush_s: float = 0.5) -> PredictionLogger:
+    return PredictionLogger(producer, sample_rate, capacity, flush_s)  # type: ignore[arg-type]
 
 
 def _log(logger: PredictionLogger, version: int, request_id: str, inputs: np.ndarray, role: int = PRODUCTION) -> None:
@@ -37,7 +42,7 @@ def _log(logger: PredictionLogger, version: int, request_id: str, inputs: np.nda
 
 
 def test_columns_round_trip_to_rows():
-    logger = PredictionLogger(None, 1.0, 100)  # type: ignore[arg-type]
+    logger = _logger(1.0, 100)
     before = datetime.now(UTC)
     x = np.array([[1.0, 2.0, np.nan], [4.0, 5.0, 6.0]], dtype=np.float32)
     _log(logger, 3, "r1", x)
@@ -60,7 +65,7 @@ def test_columns_round_trip_to_rows():
 
 def test_events_hold_at_most_max_records_and_report_drops(monkeypatch):
     monkeypatch.setattr(prediction_log, "MAX_RECORDS_PER_EVENT", 5)
-    logger = PredictionLogger(None, 1.0, 4)  # type: ignore[arg-type]
+    logger = _logger(1.0, 4)
     for i in range(6):  # 2 over capacity: dropped and counted
         _log(logger, 1, f"r{i}", np.ones((2, 3), dtype=np.float32))
     assert logger.dropped == 2 and len(logger._buffer) == 4
@@ -71,7 +76,7 @@ def test_events_hold_at_most_max_records_and_report_drops(monkeypatch):
 
 
 def test_text_inputs_fall_back_to_records():
-    logger = PredictionLogger(None, 1.0, 10)  # type: ignore[arg-type]
+    logger = _logger(1.0, 10)
     _log(logger, 1, "t", np.array([["a", "b", "c"]], dtype=object))
     ((_, event),) = logger._events(list(logger._buffer))
     assert len(event.records) == 1 and not event.HasField("columns")
@@ -91,7 +96,7 @@ def test_records_from_other_producers_are_read_too():
 
 
 def test_malformed_columns_are_rejected():
-    logger = PredictionLogger(None, 1.0, 10)  # type: ignore[arg-type]
+    logger = _logger(1.0, 10)
     _log(logger, 1, "r", np.ones((2, 3), dtype=np.float32))
     ((_, event),) = logger._events(list(logger._buffer))
     short = events_pb2.PredictionsLogged()
@@ -107,7 +112,51 @@ def test_malformed_columns_are_rejected():
 
 
 def test_sampling():
-    assert all(PredictionLogger(None, 1.0, 1).sampled() for _ in range(100))  # type: ignore[arg-type]
-    assert not any(PredictionLogger(None, 0.0, 1).sampled() for _ in range(100))  # type: ignore[arg-type]
-    tenth = sum(PredictionLogger(None, 0.1, 1).sampled() for _ in range(10_000))  # type: ignore[arg-type]
+    assert all(_logger(1.0, 1).sampled() for _ in range(100))
+    assert not any(_logger(0.0, 1).sampled() for _ in range(100))
+    tenth = sum(_logger(0.1, 1).sampled() for _ in range(10_000))
     assert 700 < tenth < 1_300
+
+
+class _Producer:
+    """Acks every record at once, or never (a broker that went away)."""
+
+    def __init__(self, ack: bool = True) -> None:
+        self.ack = ack
+        self.sent: list[events_pb2.PredictionsLogged] = []
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None, headers: object) -> asyncio.Future[None]:
+        self.sent.append(events_pb2.PredictionsLogged.FromString(value))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.ack:
+            future.set_result(None)
+        return future
+
+
+async def test_logger_publishes_every_flush_interval():
+    producer = _Producer()
+    logger = _logger(1.0, 10, producer, flush_s=0.01)
+    runner = asyncio.ensure_future(logger.run())
+    try:
+        _log(logger, 1, "r", np.ones((2, 3), dtype=np.float32))
+        for _ in range(200):
+            if logger.published:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        runner.cancel()
+    assert logger.published == 2 and [len(e.columns.request_ids) for e in producer.sent] == [2]
+
+
+async def test_close_publishes_what_is_left_and_gives_up_on_a_silent_broker():
+    producer = _Producer()
+    logger = _logger(1.0, 10, producer)
+    _log(logger, 1, "last", np.ones((3, 3), dtype=np.float32))
+    await logger.close(timeout_s=1.0)  # at stop, without waiting for the next interval
+    assert logger.published == 3 and [r.request_id for r in logged_rows(producer.sent[0])] == ["last"] * 3
+
+    silent = _logger(1.0, 10, _Producer(ack=False))
+    _log(silent, 1, "lost", np.ones((1, 3), dtype=np.float32))
+    started = asyncio.get_running_loop().time()
+    await silent.close(timeout_s=0.05)  # logs and returns: stopping must not hang on the broker
+    assert silent.published == 0 and asyncio.get_running_loop().time() - started < 1.0

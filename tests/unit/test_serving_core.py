@@ -1,11 +1,14 @@
-"""Serving's inference core: tensor codec, ONNX Runtime wrapper, dynamic batcher, statistics."""
+"""Serving's inference core: tensor codec, ONNX Runtime wrapper, dynamic batcher, per-model batching,
+model manager, statistics."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -17,10 +20,21 @@ from sklearn.linear_model import LogisticRegression
 from tritonclient.grpc import service_pb2 as oip
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
+from flywheel import clients
+from flywheel.config import Settings
 from flywheel.errors import FailedPrecondition, InvalidArgument, Unavailable
-from flywheel.v1 import common_pb2
+from flywheel.tasks import TaskSet
+from flywheel.v1 import common_pb2, registry_pb2, serving_pb2
 from services.serving import runtime
 from services.serving.batching import DynamicBatcher
+from services.serving.batching_policy import (
+    INLINE_MAX_US,
+    MAX_BATCH_SIZE,
+    MAX_QUEUE_DELAY_US,
+    BatchingPolicy,
+    policy_for,
+)
+from services.serving.models import PRODUCTION, ModelManager
 from services.serving.runtime import OnnxModel, execution_providers
 from services.serving.stats import ModelStats
 from services.serving.tensors import (
@@ -587,6 +601,156 @@ async def test_an_idle_model_runs_a_lone_request_at_once():
     elapsed = time.perf_counter() - start
     await batcher.close()
     assert elapsed < 0.1 and timing.queue_ns < 100_000_000
+
+
+# -- per-model batching ---------------------------------------------------------------------------
+
+SERVER = BatchingPolicy(max_batch_size=32, max_queue_delay_us=500, inline_max_us=100)
+
+
+def test_batching_policy_defaults_to_the_server_settings():
+    settings = Settings(serving_max_batch_size=16, serving_max_queue_delay_us=250, serving_inline_max_us=0)
+    server = BatchingPolicy.from_settings(settings)
+    assert server == BatchingPolicy(max_batch_size=16, max_queue_delay_us=250, inline_max_us=0)
+    assert policy_for({"team": "fraud"}, server) == (server, [])
+
+
+def test_version_tags_override_the_server_batching():
+    tags = {MAX_BATCH_SIZE: "128", MAX_QUEUE_DELAY_US: " 2000 ", INLINE_MAX_US: "0"}
+    policy, rejected = policy_for(tags, SERVER)
+    assert policy == BatchingPolicy(max_batch_size=128, max_queue_delay_us=2000, inline_max_us=0)
+    assert rejected == []
+    off, _ = policy_for({MAX_BATCH_SIZE: "1"}, SERVER)  # 1 turns coalescing off for this model only
+    assert not off.coalescing and off.max_queue_delay_us == 500 and SERVER.coalescing
+
+
+@pytest.mark.parametrize(
+    ("tag", "value", "reason"),
+    [
+        (MAX_BATCH_SIZE, "lots", "whole number"),
+        (MAX_BATCH_SIZE, "8.5", "whole number"),
+        (MAX_BATCH_SIZE, "", "whole number"),
+        (MAX_BATCH_SIZE, "0", "between 1 and 4096"),
+        (MAX_BATCH_SIZE, "100000", "between 1 and 4096"),
+        (MAX_QUEUE_DELAY_US, "-5", "between 0 and 1000000"),
+        (MAX_QUEUE_DELAY_US, "60000000", "between 0 and 1000000"),
+        (INLINE_MAX_US, "1e3", "whole number"),
+        (INLINE_MAX_US, "50000", "between 0 and 10000"),
+        ("flywheel.serving/max_batch", "64", "not a serving tag"),
+    ],
+)
+def test_invalid_batching_tags_fall_back_to_the_server_value(tag, value, reason):
+    policy, rejected = policy_for({tag: value, MAX_QUEUE_DELAY_US: "900"} if tag != MAX_QUEUE_DELAY_US
+                                  else {tag: value}, SERVER)  # fmt: skip
+    assert [(r.tag, r.value) for r in rejected] == [(tag, value)] and reason in rejected[0].reason
+    expected_delay = 500 if tag == MAX_QUEUE_DELAY_US else 900  # the other, valid tag still applies
+    assert policy == BatchingPolicy(max_batch_size=32, max_queue_delay_us=expected_delay, inline_max_us=100)
+
+
+# -- model manager ------------------------------------------------------------------------------
+
+
+class _Registry:
+    """Stands in for the registry calls the manager makes: version metadata and artifact download."""
+
+    def __init__(self, onnx: bytes, tags: dict[str, dict[str, str]] | None = None) -> None:
+        self.onnx = onnx
+        self.tags = tags or {}
+        self.downloads = 0
+
+    async def model_version(self, settings, name, version=0, alias=""):
+        return registry_pb2.ModelVersion(
+            ref=common_pb2.ModelRef(name=name, version=version),
+            checksum=hashlib.sha256(self.onnx).hexdigest(),
+            signature=common_pb2.ModelSignature(feature_names=[f"f{i}" for i in range(N_FEATURES)]),
+            tags=self.tags.get(f"{name}:{version}", {}),
+        )
+
+    async def download(self, settings, name, version):
+        self.downloads += 1
+        return self.onnx, hashlib.sha256(self.onnx).hexdigest()
+
+
+@pytest.fixture
+def registry(monkeypatch, classifier_onnx) -> _Registry:
+    fake = _Registry(classifier_onnx)
+    monkeypatch.setattr(clients, "model_version", fake.model_version)
+    monkeypatch.setattr(clients, "download", fake.download)
+    return fake
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path, serving_max_batch_size=32, serving_max_queue_delay_us=500,
+                    serving_inline_max_us=0, serving_executor_threads=2)  # fmt: skip
+
+
+async def test_a_versions_tags_set_its_batching_and_a_bad_tag_is_logged(tmp_path, registry, data):
+    registry.tags = {
+        "fraud:1": {MAX_BATCH_SIZE: "4", MAX_QUEUE_DELAY_US: "1500"},
+        "churn:1": {MAX_BATCH_SIZE: "-3"},
+    }
+    manager = ModelManager(_settings(tmp_path))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            fraud = await manager.promote("fraud", 1)
+            churn = await manager.promote("churn", 1)
+        assert (fraud.batcher.max_batch_size, fraud.batching.max_queue_delay_us) == (4, 1500)
+        assert churn.batcher.max_batch_size == 32  # the server's value
+        warnings = [e for e in logs if e["log_level"] == "warning"]
+        assert [(w["model"], w["tag"], w["value"]) for w in warnings] == [("churn", MAX_BATCH_SIZE, "-3")]
+        assert "between 1 and 4096" in warnings[0]["reason"]
+        shown = manager.to_proto(manager.deployment("fraud"), 1.0, 0).batching
+        assert (shown.enabled, shown.max_batch_size, shown.max_queue_delay_us) == (True, 4, 1500)
+        outputs, timing = await fraud.infer({"X": data[0][:3]})
+        assert outputs["label"].shape == (3,) and timing.batch_rows <= 4
+    finally:
+        await manager.close()
+
+
+async def test_the_cache_is_checked_and_a_corrupt_copy_downloaded_again(tmp_path, registry):
+    manager = ModelManager(_settings(tmp_path))
+    try:
+        await manager.stage("m", 1)
+        await manager.stage("m", 1)  # read back from the cache
+        assert registry.downloads == 1
+        (cached,) = (tmp_path / "serving-cache").glob("*.onnx")
+        cached.write_bytes(b"not the model")
+        await manager.stage("m", 1)
+        assert registry.downloads == 2 and cached.read_bytes() == registry.onnx
+    finally:
+        await manager.close()
+
+
+async def test_a_swapped_out_version_retires_through_the_task_set(tmp_path, registry):
+    tasks = TaskSet()
+    manager = ModelManager(_settings(tmp_path), tasks)
+    try:
+        old = await manager.promote("m", 1)
+        new = await manager.promote("m", 2)
+        assert new.role == PRODUCTION and manager.production("m") is new
+        await tasks.join(timeout_s=5)
+        assert len(tasks) == 0 and old.state == serving_pb2.SLOT_STATE_DRAINING
+        with pytest.raises(Unavailable, match="being unloaded"):  # its session is released
+            await old.infer({"X": np.ones((1, N_FEATURES), np.float32)})
+    finally:
+        await tasks.close()
+        await manager.close()
+
+
+async def test_close_releases_a_version_whose_retirement_was_cancelled(tmp_path, registry):
+    tasks = TaskSet()
+    manager = ModelManager(_settings(tmp_path), tasks)
+    old = await manager.promote("m", 1)
+    old.inflight += 1  # a call that never finishes keeps it draining
+    old._idle.clear()
+    await manager.promote("m", 2)
+    await asyncio.sleep(0)
+    assert len(tasks) == 1
+    await tasks.close()  # the service stops: the retirement is cancelled ...
+    await manager.close()  # ... and the shutdown hook still frees the session
+    assert manager.deployments == {}
+    with pytest.raises(Unavailable, match="being unloaded"):  # closed, not just left without threads
+        await old.batcher.infer({"X": np.ones((1, N_FEATURES), np.float32)})
 
 
 # -- stats --------------------------------------------------------------------------------------
