@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from flywheel import errors
+from flywheel.artifacts import CorruptArtifact
 from flywheel.config import Settings
 from flywheel.grpc import GrpcServer, status_for
 from flywheel.stack.procs import free_port
@@ -25,6 +26,7 @@ from flywheel.stack.procs import free_port
         (errors.Unauthenticated("who"), grpc.StatusCode.UNAUTHENTICATED),
         (errors.PermissionDenied("no"), grpc.StatusCode.PERMISSION_DENIED),
         (errors.Unavailable("db down"), grpc.StatusCode.UNAVAILABLE),
+        (CorruptArtifact("stored object is corrupt"), grpc.StatusCode.DATA_LOSS),
         (ZeroDivisionError("x"), grpc.StatusCode.INTERNAL),
     ],
 )
