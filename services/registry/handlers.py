@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flywheel.app import ServiceContext
 from flywheel.bus import Handler
 
 
-def handlers(ctx: ServiceContext) -> dict[str, Handler]:
+def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
     return {}

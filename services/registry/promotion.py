@@ -16,11 +16,11 @@ LOWER_IS_BETTER = {"mae", "rmse", "mse", "log_loss"}
 
 @dataclass(frozen=True)
 class Decision:
-    state: int
+    state: registry_pb2.PromotionState.ValueType
     reason: str
 
 
-def default_policy(task: int) -> common_pb2.PromotionPolicy:
+def default_policy(task: common_pb2.Task.ValueType) -> common_pb2.PromotionPolicy:
     """With no policy stored: promote automatically on any improvement of the task's usual metric."""
     if task == common_pb2.TASK_REGRESSION:
         return common_pb2.PromotionPolicy(
