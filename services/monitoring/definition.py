@@ -3,13 +3,13 @@
 from pathlib import Path
 
 from flywheel.app import ServiceDefinition
-from services.monitoring import handlers, service
+from services.monitoring import background, handlers, service
 
 DEFINITION = ServiceDefinition(
     name="monitoring",
     register=service.register,
     handlers=handlers.handlers,
     migrations=Path(__file__).parent / "migrations",
-    reconcile=handlers.reconcile,
-    background=[handlers.close_due_windows],
+    reconcile=background.reconcile,
+    background=[background.close_due_windows],
 )

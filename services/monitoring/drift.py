@@ -80,7 +80,7 @@ def psi_numeric(
     if len(bin_edges) < 2 or len(hist) == 0:
         return math.nan  # the reference column had no values, so it has no bins
     present = _present(values)
-    counts = np.bincount(bin_index(bin_edges, present), minlength=len(hist))
+    counts = np.bincount(bin_index(np.asarray(bin_edges, dtype=np.float64), present), minlength=len(hist))
     return psi(hist, counts)
 
 

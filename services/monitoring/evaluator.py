@@ -1,30 +1,35 @@
 """Closing windows: drift windows from logged predictions, quality windows from joined labels.
-Statistics run off the event loop; results, alerts and drift.detected commit together."""
+
+A window's rows are decoded and judged off the event loop (JSON, NumPy and the statistics are CPU
+work); its results, alerts and drift.detected commit together in the caller's transaction.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 import asyncpg
 import numpy as np
 
-from flywheel.app import ServiceContext
-from flywheel.bus import Topics, enqueue
-from flywheel.bus.serde import new_meta
 from flywheel.logging import get_logger
-from flywheel.pbutil import timestamp
-from flywheel.telemetry import meter, tracer
-from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2
+from flywheel.telemetry import meter
+from flywheel.v1 import common_pb2, monitoring_pb2
 from services.monitoring import policy as policies
+from services.monitoring.alerts import raise_alerts
+from services.monitoring.policy import DriftKind
 from services.monitoring.quality import quality_report, segment_report
-from services.monitoring.windows import WindowInput, evaluate_window
+from services.monitoring.windows import Task, WindowInput, evaluate_window
 
 log = get_logger(__name__)
 M = monitoring_pb2
+# A quality window reads at most this many labelled rows (or the policy's min_labelled_rows, if
+# larger), so a label backlog is judged as several windows rather than loaded into memory at once.
+QUALITY_WINDOW_MAX_ROWS = 10_000
 _meter = meter("flywheel.monitoring")
 windows_evaluated = _meter.create_counter("flywheel.monitoring.windows", unit="{window}")
 integrity_issues = _meter.create_counter("flywheel.monitoring.integrity_issues", unit="{value}")
@@ -46,7 +51,7 @@ async def load_policy(conn: asyncpg.Connection, model: str) -> monitoring_pb2.Mo
     return policies.effective(M.MonitoringPolicy.FromString(raw) if raw else None, model)
 
 
-def _window_input(rows: list[asyncpg.Record], schema: common_pb2.Schema) -> WindowInput:
+def _window_input(rows: Sequence[asyncpg.Record], schema: common_pb2.Schema) -> WindowInput:
     inputs = [json.loads(r["inputs"]) for r in rows]
     outputs = [json.loads(r["outputs"]) for r in rows]
     counts: dict[str, int] = {}
@@ -70,7 +75,20 @@ def _scalar(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
-async def close_drift_window(ctx: ServiceContext, conn: asyncpg.Connection, model: str) -> M.WindowReport | None:
+def _judge_drift(
+    rows: Sequence[asyncpg.Record],
+    profile_json: str,
+    schema: common_pb2.Schema,
+    policy: M.MonitoringPolicy,
+    task: Task,
+) -> M.WindowReport:
+    """Decode a drift window's rows and judge them against the reference profile (CPU only)."""
+    window = _window_input(rows, schema)
+    profile = json.loads(profile_json)
+    return evaluate_window(profile, schema, policy, window, task=task, label_field=schema.label_field)
+
+
+async def close_drift_window(conn: asyncpg.Connection, model: str) -> M.WindowReport | None:
     ref = await conn.fetchrow("SELECT * FROM model_refs WHERE model = $1 FOR UPDATE", model)
     if ref is None:
         return None
@@ -85,16 +103,12 @@ async def close_drift_window(ctx: ServiceContext, conn: asyncpg.Connection, mode
     if not rows:
         return None
     schema = common_pb2.Schema.FromString(ref["schema"])
-    profile = json.loads(ref["profile"])
-    window = _window_input(rows, schema)
-    report = await asyncio.to_thread(
-        evaluate_window, profile, schema, policy, window, task=ref["task"], label_field=schema.label_field
-    )
+    report = await asyncio.to_thread(_judge_drift, rows, ref["profile"], schema, policy, Task(ref["task"]))
     window_id = f"w-{uuid.uuid4().hex[:12]}"
     report.window_id = window_id
     report.model.CopyFrom(common_pb2.ModelRef(name=model, version=ref["version"]))
-    report.start.CopyFrom(timestamp(rows[0]["at"]))
-    report.end.CopyFrom(timestamp(rows[-1]["at"]))
+    report.start.FromDatetime(rows[0]["at"])
+    report.end.FromDatetime(rows[-1]["at"])
     report.rows = len(rows)
     report.reference.CopyFrom(common_pb2.DatasetRef(name=ref["dataset"], version=ref["dataset_version"]))
     await conn.execute(
@@ -106,7 +120,7 @@ async def close_drift_window(ctx: ServiceContext, conn: asyncpg.Connection, mode
     for f in report.integrity.features:
         integrity_issues.add(f.nulls + f.out_of_range + f.unseen_categories + f.type_mismatches, {"model": model})
     windows_evaluated.add(1, {"model": model, "kind": "drift"})
-    scores = {
+    scores: dict[DriftKind, list[common_pb2.FeatureScore]] = {
         common_pb2.DRIFT_KIND_DATA_DRIFT: [s for s in report.feature_scores if s.breached],
         common_pb2.DRIFT_KIND_PREDICTION_DRIFT: [s for s in report.prediction_scores if s.breached],
         common_pb2.DRIFT_KIND_INTEGRITY: [s for s in report.integrity.scores if s.breached],
@@ -136,128 +150,15 @@ async def _save_window(
     )
 
 
-async def raise_alerts(
-    conn: asyncpg.Connection,
-    report: M.WindowReport,
+def _judge_quality(
+    rows: Sequence[asyncpg.Record],
+    task: Task,
+    class_labels: list[str],
+    metric: str,
+    reference_value: float,
     policy: M.MonitoringPolicy,
-    breached: set[int],
-    tracked: set[int],
-    scores: dict[int, list[common_pb2.FeatureScore]],
-    segment: common_pb2.Segment | None = None,
-) -> list[M.Alert]:
-    model = report.model.name
-    streak_rows = await conn.fetch("SELECT kind, count FROM streaks WHERE model = $1", model)
-    streaks = {r["kind"]: r["count"] for r in streak_rows if r["kind"] in tracked}
-    last = {
-        r["kind"]: r["at"]
-        for r in await conn.fetch(
-            "SELECT kind, max(created_at) AS at FROM alerts WHERE model = $1 AND NOT suppressed GROUP BY kind", model
-        )
-    }
-    decisions, new_streaks = policies.decide_alerts(policy, breached, streaks, last, datetime.now(UTC))
-    for kind, count in new_streaks.items():
-        await conn.execute(
-            "INSERT INTO streaks (model, kind, count) VALUES ($1, $2, $3)"
-            " ON CONFLICT (model, kind) DO UPDATE SET count = $3",
-            model,
-            kind,
-            count,
-        )
-    alerts = []
-    for d in decisions:
-        alert_id = f"a-{uuid.uuid4().hex[:12]}"
-        # One span per alert, so the chain it starts (drift.detected -> retraining) hangs off it.
-        with tracer().start_as_current_span(
-            "alert raised",
-            attributes={
-                "flywheel.alert_id": alert_id,
-                "flywheel.alert_kind": d.kind,
-                "flywheel.suppressed": d.suppressed,
-            },
-        ) as span:
-            trace_id = format(span.get_span_context().trace_id, "032x")
-            alerts.append(await _raise(conn, report, d, alert_id, scores.get(d.kind, []), segment, trace_id))
-    return alerts
-
-
-async def _raise(
-    conn: asyncpg.Connection,
-    report: M.WindowReport,
-    d: policies.AlertDecision,
-    alert_id: str,
-    scores: list[common_pb2.FeatureScore],
-    segment: common_pb2.Segment | None,
-    trace_id: str,
-) -> M.Alert:
-    model = report.model.name
-    alert = M.Alert(
-        alert_id=alert_id,
-        model=report.model,
-        kind=d.kind,
-        window_id=report.window_id,
-        scores=scores,
-        message=_message(d.kind, scores, segment),
-        suppressed=d.suppressed,
-    )
-    if segment is not None:
-        alert.segment.CopyFrom(segment)
-    alert.create_time.GetCurrentTime()
-    if not d.suppressed:
-        event = events_pb2.DriftDetected(
-            meta=new_meta("monitoring"),
-            model=report.model,
-            window_id=report.window_id,
-            kind=d.kind,
-            scores=alert.scores,
-            window_start=report.start,
-            window_end=report.end,
-            window_rows=report.rows,
-            alert_id=alert.alert_id,
-        )
-        if segment is not None:
-            event.segment.CopyFrom(segment)
-        alert.event_id = await enqueue(conn, Topics.DRIFT_DETECTED, model, event)
-    await conn.execute(
-        "INSERT INTO alerts (alert_id, model, version, kind, window_id, alert, suppressed, trace_id)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-        alert.alert_id,
-        model,
-        report.model.version,
-        d.kind,
-        report.window_id,
-        alert.SerializeToString(),
-        d.suppressed,
-        trace_id,
-    )
-    log.warning(
-        "alert" if not d.suppressed else "alert suppressed by cooldown",
-        model=model,
-        kind=policies.KIND_NAMES.get(d.kind, d.kind),
-        message=alert.message,
-    )
-    return alert
-
-
-def _message(kind: int, scores: list[common_pb2.FeatureScore], segment: common_pb2.Segment | None) -> str:
-    what = policies.KIND_NAMES.get(kind, "drift")
-    parts = [f"{s.feature} {s.statistic}={s.score:.3f} (> {s.threshold:g})" for s in scores[:8]]
-    where = f" in segment {segment.field}={segment.value}" if segment is not None else ""
-    return f"{what}{where}: " + (", ".join(parts) if parts else "thresholds breached")
-
-
-async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.WindowReport | None:
-    ref = await conn.fetchrow("SELECT * FROM model_refs WHERE model = $1 FOR UPDATE", model)
-    if ref is None:
-        return None
-    policy = await load_policy(conn, model)
-    rows = await conn.fetch(
-        "SELECT id, label, predicted, inputs, at FROM labels WHERE model = $1 AND window_id IS NULL ORDER BY id", model
-    )
-    if len(rows) < policy.quality.min_labelled_rows:
-        return None
-    task, class_labels = ref["task"], list(ref["class_labels"])
-    recorded = json.loads(ref["recorded"])
-    metric = policy.quality.metric or ("accuracy" if task != common_pb2.TASK_REGRESSION else "mae")
+) -> tuple[M.QualityReport, list[M.SegmentStats], list[M.SegmentGap]]:
+    """Decode a quality window's labelled rows; its quality and segment analysis (CPU only)."""
     labels = [json.loads(r["label"]) for r in rows]
     predicted = [json.loads(r["predicted"]) for r in rows]
     inputs = [json.loads(r["inputs"]) for r in rows]
@@ -271,13 +172,40 @@ async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.Window
         keep = (y_true >= 0) & (y_pred >= 0)
         y_true, y_pred = y_true[keep], y_pred[keep]
         inputs = [row for row, k in zip(inputs, keep, strict=True) if k]
-    quality = await asyncio.to_thread(
-        quality_report, task, metric, y_true, y_pred, None, class_labels, recorded.get(metric, float("nan")),
-        policy.quality,
-    )  # fmt: skip
+    quality = quality_report(task, metric, y_true, y_pred, None, class_labels, reference_value, policy.quality)
     values = {seg.field: np.array([row.get(seg.field) for row in inputs], dtype=object) for seg in policy.segments}
-    seg_stats, gaps = await asyncio.to_thread(
-        segment_report, list(policy.segments), values, y_true, y_pred, task, class_labels
+    seg_stats, gaps = segment_report(list(policy.segments), values, y_true, y_pred, task, class_labels)
+    return quality, seg_stats, gaps
+
+
+async def close_quality_windows(conn: asyncpg.Connection, model: str) -> list[M.WindowReport]:
+    """Close quality windows while enough labels are open (one, unless a backlog exceeds the cap)."""
+    reports = []
+    while (report := await close_quality_window(conn, model)) is not None:
+        reports.append(report)
+        if report.rows < QUALITY_WINDOW_MAX_ROWS:
+            break  # it took every open label
+    return reports
+
+
+async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.WindowReport | None:
+    ref = await conn.fetchrow("SELECT * FROM model_refs WHERE model = $1 FOR UPDATE", model)
+    if ref is None:
+        return None
+    policy = await load_policy(conn, model)
+    rows = await conn.fetch(
+        "SELECT id, label, predicted, inputs, at FROM labels WHERE model = $1 AND window_id IS NULL ORDER BY id"
+        " LIMIT $2",
+        model,
+        max(policy.quality.min_labelled_rows, QUALITY_WINDOW_MAX_ROWS),
+    )
+    if len(rows) < policy.quality.min_labelled_rows:
+        return None
+    task, class_labels = Task(ref["task"]), list(ref["class_labels"])
+    recorded = json.loads(ref["recorded"])
+    metric = policy.quality.metric or ("accuracy" if task != common_pb2.TASK_REGRESSION else "mae")
+    quality, seg_stats, gaps = await asyncio.to_thread(
+        _judge_quality, rows, task, class_labels, metric, recorded.get(metric, float("nan")), policy
     )
     window_id = f"q-{uuid.uuid4().hex[:12]}"
     report = M.WindowReport(
@@ -287,8 +215,8 @@ async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.Window
         quality=quality,
         reference=common_pb2.DatasetRef(name=ref["dataset"], version=ref["dataset_version"]),
     )
-    report.start.CopyFrom(timestamp(rows[0]["at"]))
-    report.end.CopyFrom(timestamp(rows[-1]["at"]))
+    report.start.FromDatetime(rows[0]["at"])
+    report.end.FromDatetime(rows[-1]["at"])
     segment_breaches = [s for s in seg_stats if s.breached] + [g for g in gaps if g.breached]
     if quality.breached:
         report.breached.append(common_pb2.DRIFT_KIND_QUALITY)
@@ -306,9 +234,10 @@ async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.Window
             breached=quality.breached,
         )
     ]  # fmt: skip
-    tracked = {common_pb2.DRIFT_KIND_QUALITY}
+    quality_kind: set[DriftKind] = {common_pb2.DRIFT_KIND_QUALITY}
+    segment_kind: set[DriftKind] = {common_pb2.DRIFT_KIND_SEGMENT}
     await raise_alerts(
-        conn, report, policy, {common_pb2.DRIFT_KIND_QUALITY} & set(report.breached), tracked,
+        conn, report, policy, quality_kind & set(report.breached), quality_kind,
         {common_pb2.DRIFT_KIND_QUALITY: quality_scores},
     )  # fmt: skip
     for stat in [s for s in seg_stats if s.breached]:
@@ -317,16 +246,16 @@ async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.Window
             for m in stat.metrics
         ]
         await raise_alerts(
-            conn, report, policy, {common_pb2.DRIFT_KIND_SEGMENT}, {common_pb2.DRIFT_KIND_SEGMENT},
-            {common_pb2.DRIFT_KIND_SEGMENT: scores}, segment=stat.segment,
+            conn, report, policy, segment_kind, segment_kind, {common_pb2.DRIFT_KIND_SEGMENT: scores},
+            segment=stat.segment,
         )  # fmt: skip
     for gap in [g for g in gaps if g.breached]:
         scores = [
             common_pb2.FeatureScore(feature=gap.field, statistic=f"{gap.metric}_gap", score=gap.gap, breached=True)
         ]
         await raise_alerts(
-            conn, report, policy, {common_pb2.DRIFT_KIND_SEGMENT}, {common_pb2.DRIFT_KIND_SEGMENT},
-            {common_pb2.DRIFT_KIND_SEGMENT: scores}, segment=gap.worst,
+            conn, report, policy, segment_kind, segment_kind, {common_pb2.DRIFT_KIND_SEGMENT: scores},
+            segment=gap.worst,
         )  # fmt: skip
     log.info("quality window closed", model=model, window=window_id, rows=len(rows), breached=list(report.breached))
     return report

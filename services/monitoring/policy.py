@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeAlias
 
 from flywheel.errors import InvalidArgument
 from flywheel.v1 import common_pb2, monitoring_pb2
 
 M = monitoring_pb2
+DriftKind: TypeAlias = common_pb2.DriftKind.ValueType
 DEFAULT_WINDOW_ROWS = 500
 DEFAULT_WINDOW_S = 60
 DEFAULT_MIN_ROWS = 100
@@ -56,18 +58,18 @@ def check(policy: monitoring_pb2.MonitoringPolicy) -> None:
 
 @dataclass(frozen=True)
 class AlertDecision:
-    kind: int
+    kind: DriftKind
     raise_alert: bool  # the streak reached the policy's count
     suppressed: bool  # ... but an alert of this kind went out within the cooldown
 
 
 def decide_alerts(
     policy: monitoring_pb2.MonitoringPolicy,
-    breached: set[int],
-    streaks: dict[int, int],
-    last_alert: dict[int, datetime],
+    breached: set[DriftKind],
+    streaks: dict[DriftKind, int],
+    last_alert: dict[DriftKind, datetime],
     now: datetime,
-) -> tuple[list[AlertDecision], dict[int, int]]:
+) -> tuple[list[AlertDecision], dict[DriftKind, int]]:
     """Which breached kinds raise an alert now; returns the decisions and the new streak counts."""
     cooldown = timedelta(seconds=policy.cooldown.ToTimedelta().total_seconds())
     new_streaks = {kind: (streaks.get(kind, 0) + 1 if kind in breached else 0) for kind in set(streaks) | breached}
@@ -80,7 +82,7 @@ def decide_alerts(
     return decisions, new_streaks
 
 
-KIND_NAMES = {
+KIND_NAMES: dict[DriftKind, str] = {
     common_pb2.DRIFT_KIND_DATA_DRIFT: "data drift",
     common_pb2.DRIFT_KIND_PREDICTION_DRIFT: "prediction drift",
     common_pb2.DRIFT_KIND_INTEGRITY: "data integrity",

@@ -21,13 +21,13 @@ import pandas as pd
 from flywheel import evaluation
 from flywheel.v1 import common_pb2, monitoring_pb2
 from services.monitoring.drift import OTHER
-from services.monitoring.windows import DEFAULTS, to_category, to_numeric
+from services.monitoring.windows import DEFAULTS, Task, to_category, to_numeric
 
 NULL_SEGMENT = "__null__"
 _UNSPECIFIED = common_pb2.SPLIT_UNSPECIFIED
 
 
-def default_metric(task: int) -> str:
+def default_metric(task: Task) -> str:
     return "mae" if task == common_pb2.TASK_REGRESSION else "accuracy"
 
 
@@ -56,7 +56,7 @@ def _class_indices(values: np.ndarray, class_labels: Sequence[str]) -> np.ndarra
 
 
 def _encoded(
-    task: int, y_true: np.ndarray, y_pred: np.ndarray, class_labels: Sequence[str]
+    task: Task, y_true: np.ndarray, y_pred: np.ndarray, class_labels: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(y_true, y_pred, labelled mask, class labels incl. OTHER when used); numbers for regression."""
     if len(y_true) != len(y_pred):
@@ -75,7 +75,7 @@ def _encoded(
 
 
 def _evaluate(
-    task: int, t: np.ndarray, p: np.ndarray, proba: np.ndarray | None, labels: list[str]
+    task: Task, t: np.ndarray, p: np.ndarray, proba: np.ndarray | None, labels: list[str]
 ) -> list[common_pb2.Metric]:
     if task == common_pb2.TASK_REGRESSION:
         return list(evaluation.regression_metrics(t, p, split=_UNSPECIFIED).metrics)
@@ -96,7 +96,7 @@ def _worse_by(value: float, reference: float, metric: str) -> float:
 
 
 def quality_report(
-    task: int,
+    task: Task,
     metric: str,
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -153,7 +153,7 @@ def _segment_codes(config: monitoring_pb2.SegmentConfig, column: np.ndarray) -> 
     return [*names, NULL_SEGMENT], np.asarray(codes, dtype=np.int64)
 
 
-def _rates(task: int, p: np.ndarray, labels: list[str], k: int) -> list[common_pb2.Metric]:
+def _rates(task: Task, p: np.ndarray, labels: list[str], k: int) -> list[common_pb2.Metric]:
     """Prediction rates of a segment: per class (and "positive_rate" when binary), or the mean prediction."""
     if not len(p):
         return []
@@ -175,7 +175,7 @@ def segment_report(
     values: dict[str, np.ndarray],
     y_true: np.ndarray,
     y_pred: np.ndarray,
-    task: int,
+    task: Task,
     class_labels: Sequence[str],
 ) -> tuple[list[monitoring_pb2.SegmentStats], list[monitoring_pb2.SegmentGap]]:
     """Per configured field: one segment per value (or bucket), its quality and prediction rates; the gap.

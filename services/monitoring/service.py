@@ -3,30 +3,36 @@ per-model policies, and feedback labels."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC
+from typing import Any
+
+import grpc
 
 from flywheel.app import ServiceContext
 from flywheel.errors import InvalidArgument, NotFound
 from flywheel.grpc import GrpcServer
 from flywheel.grpc.context import actor
 from flywheel.paging import decode_token, next_token, page_size
+from flywheel.retry import Backoff
 from flywheel.v1 import monitoring_pb2, monitoring_pb2_grpc
 from services.monitoring import evaluator
 from services.monitoring import policy as policies
-from services.monitoring.handlers import record_labels
+from services.monitoring.alerts import alerts_after
+from services.monitoring.records import record_labels
+from services.monitoring.watch import AlertFeed
 
 M = monitoring_pb2
-WATCH_POLL_S = 0.3
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
         self._pool = ctx.pool
+        self._feed = AlertFeed(ctx.pool, ctx.tasks, Backoff.from_settings(ctx.settings))
 
-    async def GetDriftReport(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetDriftReport(self, request: M.GetDriftReportRequest, context: Context) -> M.GetDriftReportResponse:
         if not request.model_name:
             raise InvalidArgument("name the model", field="model_name")
         count = request.window_count or 10
@@ -43,7 +49,7 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
             raise NotFound(f"no window {request.window_id!r} for model {request.model_name!r}", field="window_id")
         return M.GetDriftReportResponse(windows=[M.WindowReport.FromString(r["report"]) for r in rows])
 
-    async def ListAlerts(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListAlerts(self, request: M.ListAlertsRequest, context: Context) -> M.ListAlertsResponse:
         size, offset = page_size(request.page_size), decode_token(request.page_token)
         since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
         async with self._pool.acquire() as conn:
@@ -60,7 +66,9 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
             alerts=[M.Alert.FromString(r["alert"]) for r in rows], next_page_token=next_token(offset, size, len(rows))
         )
 
-    async def GetSegmentReport(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetSegmentReport(
+        self, request: M.GetSegmentReportRequest, context: Context
+    ) -> M.GetSegmentReportResponse:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT segments FROM windows WHERE model = $1 AND kind = 'quality' AND segments IS NOT NULL"
@@ -81,7 +89,9 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
             report.gaps.extend(kept_gaps)
         return report
 
-    async def SetMonitoringPolicy(self, request, context):  # type: ignore[no-untyped-def]
+    async def SetMonitoringPolicy(
+        self, request: M.SetMonitoringPolicyRequest, context: Context
+    ) -> M.SetMonitoringPolicyResponse:
         policies.check(request.policy)
         async with self._pool.acquire() as conn:
             await conn.execute(
@@ -93,36 +103,38 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
             )
             return M.SetMonitoringPolicyResponse(policy=await evaluator.load_policy(conn, request.policy.model_name))
 
-    async def GetMonitoringPolicy(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetMonitoringPolicy(
+        self, request: M.GetMonitoringPolicyRequest, context: Context
+    ) -> M.GetMonitoringPolicyResponse:
         async with self._pool.acquire() as conn:
             return M.GetMonitoringPolicyResponse(policy=await evaluator.load_policy(conn, request.model_name))
 
-    async def RecordFeedback(self, request, context):  # type: ignore[no-untyped-def]
+    async def RecordFeedback(self, request: M.RecordFeedbackRequest, context: Context) -> M.RecordFeedbackResponse:
         if not request.model_name:
             raise InvalidArgument("name the model", field="model_name")
         async with self._pool.acquire() as conn, conn.transaction():
             accepted, matched = await record_labels(conn, request.model_name, list(request.labels))
         return M.RecordFeedbackResponse(accepted=accepted, matched=matched)
 
-    async def WatchAlerts(self, request, context) -> AsyncIterator[M.WatchAlertsResponse]:  # type: ignore[no-untyped-def]
+    async def WatchAlerts(
+        self, request: M.WatchAlertsRequest, context: Context
+    ) -> AsyncIterator[M.WatchAlertsResponse]:
         async with self._pool.acquire() as conn:
             since = await conn.fetchval("SELECT now()")
+        # Tells the caller the stream is open: every alert committed from here on will be sent, so a
+        # backfill (ListAlerts) started after this leaves no gap.
+        await context.send_initial_metadata(())
         kinds = list(request.kinds)
         while True:
+            changed = self._feed.changed()
             async with self._pool.acquire() as conn:
-                rows = await conn.fetch(
-                    "SELECT alert, created_at FROM alerts WHERE created_at > $1 AND ($2 = '' OR model = $2)"
-                    " AND (cardinality($3::int[]) = 0 OR kind = ANY($3::int[])) ORDER BY created_at",
-                    since,
-                    request.model_name,
-                    kinds,
-                )
+                rows = await alerts_after(conn, since, request.model_name, kinds)
             for r in rows:
                 since = r["created_at"]
                 yield M.WatchAlertsResponse(alert=M.Alert.FromString(r["alert"]))
-            await asyncio.sleep(WATCH_POLL_S)
+            await self._feed.wait(changed)
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
-    monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(MonitoringService(ctx), server)
+    server.add_servicer(monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server, MonitoringService(ctx))
     return [monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name]

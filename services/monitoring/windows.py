@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,13 @@ from pandas.api.types import infer_dtype
 from flywheel.v1 import common_pb2, monitoring_pb2
 from services.monitoring import drift
 
-NUMERIC = (common_pb2.FIELD_TYPE_FLOAT, common_pb2.FIELD_TYPE_INT)
+Task: TypeAlias = common_pb2.Task.ValueType
+FieldType: TypeAlias = common_pb2.FieldType.ValueType
+DriftThreshold: TypeAlias = Literal["psi", "ks_statistic", "chi2_p_value"]
+IntegrityLimit: TypeAlias = Literal[
+    "max_null_rate", "max_out_of_range_rate", "max_unseen_category_rate", "max_type_mismatch_rate"
+]
+NUMERIC: tuple[FieldType, ...] = (common_pb2.FIELD_TYPE_FLOAT, common_pb2.FIELD_TYPE_INT)
 CLASS_OUTPUT = "class"
 VARIABLE_OUTPUT = "variable"
 _BOOL_TEXT = {"true": "true", "1": "true", "yes": "true", "false": "false", "0": "false", "no": "false"}
@@ -166,7 +172,7 @@ def to_category(values: Any, bool_field: bool = False) -> tuple[np.ndarray, np.n
     return text, mismatch
 
 
-def _threshold(name: str, *sources: monitoring_pb2.FeatureThresholds | None) -> float:
+def _threshold(name: DriftThreshold, *sources: monitoring_pb2.FeatureThresholds | None) -> float:
     for source in sources:
         if source is not None and source.HasField(name):
             return float(getattr(source, name))
@@ -209,7 +215,7 @@ def _numeric_drift(
     name: str, ref: Mapping[str, Any], present: np.ndarray, t: _Thresholds, judged: bool
 ) -> list[common_pb2.FeatureScore]:
     """PSI on the profile's bins and KS against its sample; `present` is sorted and NaN-free."""
-    scores = []
+    scores: list[common_pb2.FeatureScore] = []
     if len(present) == 0:
         return scores
     edges, hist = ref.get("bin_edges") or [], ref.get("histogram") or []
@@ -290,7 +296,7 @@ def _categorical_feature(
 
 def _integrity_scores(
     name: str,
-    kind: int,
+    kind: FieldType,
     counts: _Integrity,
     rows: int,
     ref: Mapping[str, Any] | None,
@@ -300,7 +306,7 @@ def _integrity_scores(
     def rate(n: int) -> float:
         return n / rows if rows else 0.0
 
-    def limit(field_name: str, default: float) -> float:
+    def limit(field_name: IntegrityLimit, default: float) -> float:
         return float(getattr(limits, field_name)) if limits.HasField(field_name) else default
 
     ref_null = float((ref or {}).get("null_rate") or 0.0)
@@ -350,7 +356,7 @@ def _prediction_scores(
     profile: Mapping[str, Any],
     policy: monitoring_pb2.MonitoringPolicy,
     window: WindowInput,
-    task: int,
+    task: Task,
     label_field: str,
     judged: bool,
 ) -> list[common_pb2.FeatureScore]:
@@ -395,7 +401,7 @@ def evaluate_window(
     policy: monitoring_pb2.MonitoringPolicy,
     window: WindowInput,
     *,
-    task: int,
+    task: Task,
     label_field: str,
 ) -> monitoring_pb2.WindowReport:
     """Drift, prediction drift, integrity and latency of a window; the caller sets ids, model and times.
@@ -441,11 +447,11 @@ def evaluate_window(
         integrity.scores.append(_score(name, "extra_field", share, 0.0, True, judged))
     report.prediction_scores.extend(_prediction_scores(profile, policy, window, task, label_field, judged))
     report.latency.CopyFrom(_latency(window.latency_ms))
-    for kind, scores in (
+    for kind, kind_scores in (
         (common_pb2.DRIFT_KIND_DATA_DRIFT, report.feature_scores),
         (common_pb2.DRIFT_KIND_PREDICTION_DRIFT, report.prediction_scores),
         (common_pb2.DRIFT_KIND_INTEGRITY, integrity.scores),
     ):
-        if any(s.breached for s in scores):
+        if any(s.breached for s in kind_scores):
             report.breached.append(kind)
     return report

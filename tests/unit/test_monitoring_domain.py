@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -483,3 +485,55 @@ def test_regression_segments_use_mae_and_flag_high_error() -> None:
     assert mae == pytest.approx({"a": 0.1, "b": 2.0})
     assert [s.segment.value for s in stats_ if s.breached] == ["b"]
     assert gaps[0].best.value == "a" and gaps[0].gap == pytest.approx(1.9) and gaps[0].breached
+
+
+# ---------------------------------------------------------------------------------------------- background work
+
+
+async def test_window_ticker_goes_on_past_a_failing_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from flywheel.config import Settings
+    from services.monitoring import background
+
+    closed: list[str] = []
+    two_rounds = asyncio.Event()
+
+    async def models(ctx: object) -> list[tuple[str, float]]:
+        return [("broken", 99.0), ("fine", 99.0)]
+
+    async def close(ctx: object, model: str, age_s: float) -> None:
+        if model == "broken":
+            raise RuntimeError("one model's trouble")
+        closed.append(model)
+        if len(closed) >= 2:
+            two_rounds.set()
+
+    monkeypatch.setattr(background, "_models_with_open_rows", models)
+    monkeypatch.setattr(background, "_close_if_due", close)
+    ctx = SimpleNamespace(settings=Settings(monitoring_tick_s=0.01))
+    ticker = asyncio.create_task(background.close_due_windows(cast(Any, ctx)))
+    try:
+        await asyncio.wait_for(two_rounds.wait(), 5)
+        assert not ticker.done(), "the ticker outlives a failing model"
+    finally:
+        ticker.cancel()
+    assert closed[:2] == ["fine", "fine"]
+
+
+async def test_a_label_backlog_is_judged_in_bounded_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.monitoring import evaluator
+
+    open_labels = [2 * evaluator.QUALITY_WINDOW_MAX_ROWS + 70]
+
+    async def close_one(conn: object, model: str) -> monitoring_pb2.WindowReport | None:
+        rows = min(open_labels[0], evaluator.QUALITY_WINDOW_MAX_ROWS)  # the query's LIMIT
+        if rows < 50:
+            return None
+        open_labels[0] -= rows
+        return monitoring_pb2.WindowReport(rows=rows)
+
+    monkeypatch.setattr(evaluator, "close_quality_window", close_one)
+    reports = await evaluator.close_quality_windows(cast(Any, None), "m")
+    assert [r.rows for r in reports] == [evaluator.QUALITY_WINDOW_MAX_ROWS] * 2 + [70]
+    assert open_labels == [0]
