@@ -1,4 +1,4 @@
-"""The estimator allow-list, hyperparameter coercion and training-spec validation (issue 4, DESIGN §7).
+"""The estimator allow-list, hyperparameter coercion and the pipelines built from them.
 
 Only estimators skl2onnx can export are allowed, and only the hyperparameters listed here: anything
 that would change the ONNX graph in unsupported ways (custom losses, `init` estimators) or the
@@ -6,6 +6,9 @@ process model (`n_jobs`, `random_state`, `verbose`, `warm_start`) stays out.
 
 LINEAR_REGRESSION is `LinearRegression`; when a trial sets `alpha` it becomes `Ridge(alpha=...)`
 (L2-regularised least squares), so a search can tune regularisation for the linear baseline too.
+
+The bottom layer of training's rules: `search_space`, `spec_validation` and `search` build on this
+module, and it imports none of them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import (
@@ -31,6 +34,8 @@ from sklearn.preprocessing import StandardScaler
 from flywheel.errors import InvalidArgument
 from flywheel.v1 import common_pb2, training_pb2
 
+Estimator: TypeAlias = training_pb2.Estimator.ValueType
+Task: TypeAlias = common_pb2.Task.ValueType
 E = training_pb2.Estimator
 CLASSIFICATION = common_pb2.TASK_CLASSIFICATION
 REGRESSION = common_pb2.TASK_REGRESSION
@@ -97,12 +102,12 @@ _MLP = {
 @dataclass(frozen=True)
 class EstimatorInfo:
     cls: type[BaseEstimator]
-    task: int  # common_pb2.Task
+    task: Task
     params: dict[str, str]  # allowed hyperparameter -> coercion kind
     scale: bool  # StandardScaler in front (gradient-based and linear models need it)
 
 
-ESTIMATORS: dict[int, EstimatorInfo] = {
+ESTIMATORS: dict[Estimator, EstimatorInfo] = {
     E.ESTIMATOR_LOGISTIC_REGRESSION: EstimatorInfo(
         LogisticRegression,
         CLASSIFICATION,
@@ -136,7 +141,7 @@ ESTIMATORS: dict[int, EstimatorInfo] = {
 }
 
 
-def info(estimator: int, field: str = "estimator") -> EstimatorInfo:
+def info(estimator: Estimator, field: str = "estimator") -> EstimatorInfo:
     """The allow-list entry for an estimator enum value, or InvalidArgument."""
     found = ESTIMATORS.get(estimator)
     if found is None:
@@ -145,19 +150,19 @@ def info(estimator: int, field: str = "estimator") -> EstimatorInfo:
     return found
 
 
-def task_of(estimator: int) -> int:
+def task_of(estimator: Estimator) -> Task:
     return info(estimator).task
 
 
-def metrics_for(task: int) -> tuple[str, ...]:
+def metrics_for(task: Task) -> tuple[str, ...]:
     return CLASSIFICATION_METRICS if task == CLASSIFICATION else REGRESSION_METRICS
 
 
-def default_metric(task: int) -> str:
+def default_metric(task: Task) -> str:
     return "f1" if task == CLASSIFICATION else "rmse"
 
 
-def effective_task(spec: training_pb2.TrainingSpec) -> int:
+def effective_task(spec: training_pb2.TrainingSpec) -> Task:
     """spec.task, or the estimator's task when unspecified."""
     return spec.task or task_of(spec.estimator)
 
@@ -177,7 +182,7 @@ def _whole(value: float) -> bool:
     return math.isfinite(value) and float(value).is_integer()
 
 
-def coerce_param(estimator: int, name: str, value: Any, field: str) -> Any:
+def coerce_param(estimator: Estimator, name: str, value: Any, field: str) -> Any:
     """Turns a JSON-ish value (from a Struct/ListValue) into what the sklearn parameter expects."""
     kind = info(estimator).params.get(name)
     if kind is None:
@@ -209,12 +214,12 @@ def _coerce_layers(value: Any, field: str) -> tuple[int, ...]:
     return tuple(int(s) for s in sizes)
 
 
-def _unknown_param(estimator: int, name: str) -> str:
+def _unknown_param(estimator: Estimator, name: str) -> str:
     allowed = ", ".join(sorted(info(estimator).params))
     return f"unknown hyperparameter {name!r} for {E.Name(estimator)}; allowed: {allowed}"
 
 
-def check_params(estimator: int, params: dict[str, Any], field: str) -> None:
+def check_params(estimator: Estimator, params: dict[str, Any], field: str) -> None:
     """Rejects values sklearn's own parameter constraints reject, before any run is queued."""
     model = make_estimator(estimator, params, seed=0)
     validate = getattr(model, "_validate_params", None)
@@ -231,7 +236,7 @@ def check_params(estimator: int, params: dict[str, Any], field: str) -> None:
 # --- pipelines ---------------------------------------------------------------------------------------
 
 
-def make_estimator(estimator: int, params: dict[str, Any], seed: int) -> BaseEstimator:
+def make_estimator(estimator: Estimator, params: dict[str, Any], seed: int) -> BaseEstimator:
     entry = info(estimator)
     cls = entry.cls
     if estimator == E.ESTIMATOR_LINEAR_REGRESSION and params.get("alpha") is not None:
@@ -249,7 +254,7 @@ def sklearn_seed(seed: int) -> int:
     return seed % (2**32)
 
 
-def build_pipeline(estimator: int, params: dict[str, Any], seed: int) -> Pipeline:
+def build_pipeline(estimator: Estimator, params: dict[str, Any], seed: int) -> Pipeline:
     """SimpleImputer(mean) [+ StandardScaler] + the estimator: every step has an skl2onnx converter."""
     # keep_empty_features: an all-null column still occupies its slot, so the ONNX input keeps n features
     steps: list[tuple[str, BaseEstimator]] = [("impute", SimpleImputer(strategy="mean", keep_empty_features=True))]
@@ -257,37 +262,3 @@ def build_pipeline(estimator: int, params: dict[str, Any], seed: int) -> Pipelin
         steps.append(("scale", StandardScaler()))
     steps.append(("model", make_estimator(estimator, params, seed)))
     return Pipeline(steps)
-
-
-# --- spec validation --------------------------------------------------------------------------------
-
-
-def validate_spec(spec: training_pb2.TrainingSpec, field_prefix: str = "") -> None:
-    """Raises InvalidArgument naming the TrainingSpec field at fault (prefixed, e.g. "spec.")."""
-    entry = info(spec.estimator, field=f"{field_prefix}estimator")
-    if spec.task and spec.task != entry.task:
-        raise InvalidArgument(
-            f"{E.Name(spec.estimator)} is a {common_pb2.Task.Name(entry.task)} estimator, "
-            f"not {common_pb2.Task.Name(spec.task)}",
-            field=f"{field_prefix}task",
-        )
-    _validate_metric(spec, field_prefix)
-    if not (spec.parity_tolerance >= 0 and math.isfinite(spec.parity_tolerance)):
-        raise InvalidArgument("must be a finite number >= 0", field=f"{field_prefix}parity_tolerance")
-    # search imports this module, so import it here to keep the dependency one-way at load time
-    from services.training import search
-
-    search.validate_space(spec.search_space, spec.estimator, f"{field_prefix}search_space")
-
-
-def _validate_metric(spec: training_pb2.TrainingSpec, field_prefix: str) -> None:
-    task = effective_task(spec)
-    metric = effective_metric(spec)
-    if metric not in metrics_for(task):
-        raise InvalidArgument(
-            f"metric {metric!r} is not valid for {common_pb2.Task.Name(task)}; "
-            f"use one of {', '.join(metrics_for(task))}",
-            field=f"{field_prefix}metric",
-        )
-    if spec.direction not in common_pb2.MetricDirection.values():
-        raise InvalidArgument(f"unknown direction {spec.direction}", field=f"{field_prefix}direction")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from opentelemetry import propagate
@@ -22,7 +23,7 @@ log = get_logger(__name__)
 T = training_pb2
 
 
-def handlers(ctx: ServiceContext) -> dict[str, Handler]:
+def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
     async def on_drift(conn: asyncpg.Connection, event: events_pb2.DriftDetected, ectx: EventContext) -> None:
         await on_drift_detected(ctx, conn, event, ectx)
 
@@ -32,7 +33,7 @@ def handlers(ctx: ServiceContext) -> dict[str, Handler]:
 async def decide(
     conn: asyncpg.Connection,
     spec: training_pb2.TrainingSpec,
-    trigger: int,
+    trigger: training_pb2.RunTrigger.ValueType,
     event_id: str,
     decision: str,
     reason: str,

@@ -1,20 +1,25 @@
 """The training worker: claims runs from the durable queue and executes them off the event loop.
 
-A claim sets a lease that a heartbeat extends while the run trains in a process pool; a worker
-that dies (SIGKILL, OOM) stops heart-beating, the lease lapses and any worker reclaims the run,
-up to MAX_ATTEMPTS. Registration is idempotent on the run id, so a run retried after its model
-was registered does not register a second version.
+A claim takes a lease on the run that a heartbeat renews while the run trains in a one-process
+pool and registers its model (services/training/lease.py). A worker that dies (SIGKILL, OOM)
+stops renewing, the lease lapses and any worker reclaims the run, up to `training_max_attempts`
+claims. A worker whose lease is lost (its database was away for longer than the lease, or another
+worker reclaimed the run) abandons the attempt without registering or finishing it. Registration
+is idempotent on the run id, so a run retried after its model was registered does not register a
+second version. See docs/architecture.md, 'Services and what each owns'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import multiprocessing
 import queue
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -22,33 +27,34 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 from opentelemetry import propagate, trace
 
+from flywheel import clients
 from flywheel.app import ServiceContext
-from flywheel.errors import InvalidArgument
-from flywheel.grpc import channel_options
+from flywheel.errors import FlywheelError, InvalidArgument, Unavailable
 from flywheel.logging import get_logger
+from flywheel.retry import Backoff, retry
 from flywheel.telemetry import tracer, untraced
-from flywheel.v1 import common_pb2, registry_pb2, registry_pb2_grpc, training_pb2
+from flywheel.v1 import common_pb2, registry_pb2, training_pb2
 from services.training import child, store
 from services.training.codeversion import code_version
+from services.training.lease import Lease, LeaseLost
+from services.training.store import DB_ERRORS
 from services.training.trainer import TrainingFailed, TrainJob, TrainResult, resolve_feature_fields
 
 log = get_logger(__name__)
 T = training_pb2
-LEASE_S = 15
-HEARTBEAT_S = 1.0
-MAX_ATTEMPTS = 3
-CHUNK = 1024 * 1024
+REGISTER_ATTEMPTS = 7
+IDLE_POLL_S = 2.0  # a claim attempt this often even without a notification (one may be missed)
 
 
 class TrainingWorker:
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
+        self._settings = ctx.settings
         self._mp = multiprocessing.get_context("spawn")
         # One worker process trains one run at a time; its progress comes back on this queue.
-        self._progress = self._mp.Queue()
+        self._progress: Any = self._mp.Queue()
         self._executor = self._new_executor()
         self._wake = asyncio.Event()
 
@@ -58,24 +64,64 @@ class TrainingWorker:
             max_workers=1, mp_context=self._mp, initializer=child.init_worker, initargs=(self._progress,)
         )
 
+    def _restart_pool(self) -> None:
+        """A new training process and progress queue; the old process is killed if it still runs."""
+        # The pool has no public way to stop a job that is running; its process table is the only handle.
+        for process in list((self._executor._processes or {}).values()):
+            process.kill()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        # A process killed while writing progress may leave the old queue's lock held: start afresh.
+        self._progress = self._mp.Queue()
+        self._executor = self._new_executor()
+
     async def run(self) -> None:
         await asyncio.to_thread(code_version)  # warm the cache (runs git once)
-        listener = await self._ctx.pool.acquire()
-        await listener.add_listener(store.RUN_NOTIFY, lambda *_: self._wake.set())
+        listener: asyncpg.Connection | None = None
         try:
             while True:
-                row = await self._claim()
-                if row is None:
+                if listener is None or not _alive(listener):  # a dropped connection stops notifications
+                    listener = await self._listen(listener)
+                claimed = await retry(
+                    self._claim, backoff=Backoff.from_settings(self._settings), what="claim a run", retry_on=DB_ERRORS
+                )
+                if claimed is None:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), 2.0)
+                        await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
                     continue
-                await self._execute(row)
+                await self._execute(*claimed)
         finally:
-            await self._ctx.pool.release(listener)
+            if listener is not None:
+                await self._unlisten(listener)
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _claim(self) -> asyncpg.Record | None:
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _listen(self, old: asyncpg.Connection | None) -> asyncpg.Connection:
+        if old is not None:
+            await self._unlisten(old)
+
+        async def subscribe() -> asyncpg.Connection:
+            conn = await self._ctx.pool.acquire()
+            try:
+                await conn.add_listener(store.RUN_NOTIFY, self._on_notify)
+            except BaseException:
+                await self._ctx.pool.release(conn)
+                raise
+            return conn
+
+        backoff = Backoff.from_settings(self._settings)
+        return await retry(subscribe, backoff=backoff, what="listen for queued runs", retry_on=DB_ERRORS)
+
+    async def _unlisten(self, conn: asyncpg.Connection) -> None:
+        if _alive(conn):
+            with contextlib.suppress(*DB_ERRORS):
+                await conn.remove_listener(store.RUN_NOTIFY, self._on_notify)
+        await self._ctx.pool.release(conn)
+
+    async def _claim(self) -> tuple[asyncpg.Record, Lease] | None:
+        sent_at = time.monotonic()
         async with self._ctx.pool.acquire() as conn, conn.transaction():
             with untraced():
                 run_id = await conn.fetchval(
@@ -86,68 +132,89 @@ class TrainingWorker:
                 )
             if run_id is None:
                 return None
-            return await conn.fetchrow(
+            row = await conn.fetchrow(
                 "UPDATE runs SET status = $2, stage = $3, attempt = attempt + 1, error = '',"
-                f" lease_until = now() + interval '{LEASE_S} seconds', started_at = coalesce(started_at, now()),"
-                " code_version = $4 WHERE run_id = $1 RETURNING *",
+                " lease_until = now() + make_interval(secs => $4), started_at = coalesce(started_at, now()),"
+                " code_version = $5 WHERE run_id = $1 RETURNING *",
                 run_id,
                 T.RUN_STATUS_RUNNING,
                 T.RUN_STAGE_LOADING_DATA,
+                self._settings.training_lease_s,
                 code_version(),
             )
+        return row, Lease(self._ctx.pool, self._settings, run_id, row["attempt"], sent_at)
 
-    async def _execute(self, row: asyncpg.Record) -> None:
+    async def _execute(self, row: asyncpg.Record, lease: Lease) -> None:
         run_id = row["run_id"]
         parent = propagate.extract(json.loads(row["trace_context"]))
         with tracer().start_as_current_span("training run", context=parent) as span:
             span.set_attribute("flywheel.run_id", run_id)
-            span.set_attribute("flywheel.attempt", row["attempt"])
-            if row["attempt"] > MAX_ATTEMPTS:
-                await self._finish(run_id, T.RUN_STATUS_FAILED, row["stage"], f"gave up after {MAX_ATTEMPTS} attempts")
-                return
+            span.set_attribute("flywheel.attempt", lease.attempt)
             try:
-                await self._train_and_register(row)
+                async with lease.kept(functools.partial(self._drain, lease)):
+                    summary, model = await lease.hold(self._attempt(row, lease))
+            except LeaseLost:
+                span.set_status(trace.StatusCode.ERROR, f"lease lost: {lease.lost_reason}")
+                return  # not ours any more: whoever claims it next records its outcome
             except TrainingFailed as exc:
                 span.set_status(trace.StatusCode.ERROR, exc.reason)
-                await self._finish(run_id, T.RUN_STATUS_FAILED, exc.stage, exc.reason)
+                await self._fail(lease, exc.stage, exc.reason)
+                return
             except InvalidArgument as exc:  # the data does not fit the spec (missing column, bad label)
                 span.set_status(trace.StatusCode.ERROR, str(exc))
-                await self._finish(run_id, T.RUN_STATUS_FAILED, T.RUN_STAGE_LOADING_DATA, str(exc))
+                await self._fail(lease, T.RUN_STAGE_LOADING_DATA, str(exc))
+                return
             except BrokenProcessPool:
                 # The training process died under us: requeue (attempts are counted on claim).
                 log.error("training process died; run requeued", run_id=run_id)
-                self._executor = self._new_executor()
-                await self._requeue(run_id)
+                self._restart_pool()
+                await lease.update(
+                    "status = $3, stage = $4, lease_until = NULL", T.RUN_STATUS_QUEUED, T.RUN_STAGE_QUEUED
+                )
+                return
             except Exception as exc:
                 log.exception("run failed", run_id=run_id)
                 span.record_exception(exc)
-                await self._finish(run_id, T.RUN_STATUS_FAILED, T.RUN_STAGE_UNSPECIFIED, f"{type(exc).__name__}: {exc}")
+                await self._fail(lease, T.RUN_STAGE_UNSPECIFIED, f"{type(exc).__name__}: {exc}")
+                return
+            if await lease.update(
+                "status = $3, stage = $4, result = $5, registered_name = $6, registered_version = $7,"
+                " ended_at = now(), lease_until = NULL",
+                T.RUN_STATUS_SUCCEEDED,
+                T.RUN_STAGE_DONE,
+                summary.SerializeToString(),
+                model.name,
+                model.version,
+            ):
+                log.info("run succeeded", run_id=run_id, model=model.name, version=model.version)
 
-    async def _train_and_register(self, row: asyncpg.Record) -> None:
-        run_id = row["run_id"]
-        async with self._ctx.pool.acquire() as conn:
-            spec = await store.get_spec(conn, row["spec_name"], row["spec_version"])
+    async def _attempt(self, row: asyncpg.Record, lease: Lease) -> tuple[training_pb2.Run, common_pb2.ModelRef]:
+        """Trains and registers; returns the run's summary and the registered model. Runs under the lease."""
+        max_attempts = self._settings.training_max_attempts
+        if lease.attempt > max_attempts:
+            raise TrainingFailed(row["stage"], f"gave up after {max_attempts} attempts")
+
+        async def get_spec() -> training_pb2.TrainingSpec:
+            async with self._ctx.pool.acquire() as conn:
+                return await store.get_spec(conn, row["spec_name"], row["spec_version"])
+
+        backoff = Backoff.from_settings(self._settings)
+        spec = await retry(get_spec, backoff=backoff, what=f"read the spec of run {lease.run_id}", retry_on=DB_ERRORS)
         schema = common_pb2.Schema.FromString(row["schema"])
         async with self._data_file(row["data_uri"]) as data_path:
             job = TrainJob(
-                run_id=run_id,
+                run_id=lease.run_id,
                 spec=spec,
                 data_path=str(data_path),
                 label_field=schema.label_field,
                 feature_fields=resolve_feature_fields(spec, schema),
                 seed=row["seed"],
             )
-            await self._drain(None, self._progress)  # anything left from a previous run
-            beat = asyncio.create_task(self._heartbeat(run_id, self._progress))
-            try:
-                loop = asyncio.get_running_loop()
-                result: TrainResult = await loop.run_in_executor(self._executor, child.run_job, job)
-            finally:
-                beat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beat
-                await self._drain(run_id, self._progress)
-        await self._set_stage(run_id, T.RUN_STAGE_REGISTERING)
+            result = await self._train(job)
+        await self._drain(lease)
+        # Owning the run is checked here, just before the model is registered.
+        if not await lease.update("stage = $3", T.RUN_STAGE_REGISTERING):
+            raise LeaseLost(lease.lost_reason)
         model = await self._register(row, spec, result)
         summary = training_pb2.Run(
             trials=result.trials,
@@ -157,68 +224,57 @@ class TrainingWorker:
             parity=result.parity,
         )
         summary.best_params.update(result.best_params)
-        async with self._ctx.pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE runs SET status = $2, stage = $3, result = $4, registered_name = $5, registered_version = $6,"
-                " ended_at = now(), lease_until = NULL WHERE run_id = $1",
-                run_id,
-                T.RUN_STATUS_SUCCEEDED,
-                T.RUN_STAGE_DONE,
-                summary.SerializeToString(),
-                model.name,
-                model.version,
-            )
-        log.info("run succeeded", run_id=run_id, model=model.name, version=model.version)
+        return summary, model.ref
+
+    async def _train(self, job: TrainJob) -> TrainResult:
+        await self._drain(None)  # anything left from a previous run
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, child.run_job, job)
+        except asyncio.CancelledError:
+            # The lease was lost or the service is stopping: the training process must stop too.
+            self._restart_pool()
+            raise
 
     @contextlib.asynccontextmanager
     async def _data_file(self, data_uri: str) -> AsyncIterator[Path]:
         data = await self._ctx.artifacts.get_bytes(data_uri.removeprefix("sha256:"))
-        tmp_dir = self._ctx.settings.home / "tmp"
-        await asyncio.to_thread(tmp_dir.mkdir, parents=True, exist_ok=True)
-        handle = await asyncio.to_thread(tempfile.NamedTemporaryFile, dir=tmp_dir, suffix=".parquet", delete=False)
-        path = Path(handle.name)
+        path = await asyncio.to_thread(_spill, self._ctx.settings.home / "tmp", data)
         try:
-            await asyncio.to_thread(handle.write, data)
-            await asyncio.to_thread(handle.close)
             yield path
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
 
-    async def _heartbeat(self, run_id: str, progress: Any) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            await self._drain(run_id, progress)
-            async with self._ctx.pool.acquire() as conn:
-                with untraced():
-                    await conn.execute(
-                        f"UPDATE runs SET lease_until = now() + interval '{LEASE_S} seconds' WHERE run_id = $1",
-                        run_id,
-                    )
-
-    async def _drain(self, run_id: str | None, progress: Any) -> None:
+    async def _drain(self, lease: Lease | None) -> None:
+        """Stores the latest progress the training process reported (best-effort: errors are logged)."""
+        progress = self._progress
         latest: dict[str, Any] | None = None
         while True:
             try:
                 latest = await asyncio.to_thread(progress.get_nowait)
-            except (queue.Empty, OSError, EOFError):
+            except (queue.Empty, OSError, EOFError, ValueError):
                 break
-        if latest is None or run_id is None:
+        if latest is None or lease is None:
             return
         stored = {k: v for k, v in latest.items() if k != "last_trial"}
         if latest.get("last_trial"):
             stored["last_trial"] = latest["last_trial"].hex()
-        async with self._ctx.pool.acquire() as conn:
-            with untraced():
-                await conn.execute(
-                    "UPDATE runs SET progress = $2::jsonb, stage = $3 WHERE run_id = $1",
-                    run_id,
-                    json.dumps(stored),
-                    int(latest.get("stage", T.RUN_STAGE_SEARCHING)),
-                )
+        try:
+            async with self._ctx.pool.acquire() as conn:
+                with untraced():
+                    await conn.execute(
+                        "UPDATE runs SET progress = $3::jsonb, stage = $4 WHERE run_id = $1 AND attempt = $2",
+                        lease.run_id,
+                        lease.attempt,
+                        json.dumps(stored),
+                        int(latest.get("stage", T.RUN_STAGE_SEARCHING)),
+                    )
+        except DB_ERRORS as exc:
+            log.warning("progress not recorded", run_id=lease.run_id, error=f"{type(exc).__name__}: {exc}")
 
     async def _register(
         self, row: asyncpg.Record, spec: training_pb2.TrainingSpec, result: TrainResult
-    ) -> common_pb2.ModelRef:
+    ) -> registry_pb2.ModelVersion:
         header = registry_pb2.RegisterModelHeader(
             model_name=spec.model_name,
             description=spec.description or f"trained by run {row['run_id']}",
@@ -245,51 +301,40 @@ class TrainingWorker:
         header.params.update(json.loads(json.dumps(result.best_params, default=str)))
         if spec.HasField("promotion_policy"):
             header.promotion_policy.CopyFrom(spec.promotion_policy)
-
-        def requests() -> Any:
-            yield registry_pb2.RegisterModelRequest(header=header)
-            for i in range(0, len(result.onnx), CHUNK):
-                yield registry_pb2.RegisterModelRequest(chunk=result.onnx[i : i + CHUNK])
-
-        settings = self._ctx.settings
-        delay = 0.5
-        for attempt in range(1, 8):
-            try:
-                async with grpc.aio.insecure_channel(
-                    settings.addr_for("registry"), options=channel_options(settings)
-                ) as channel:
-                    resp = await registry_pb2_grpc.RegistryServiceStub(channel).RegisterModel(requests(), timeout=60)
-                return resp.version.ref
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or attempt == 7:
-                    reason = f"registry: {exc.code().name}: {exc.details()}"
-                    raise TrainingFailed(T.RUN_STAGE_REGISTERING, reason) from exc
-                log.warning("registry unavailable, retrying", attempt=attempt)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
-        raise AssertionError("unreachable")
-
-    async def _set_stage(self, run_id: str, stage: int) -> None:
-        async with self._ctx.pool.acquire() as conn:
-            await conn.execute("UPDATE runs SET stage = $2 WHERE run_id = $1", run_id, stage)
-
-    async def _finish(self, run_id: str, status: int, stage: int, error: str) -> None:
-        async with self._ctx.pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE runs SET status = $2, stage = $3, error = $4, ended_at = now(), lease_until = NULL"
-                " WHERE run_id = $1",
-                run_id,
-                status,
-                stage,
-                error,
+        settings = self._settings
+        try:
+            return await retry(
+                lambda: clients.register_model(settings, header, result.onnx),
+                backoff=Backoff.from_settings(settings),
+                what=f"register the model of run {row['run_id']}",
+                retry_on=(Unavailable,),
+                attempts=REGISTER_ATTEMPTS,
             )
-        log.warning("run failed", run_id=run_id, error=error)
+        except Unavailable as exc:  # still unreachable after the last attempt
+            raise TrainingFailed(T.RUN_STAGE_REGISTERING, str(exc)) from exc
+        except FlywheelError as exc:  # the registry refused the model: retrying cannot help
+            raise TrainingFailed(T.RUN_STAGE_REGISTERING, f"registry: {type(exc).__name__}: {exc}") from exc
 
-    async def _requeue(self, run_id: str) -> None:
-        async with self._ctx.pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE runs SET status = $2, stage = $3, lease_until = NULL WHERE run_id = $1",
-                run_id,
-                T.RUN_STATUS_QUEUED,
-                T.RUN_STAGE_QUEUED,
-            )
+    async def _fail(self, lease: Lease, stage: training_pb2.RunStage.ValueType, error: str) -> None:
+        if await lease.update(
+            "status = $3, stage = $4, error = $5, ended_at = now(), lease_until = NULL",
+            T.RUN_STATUS_FAILED,
+            stage,
+            error,
+        ):
+            log.warning("run failed", run_id=lease.run_id, error=error)
+
+
+def _alive(conn: asyncpg.Connection) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # the server closed it and the pool took it back: the proxy is detached
+        return False
+
+
+def _spill(tmp_dir: Path, data: bytes) -> Path:
+    """The dataset's bytes in a new file the training process can read (blocking IO: run in a thread)."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".parquet", delete=False) as handle:
+        handle.write(data)
+    return Path(handle.name)

@@ -29,7 +29,7 @@ DEFAULT_CLASSIFICATION_TOLERANCE = 1e-4
 DEFAULT_REGRESSION_TOLERANCE = 1e-3
 MIN_LABEL_AGREEMENT = 0.999
 
-_DATATYPES = {
+_DATATYPES: dict[int, str] = {  # onnx element type -> KServe v2 datatype
     onnx.TensorProto.FLOAT: "FP32",
     onnx.TensorProto.DOUBLE: "FP64",
     onnx.TensorProto.FLOAT16: "FP16",
@@ -86,7 +86,7 @@ def signature_from_onnx(
     )
 
 
-def default_tolerance(task: int) -> float:
+def default_tolerance(task: common_pb2.Task.ValueType) -> float:
     if task == common_pb2.TASK_CLASSIFICATION:
         return DEFAULT_CLASSIFICATION_TOLERANCE
     return DEFAULT_REGRESSION_TOLERANCE
@@ -107,7 +107,7 @@ def onnx_outputs(onnx_bytes: bytes, X: np.ndarray) -> list[np.ndarray]:
 
 
 def parity_check(
-    onnx_bytes: bytes, pipeline: Pipeline, X_test: np.ndarray, task: int, tolerance: float
+    onnx_bytes: bytes, pipeline: Pipeline, X_test: np.ndarray, task: common_pb2.Task.ValueType, tolerance: float
 ) -> training_pb2.ParityCheck:
     """ONNX Runtime (CPU) vs the fitted pipeline on X_test. tolerance 0 = the task's default.
 

@@ -27,7 +27,9 @@ class DataVersion:
     parents: list[int] = field(default_factory=list)
 
 
-def dedup_key(spec: training_pb2.TrainingSpec, data: DataVersion, trigger: int, request_id: str = "") -> str:
+def dedup_key(
+    spec: training_pb2.TrainingSpec, data: DataVersion, trigger: training_pb2.RunTrigger.ValueType, request_id: str = ""
+) -> str:
     if trigger == T.RUN_TRIGGER_MANUAL:
         return f"manual:{spec.name}:{request_id or uuid.uuid4()}"
     return f"{spec.name}:{spec.version}:{data.name}:{data.version}:{trigger}"
@@ -38,7 +40,7 @@ async def enqueue_run(
     spec: training_pb2.TrainingSpec,
     data: DataVersion,
     *,
-    trigger: int,
+    trigger: training_pb2.RunTrigger.ValueType,
     trigger_event_id: str = "",
     request_id: str = "",
     seed: int | None = None,

@@ -8,22 +8,27 @@ import asyncio
 from flywheel.app import ServiceContext
 from flywheel.errors import NotFound, Unavailable
 from flywheel.logging import get_logger
+from flywheel.retry import Backoff
 from flywheel.v1 import training_pb2
 from services.training import ingestion_client
 from services.training.queue import covering_run, enqueue_run
+from services.training.store import DB_ERRORS
 
 log = get_logger(__name__)
 INTERVAL_S = 60.0
+_RETRYABLE: tuple[type[BaseException], ...] = (Unavailable, *DB_ERRORS)
 
 
 async def reconcile_forever(ctx: ServiceContext) -> None:
+    backoff = Backoff.from_settings(ctx.settings)
     while True:
         try:
             await reconcile_once(ctx)
-        except Unavailable as exc:
-            log.info("reconcile: ingestion not reachable yet", error=str(exc))
-            await asyncio.sleep(2.0)
+        except _RETRYABLE as exc:
+            log.info("reconcile: ingestion or the database not reachable; retrying", error=repr(exc))
+            await backoff.wait()
             continue
+        backoff.reset()
         await asyncio.sleep(INTERVAL_S)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
 
+import grpc
 from google.protobuf import struct_pb2
 
 from flywheel.app import ServiceContext
@@ -15,11 +17,12 @@ from flywheel.paging import decode_token, next_token, page_size
 from flywheel.pbutil import timestamp
 from flywheel.v1 import training_pb2, training_pb2_grpc
 from services.training import ingestion_client, store
-from services.training.estimators import validate_spec
 from services.training.queue import enqueue_run
+from services.training.spec_validation import validate_spec
 from services.training.trainer import resolve_feature_fields
 
 T = training_pb2
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 WATCH_POLL_S = 0.3
 LOWER_IS_BETTER = {"mae", "rmse", "mse", "log_loss"}
@@ -30,13 +33,9 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
         self._ctx = ctx
         self._pool = ctx.pool
 
-    async def CreateSpec(self, request, context):  # type: ignore[no-untyped-def]
-        spec = T.TrainingSpec.FromString(request.spec.SerializeToString())
-        if not NAME.match(spec.name):
-            raise InvalidArgument(f"{spec.name!r} is not a valid spec name ([a-z0-9][a-z0-9_.-]*)", field="spec.name")
-        if not NAME.match(spec.model_name):
-            raise InvalidArgument(f"{spec.model_name!r} is not a valid model name", field="spec.model_name")
-        validate_spec(spec, field_prefix="spec.")
+    async def CreateSpec(self, request: T.CreateSpecRequest, context: Context) -> T.CreateSpecResponse:
+        # sklearn checks every search-space value: seconds of CPU for a large space, so not on the loop
+        spec = await asyncio.to_thread(_checked_spec, request.spec)
         dataset = await ingestion_client.get_dataset(self._ctx.settings, spec.dataset)
         if not dataset.schema.label_field:
             raise InvalidArgument(f"dataset {spec.dataset!r} has no label field to train on", field="spec.dataset")
@@ -57,11 +56,11 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
             )
             return T.CreateSpecResponse(spec=await store.get_spec(conn, spec.name, spec.version))
 
-    async def GetSpec(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetSpec(self, request: T.GetSpecRequest, context: Context) -> T.GetSpecResponse:
         async with self._pool.acquire() as conn:
             return T.GetSpecResponse(spec=await store.get_spec(conn, request.name, request.version))
 
-    async def ListSpecs(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListSpecs(self, request: T.ListSpecsRequest, context: Context) -> T.ListSpecsResponse:
         size, offset = page_size(request.page_size), decode_token(request.page_token)
         latest_only = (
             "" if request.all_versions else "AND version = (SELECT max(version) FROM specs s2 WHERE s2.name = s.name)"
@@ -79,7 +78,7 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
             specs=[store.to_spec(r) for r in rows], next_page_token=next_token(offset, size, len(rows))
         )
 
-    async def StartRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def StartRun(self, request: T.StartRunRequest, context: Context) -> T.StartRunResponse:
         async with self._pool.acquire() as conn:
             spec = await store.get_spec(conn, request.spec_name, request.spec_version)
         data = await ingestion_client.get_data_version(self._ctx.settings, spec.dataset, request.dataset_version)
@@ -94,11 +93,11 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
             )
             return T.StartRunResponse(run=store.to_run(await store.get_run(conn, run_id)), created=created)
 
-    async def GetRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetRun(self, request: T.GetRunRequest, context: Context) -> T.GetRunResponse:
         async with self._pool.acquire() as conn:
             return T.GetRunResponse(run=store.to_run(await store.get_run(conn, request.run_id)))
 
-    async def ListRuns(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListRuns(self, request: T.ListRunsRequest, context: Context) -> T.ListRunsResponse:
         size, offset = page_size(request.page_size), decode_token(request.page_token)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
@@ -117,7 +116,7 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
             runs=[store.to_run(r) for r in rows], next_page_token=next_token(offset, size, len(rows))
         )
 
-    async def CompareRuns(self, request, context):  # type: ignore[no-untyped-def]
+    async def CompareRuns(self, request: T.CompareRunsRequest, context: Context) -> T.CompareRunsResponse:
         if len(request.run_ids) < 2:
             raise InvalidArgument("compare needs at least two runs", field="run_ids")
         async with self._pool.acquire() as conn:
@@ -131,7 +130,7 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
             params=[_row(n, [p.get(n) for p in params]) for n in sorted({k for p in params for k in p})],
         )
 
-    async def WatchRun(self, request, context) -> AsyncIterator[T.WatchRunResponse]:  # type: ignore[no-untyped-def]
+    async def WatchRun(self, request: T.WatchRunRequest, context: Context) -> AsyncIterator[T.WatchRunResponse]:
         last: T.RunProgress | None = None
         while True:
             async with self._pool.acquire() as conn:
@@ -145,7 +144,9 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
                 return
             await asyncio.sleep(WATCH_POLL_S)
 
-    async def ListTriggerDecisions(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListTriggerDecisions(
+        self, request: T.ListTriggerDecisionsRequest, context: Context
+    ) -> T.ListTriggerDecisionsResponse:
         size, offset = page_size(request.page_size), decode_token(request.page_token)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
@@ -165,6 +166,18 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
             for r in rows
         ]  # fmt: skip
         return T.ListTriggerDecisionsResponse(decisions=decisions, next_page_token=next_token(offset, size, len(rows)))
+
+
+def _checked_spec(requested: T.TrainingSpec) -> T.TrainingSpec:
+    """A validated copy of the requested spec; InvalidArgument names the field at fault."""
+    spec = T.TrainingSpec()
+    spec.CopyFrom(requested)
+    if not NAME.match(spec.name):
+        raise InvalidArgument(f"{spec.name!r} is not a valid spec name ([a-z0-9][a-z0-9_.-]*)", field="spec.name")
+    if not NAME.match(spec.model_name):
+        raise InvalidArgument(f"{spec.model_name!r} is not a valid model name", field="spec.model_name")
+    validate_spec(spec, field_prefix="spec.")
+    return spec
 
 
 def _row(name: str, values: list[object], *, lower_better: bool = False) -> T.ComparisonRow:
@@ -190,5 +203,5 @@ def _row(name: str, values: list[object], *, lower_better: bool = False) -> T.Co
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
-    training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingService(ctx), server)
+    server.add_servicer(training_pb2_grpc.add_TrainingServiceServicer_to_server, TrainingService(ctx))
     return [training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name]

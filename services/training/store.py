@@ -13,6 +13,8 @@ from flywheel.v1 import common_pb2, training_pb2
 T = training_pb2
 TERMINAL = (T.RUN_STATUS_SUCCEEDED, T.RUN_STATUS_FAILED, T.RUN_STATUS_CANCELLED)
 RUN_NOTIFY = "flywheel_runs"
+# What a database that is restarting, failing over or dropping connections raises: worth retrying.
+DB_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 async def get_spec(conn: asyncpg.Connection, name: str, version: int = 0) -> training_pb2.TrainingSpec:
@@ -30,7 +32,7 @@ async def get_spec(conn: asyncpg.Connection, name: str, version: int = 0) -> tra
 
 def to_spec(row: asyncpg.Record) -> training_pb2.TrainingSpec:
     spec = training_pb2.TrainingSpec.FromString(row["spec"])
-    spec.create_time.CopyFrom(timestamp(row["created_at"]))
+    spec.create_time.FromDatetime(row["created_at"])
     return spec
 
 

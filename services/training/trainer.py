@@ -25,7 +25,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -40,11 +40,14 @@ from flywheel import evaluation
 from flywheel.errors import InvalidArgument
 from flywheel.v1 import common_pb2, training_pb2
 from services.training import estimators, packaging, search
+from services.training.estimators import Estimator, Task
+from services.training.spec_validation import validate_spec
 
 SPLIT_COLUMN = "__split"
 VALIDATION_FRACTION = 0.2
 MAX_ERROR_CHARS = 2000
 Stage = training_pb2.RunStage
+StageValue: TypeAlias = training_pb2.RunStage.ValueType
 CLASSIFICATION = common_pb2.TASK_CLASSIFICATION
 
 
@@ -74,7 +77,7 @@ class TrainingFailed(Exception):
 
     def __init__(
         self,
-        stage: int,
+        stage: StageValue,
         reason: str,
         trials: list[training_pb2.Trial] | None = None,
         parity: training_pb2.ParityCheck | None = None,
@@ -190,7 +193,7 @@ def _encode_labels(train: list[Any], test: list[Any]) -> tuple[np.ndarray, np.nd
     return y_train, y_test, labels
 
 
-def load_dataset(path: str, feature_fields: list[str], label_field: str, task: int) -> Dataset:
+def load_dataset(path: str, feature_fields: list[str], label_field: str, task: Task) -> Dataset:
     _check_columns(pq.read_schema(path), feature_fields, label_field)
     table = pq.read_table(path, columns=[*feature_fields, label_field, SPLIT_COLUMN])
     labelled = table.filter(pc.is_valid(table.column(label_field)))
@@ -232,7 +235,7 @@ class _Reporter:
         self.total = 0
         self.best_score = math.nan
 
-    def emit(self, message: str, stage: int | None = None, last_trial: training_pb2.Trial | None = None) -> None:
+    def emit(self, message: str, stage: StageValue | None = None, last_trial: training_pb2.Trial | None = None) -> None:
         if stage is not None:
             self.stage = stage
         if self.queue is None:
@@ -251,7 +254,7 @@ class _Reporter:
 
 
 @contextlib.contextmanager
-def _stage(stage: int, trials: list[training_pb2.Trial] | None = None) -> Iterator[None]:
+def _stage(stage: StageValue, trials: list[training_pb2.Trial] | None = None) -> Iterator[None]:
     """Unexpected errors inside a stage become TrainingFailed(stage) with the error as reason."""
     try:
         yield
@@ -268,7 +271,7 @@ def _describe(exc: BaseException) -> str:
 # --- search -----------------------------------------------------------------------------------------
 
 
-def _folds(data: Dataset, cv_folds: int, seed: int, task: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _folds(data: Dataset, cv_folds: int, seed: int, task: Task) -> list[tuple[np.ndarray, np.ndarray]]:
     """(fit rows, validation rows) pairs on the train split: k-fold when cv_folds > 1, else a 20% holdout."""
     n = len(data.y_train)
     rs = estimators.sklearn_seed(seed)
@@ -288,7 +291,7 @@ def _folds(data: Dataset, cv_folds: int, seed: int, task: int) -> list[tuple[np.
     return [(np.sort(fit), np.sort(val))]
 
 
-def _fit(estimator: int, params: dict[str, Any], seed: int, X: np.ndarray, y: np.ndarray) -> Pipeline:
+def _fit(estimator: Estimator, params: dict[str, Any], seed: int, X: np.ndarray, y: np.ndarray) -> Pipeline:
     pipeline = estimators.build_pipeline(estimator, params, seed)
     with warnings.catch_warnings():
         # an unconverged MLP/logistic fit is still a valid trial; the metric says how good it is
@@ -298,7 +301,7 @@ def _fit(estimator: int, params: dict[str, Any], seed: int, X: np.ndarray, y: np
 
 
 def _validation_metrics(
-    pipeline: Pipeline, X: np.ndarray, y: np.ndarray, task: int, class_labels: list[str]
+    pipeline: Pipeline, X: np.ndarray, y: np.ndarray, task: Task, class_labels: list[str]
 ) -> dict[str, float]:
     if task != CLASSIFICATION:
         return evaluation.aggregate(evaluation.regression_metrics(y, pipeline.predict(X)))
@@ -324,7 +327,7 @@ def _run_trial(
     job: TrainJob,
     data: Dataset,
     folds: list[tuple[np.ndarray, np.ndarray]],
-    task: int,
+    task: Task,
 ) -> training_pb2.Trial:
     trial = training_pb2.Trial(number=number, params=_struct(_json_params(params)))
     started = time.perf_counter()
@@ -363,7 +366,7 @@ def _trial_score(trial: training_pb2.Trial, metric: str) -> float:
 
 
 def _search(
-    job: TrainJob, data: Dataset, candidates: list[dict[str, Any]], task: int, reporter: _Reporter
+    job: TrainJob, data: Dataset, candidates: list[dict[str, Any]], task: Task, reporter: _Reporter
 ) -> tuple[list[training_pb2.Trial], int]:
     """Runs every trial; returns them and the best successful trial's number."""
     metric = estimators.effective_metric(job.spec)
@@ -391,7 +394,7 @@ def _search(
 # --- the run ----------------------------------------------------------------------------------------
 
 
-def _onnx_evaluation(onnx_bytes: bytes, data: Dataset, task: int) -> training_pb2.Evaluation:
+def _onnx_evaluation(onnx_bytes: bytes, data: Dataset, task: Task) -> training_pb2.Evaluation:
     outputs = packaging.onnx_outputs(onnx_bytes, data.X_test)
     if task == CLASSIFICATION:
         return evaluation.classification_metrics(data.y_test, outputs[0], outputs[1], data.class_labels)
@@ -402,7 +405,7 @@ def train(job: TrainJob, progress: Any | None = None) -> TrainResult:
     """Runs the whole job. Raises TrainingFailed(stage, reason) or InvalidArgument (bad spec/columns)."""
     reporter = _Reporter(progress)
     spec = job.spec
-    estimators.validate_spec(spec)
+    validate_spec(spec)
     task = estimators.effective_task(spec)
     reporter.emit(f"loading {len(job.feature_fields)} features", Stage.RUN_STAGE_LOADING_DATA)
     with _stage(Stage.RUN_STAGE_LOADING_DATA):

@@ -1,20 +1,27 @@
-"""The training service's ML core: search spaces, spec validation, metrics, ONNX packaging, train()."""
+"""The training service's core: search spaces, spec validation, metrics, ONNX packaging, train(),
+and the rules of a run's lease (its heartbeat against a fake database)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import pickle
 import queue
+import time
+from collections.abc import AsyncIterator
 
+import asyncpg
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
 
 from flywheel import evaluation
+from flywheel.config import Settings
 from flywheel.errors import InvalidArgument
 from flywheel.v1 import common_pb2, training_pb2
-from services.training import estimators, packaging, search, trainer
+from services.training import estimators, lease, packaging, search, spec_validation, trainer
 
 E = training_pb2
 FEATURES = ["a", "b", "c", "flag"]
@@ -156,21 +163,21 @@ def _with_space(build) -> training_pb2.TrainingSpec:
 )
 def test_validate_spec_names_the_field(spec: training_pb2.TrainingSpec, field: str):
     with pytest.raises(InvalidArgument) as err:
-        estimators.validate_spec(spec)
+        spec_validation.validate_spec(spec)
     assert err.value.field == field
     with pytest.raises(InvalidArgument) as prefixed:
-        estimators.validate_spec(spec, field_prefix="spec.")
+        spec_validation.validate_spec(spec, field_prefix="spec.")
     assert prefixed.value.field == f"spec.{field}"
 
 
 def test_valid_specs_pass_and_defaults_apply():
     spec = _spec()
     _range(spec.search_space, "C", 0.01, 10, log=True)
-    estimators.validate_spec(spec)
+    spec_validation.validate_spec(spec)
     assert estimators.effective_task(spec) == common_pb2.TASK_CLASSIFICATION
     assert estimators.effective_metric(spec) == "f1"
     reg = _spec(estimator=E.ESTIMATOR_LINEAR_REGRESSION, metric="MAE")
-    estimators.validate_spec(reg)
+    spec_validation.validate_spec(reg)
     assert estimators.effective_metric(reg) == "mae"
     assert evaluation.default_direction("mae") == common_pb2.METRIC_DIRECTION_MINIMIZE
     assert evaluation.default_direction("r2") == common_pb2.METRIC_DIRECTION_MAXIMIZE
@@ -393,3 +400,114 @@ def test_parity_excuses_label_ties_but_not_real_disagreement(data_path: str):
     other.fit(X, 1 - labels)
     check = packaging.parity_check(onnx_bytes, other, X, common_pb2.TASK_CLASSIFICATION, 0.0)
     assert not check.passed and check.label_agreement < 0.5 and "label agreement" in check.reason
+
+
+# --- module layering --------------------------------------------------------------------------------
+
+
+def _training_imports(module: str) -> set[str]:
+    import ast
+    from pathlib import Path
+
+    import services.training
+
+    tree = ast.parse((Path(services.training.__file__).parent / f"{module}.py").read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "services.training":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("services.training."):
+            found.add(node.module.rsplit(".", 1)[1])
+    return found
+
+
+def test_rule_modules_import_only_downward():
+    """estimators <- search_space <- spec_validation <- search: no cycle, no import at call time."""
+    assert _training_imports("estimators") == set()
+    assert _training_imports("search_space") == {"estimators"}
+    assert _training_imports("spec_validation") == {"estimators", "search_space"}
+    assert _training_imports("search") == {"estimators", "search_space", "spec_validation"}
+
+
+# --- the run's lease --------------------------------------------------------------------------------
+
+
+class _Conn:
+    """Answers the lease renewal: an exception to raise, or what fetchval returns (True = renewed)."""
+
+    def __init__(self, answers: list[object]) -> None:
+        self.answers = answers
+        self.renewals = 0
+
+    async def fetchval(self, sql: str, *args: object) -> object:
+        answer = self.answers.pop(0) if self.answers else True
+        if isinstance(answer, BaseException):
+            raise answer
+        self.renewals += answer is True
+        return answer
+
+
+class _Pool:
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[_Conn]:
+        yield self.conn
+
+
+def _lease(conn: _Conn, lease_s: float) -> lease.Lease:
+    settings = Settings(training_lease_s=lease_s, training_heartbeat_s=0.01, retry_base_s=0.01, retry_max_s=0.02)
+    return lease.Lease(_Pool(conn), settings, "run-1", 1, time.monotonic())  # a fake pool: only acquire() is used
+
+
+def _dropped() -> BaseException:
+    return asyncpg.exceptions.ConnectionDoesNotExistError("terminating connection due to administrator command")
+
+
+async def test_heartbeat_retries_database_errors_and_keeps_beating():
+    conn = _Conn([_dropped(), _dropped(), OSError("connection refused"), True, _dropped()])
+    held = _lease(conn, lease_s=5.0)
+    beats: list[int] = []
+
+    async def beat() -> None:
+        beats.append(1)
+
+    async with held.kept(beat):
+        assert await held.hold(asyncio.sleep(0.3, result="trained")) == "trained"
+    assert not conn.answers, "every failure was retried"
+    assert not held.lost and conn.renewals >= 3 and beats
+
+
+async def test_a_lease_not_renewed_before_it_lapses_is_lost_and_the_work_cancelled():
+    conn = _Conn([_dropped()] * 1000)
+    held = _lease(conn, lease_s=0.2)
+    cancelled = asyncio.Event()
+
+    async def train() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cancelled.set()
+
+    async def beat() -> None:
+        pass
+
+    started = time.monotonic()
+    async with held.kept(beat):
+        with pytest.raises(lease.LeaseLost):
+            await held.hold(train())
+    assert cancelled.is_set() and time.monotonic() - started < 5
+    assert "0.2s lease" in held.lost_reason
+
+
+async def test_a_run_claimed_again_ends_the_lease_at_the_next_renewal():
+    held = _lease(_Conn([None]), lease_s=5.0)  # no row: another attempt owns the run
+
+    async def beat() -> None:
+        pass
+
+    async with held.kept(beat):
+        with pytest.raises(lease.LeaseLost):
+            await held.hold(asyncio.sleep(30))
+    assert "claimed again" in held.lost_reason
