@@ -30,8 +30,8 @@ log = get_logger(__name__)
 
 async def enqueue(conn: asyncpg.Connection, topic: str, key: str, event: Message) -> str:
     """Stage `event` for `topic`; it is published only if the surrounding transaction commits."""
-    meta = event.meta  # type: ignore[attr-defined]
-    if not meta.event_id:
+    meta = getattr(event, "meta", None)  # every Flywheel event has one; Message does not say so
+    if meta is None or not meta.event_id:
         raise ValueError("event.meta must be set (flywheel.bus.serde.new_meta)")
     carrier: dict[str, str] = {}
     propagate.inject(carrier)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -122,7 +122,7 @@ def command(fn: F) -> F:
             report_error("interrupted")
             return 130
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 # ---------------------------------------------------------------------------------------------------
