@@ -20,6 +20,7 @@ import asyncpg
 
 from flywheel import db
 from flywheel.artifacts import LocalArtifactStore
+from flywheel.auth import Authenticator, tokens
 from flywheel.bus import EventConsumer, EventProducer, Handler, OutboxRelay, ensure_topics
 from flywheel.bus.topics import all_topics
 from flywheel.config import Settings, get_settings
@@ -94,8 +95,15 @@ async def _main(definition: ServiceDefinition, settings: Settings) -> int:
     tasks: list[asyncio.Task[None]] = []
     try:
         applied = await db.migrate(pool, name, [db.LIBRARY_MIGRATIONS, definition.migrations])
+        applied += await tokens.migrate(pool)
         if applied:
             log.info("migrations applied", migrations=applied)
+        try:
+            server.guard.authenticator = Authenticator(settings, pool)
+        except ValueError as exc:  # incomplete OIDC settings
+            raise StartupError(str(exc)) from exc
+        if not server.guard.enabled:
+            log.warning("authentication is OFF (FLYWHEEL_AUTH_MODE=off): every caller is trusted")
         await producer.start()
         await ensure_topics(
             settings.kafka_bootstrap,

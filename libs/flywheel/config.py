@@ -50,6 +50,35 @@ class Settings(BaseSettings):
     consumer_heartbeat_ms: int = 1000
     consumer_rebalance_timeout_ms: int = 3000
 
+    # Kafka client security (producers, consumers and admin clients alike).
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None  # client certificate, for brokers that require one
+    kafka_ssl_keyfile: Path | None = None
+
+    # Authentication: every RPC but health carries `authorization: Bearer <token>`.
+    auth_mode: str = "required"  # required | off (off: every caller is trusted; never in production)
+    auth_token: str | None = None  # this process's own credential (a service identity, or the CLI's user)
+    auth_cache_s: float = 5.0  # a validated token is trusted this long: revocation takes effect within it
+    oidc_issuer: str | None = None  # JWTs from an identity provider are accepted when this is set
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None  # keys from the provider's JWKS endpoint ...
+    oidc_key_file: Path | None = None  # ... or from a PEM public key or JWKS file
+    oidc_roles_claim: str = "roles"  # dotted path to a list of role names (e.g. realm_access.roles)
+    oidc_name_claim: str = "sub"
+    oidc_algorithms: list[str] = ["RS256", "ES256"]
+
+    # gRPC TLS. A server with a certificate serves TLS only; clients verify it with tls_ca_file.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_require_client_auth: bool = False  # mTLS: clients must present a certificate from tls_ca_file
+    tls_client_cert_file: Path | None = None
+    tls_client_key_file: Path | None = None
+
     grpc_host: str = "127.0.0.1"
     grpc_port: int | None = None  # overrides this process's own port (containers, test harnesses)
     grpc_max_message_mb: int = 64
@@ -109,6 +138,11 @@ class Settings(BaseSettings):
     def addr_for(self, service: str) -> str:
         addr = getattr(self, f"{service}_addr")
         return addr or f"127.0.0.1:{self.port_for(service)}"
+
+    @property
+    def credentials_file(self) -> Path:
+        """Where `flywheel up` leaves the admin credential (and TLS files) for the CLI and the tests."""
+        return self.home / "credentials"
 
     @property
     def artifacts_dir(self) -> Path:

@@ -20,6 +20,7 @@ from flywheel.grpc import GrpcServer, stream_header
 from flywheel.grpc.context import actor
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from services.registry import token_service
 from services.registry.catalog import Catalog
 from services.registry.promoter import Promoter
 
@@ -207,4 +208,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
     server.add_servicer(registry_pb2_grpc.add_RegistryServiceServicer_to_server, RegistryService(ctx))
-    return [registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name]
+    return [
+        registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+        *token_service.register(server, ctx.pool),
+    ]

@@ -1,5 +1,5 @@
-"""What every RPC method of ours gets: domain errors become status codes, and a SERVER span continues
-the caller's trace.
+"""What every RPC method of ours gets: the caller is authenticated and authorized (flywheel.auth),
+domain errors become status codes, and a SERVER span continues the caller's trace.
 
 Both are applied once, when a servicer's handlers are registered, not per call by server
 interceptors: an aio interceptor runs a coroutine and rebuilds the method handler on every call,
@@ -17,6 +17,7 @@ import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from flywheel.auth.guard import Guard
 from flywheel.logging import get_logger
 
 from .errors import status_for
@@ -28,9 +29,12 @@ Behavior = Callable[..., Any]
 class MethodWrapper:
     """Wraps method handlers; methods named in `untraced` (full names, "/pkg.Service/Method") get no span."""
 
-    def __init__(self, untraced: Collection[str] = (), tracer: trace.Tracer | None = None) -> None:
+    def __init__(
+        self, untraced: Collection[str] = (), tracer: trace.Tracer | None = None, guard: Guard | None = None
+    ) -> None:
         self._untraced = untraced  # read when a method is wrapped
         self._tracer = tracer or trace.get_tracer("flywheel.grpc")
+        self._guard = guard  # None: no authentication (only tests build a wrapper without one)
 
     @overload
     def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]: ...
@@ -70,9 +74,13 @@ class MethodWrapper:
         )
 
     def _unary(self, behavior: Behavior, method: str, traced: bool) -> Callable[..., Awaitable[Any]]:
+        guard = self._guard
+
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             with self._span(method, context) if traced else nullcontext() as span:
                 try:
+                    if guard is not None:
+                        await guard.check(method, context.invocation_metadata())
                     return await behavior(request, context)
                 except Exception as exc:
                     await _fail(context, exc, method, span)
@@ -80,9 +88,13 @@ class MethodWrapper:
         return unary
 
     def _stream(self, behavior: Behavior, method: str, traced: bool) -> Callable[..., AsyncIterator[Any]]:
+        guard = self._guard
+
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             with self._span(method, context) if traced else nullcontext() as span:
                 try:
+                    if guard is not None:
+                        await guard.check(method, context.invocation_metadata())
                     result = behavior(request, context)
                     if inspect.isasyncgen(result):
                         async for item in result:

@@ -14,8 +14,9 @@ from typing import TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from flywheel.auth.guard import Guard
 from flywheel.config import Settings
 from flywheel.errors import StartupError
 from flywheel.logging import get_logger
@@ -26,6 +27,24 @@ from .methods import MethodWrapper
 log = get_logger(__name__)
 ReadinessCheck = Callable[[], Awaitable[bool]]
 S = TypeVar("S")
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured (then the port serves TLS only), else None (plaintext)."""
+    if settings.tls_cert_file is None and settings.tls_key_file is None:
+        return None
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        raise StartupError("TLS needs both FLYWHEEL_TLS_CERT_FILE and FLYWHEEL_TLS_KEY_FILE")
+    if settings.tls_require_client_auth and settings.tls_ca_file is None:
+        raise StartupError("FLYWHEEL_TLS_REQUIRE_CLIENT_AUTH needs FLYWHEEL_TLS_CA_FILE to check clients against")
+    try:
+        key, cert = settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes()
+        ca = settings.tls_ca_file.read_bytes() if settings.tls_ca_file else None
+    except OSError as exc:
+        raise StartupError(f"cannot read TLS files: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=settings.tls_require_client_auth
+    )
 
 
 class GrpcServer:
@@ -40,14 +59,24 @@ class GrpcServer:
         self.serving = False  # mirrors the health status, for protocols with their own readiness call
         self._service_names: list[str] = []
         self._untraced: set[str] = set()
-        self._methods = MethodWrapper(self._untraced)
+        # Every method but health passes the guard; the app gives it an authenticator once the
+        # database is up (until then calls get UNAVAILABLE, never an unchecked pass).
+        try:
+            self.guard = Guard(settings.auth_mode)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
+        self._methods = MethodWrapper(self._untraced, guard=self.guard)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._bind()
 
     def _bind(self) -> None:
         address = f"{self._settings.grpc_host}:{self.port}"
         try:
-            bound = self.server.add_insecure_port(address)
+            credentials = server_credentials(self._settings)
+            if credentials is None:
+                bound = self.server.add_insecure_port(address)
+            else:
+                bound = self.server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {address}: port already in use or not bindable") from exc
         if bound == 0:
@@ -80,7 +109,11 @@ class GrpcServer:
 
     async def start(self) -> None:
         names = [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
+        # Registered through our wrapping, so reflection needs an identity like every other method.
+        self.add_servicer(
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+            reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME]),
+        )
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
 
