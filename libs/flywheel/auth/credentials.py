@@ -27,8 +27,10 @@ class ClientCredentials:
         return self.tls_ca_file is not None
 
 
-def client_credentials(settings: Settings) -> ClientCredentials:
-    saved = read_credentials(settings.credentials_file)
+def client_credentials(settings: Settings, *, saved_file: bool = True) -> ClientCredentials:
+    """`saved_file=False` is for services: they call with their own identity from the environment
+    and never fall back to the admin credential a local `flywheel up` leaves in FLYWHEEL_HOME."""
+    saved = read_credentials(settings.credentials_file) if saved_file else ClientCredentials()
     return ClientCredentials(
         token=settings.auth_token or saved.token,
         tls_ca_file=settings.tls_ca_file or saved.tls_ca_file,

@@ -36,8 +36,9 @@ def ssl_credentials(creds: ClientCredentials) -> grpc.ChannelCredentials:
 
 
 def aio_channel(settings: Settings, service: str) -> grpc.aio.Channel:
-    """A channel to `service` ("registry", "serving", ...) for asyncio code."""
-    return aio_channel_to(settings.addr_for(service), settings, client_credentials(settings))
+    """A channel from one service to another ("registry", "serving", ...), with this process's own
+    identity (FLYWHEEL_AUTH_TOKEN), never the user credential file."""
+    return aio_channel_to(settings.addr_for(service), settings, client_credentials(settings, saved_file=False))
 
 
 def aio_channel_to(target: str, settings: Settings, creds: ClientCredentials) -> grpc.aio.Channel:
