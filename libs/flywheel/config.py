@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     serving_log_flush_s: float = 0.5  # the prediction logger publishes at least this often
     serving_executor_threads: int = 4  # threads that run ONNX Runtime sessions off the event loop
 
+    # Registry.
+    registry_max_artifact_mb: int = 1024  # a larger model upload is refused (RESOURCE_EXHAUSTED)
+
     # Training.
     training_lease_s: float = 15.0  # a run whose worker stops heartbeating is reclaimed after this
     training_heartbeat_s: float = 1.0

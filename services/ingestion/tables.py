@@ -136,8 +136,29 @@ def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: common_pb2.Schema) 
             raise InvalidArgument(f"row {i}: expected a JSON object", field="records")
     wanted = field_names(schema)
     # The per-row loop is unavoidable for Python dicts; it is not on the bulk (CSV) path.
-    columns = [pa.array([_text(row.get(name)) for row in rows], type=pa.string()) for name in wanted]
+    columns = [_string_column(rows, name) for name in wanted]
     return pa.table(columns, names=wanted)
+
+
+def _string_column(rows: Sequence[Mapping[str, Any]], name: str) -> pa.Array:
+    values = [_text(row.get(name)) for row in rows]
+    try:
+        return pa.array(values, type=pa.string())
+    except UnicodeEncodeError:
+        # JSON may carry lone surrogates ("\ud800") that no UTF-8 column can hold: the row is bad
+        # input, named by position (the value itself is never echoed back).
+        for i, v in enumerate(values, start=1):
+            if v is not None and not _encodable(v):
+                raise InvalidArgument(f"row {i}: not valid UTF-8 text", field=name) from None
+        raise
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_parquet(data: bytes) -> pa.Table:

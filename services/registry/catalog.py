@@ -7,6 +7,7 @@ what was wrong. SQL lives in store.py; how aliases and production move lives in 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,10 +19,11 @@ from flywheel.artifacts import LocalArtifactStore
 from flywheel.bus import Topics, enqueue
 from flywheel.bus.serde import new_meta
 from flywheel.config import Settings
-from flywheel.errors import FlywheelError, InvalidArgument, NotFound
+from flywheel.errors import FlywheelError, InvalidArgument, NotFound, ResourceExhausted
 from flywheel.logging import get_logger
 from flywheel.v1 import common_pb2, events_pb2, registry_pb2
 from services.registry import rules, store
+from services.registry.model_check import validate_onnx
 
 log = get_logger(__name__)
 R = registry_pb2
@@ -42,6 +44,7 @@ class Catalog:
         self._pool = pool
         self._artifacts = artifacts
         self._settings = settings
+        self._max_artifact_bytes = settings.registry_max_artifact_mb * 1024 * 1024
 
     # -- registration ---------------------------------------------------------------------
 
@@ -61,7 +64,9 @@ class Catalog:
             if existing is not None:  # a retried registration: same answer, nothing new
                 return existing, False
 
-        sha, size = await self._store_artifact(header, chunks)
+        sha, size = await self._store_artifact(header, _capped(chunks, self._max_artifact_bytes))
+        # Model files come from outside: only a self-contained ONNX model gets a version.
+        await asyncio.to_thread(validate_onnx, await self._artifacts.get_bytes(sha))
         async with self._pool.acquire() as conn, conn.transaction():
             await store.add_model(conn, name)
             model = await store.ensure_model(conn, name, lock=True)
@@ -123,6 +128,8 @@ class Catalog:
             if header.sha256 and header.sha256 != sha:
                 raise InvalidArgument("does not match artifact_uri", field="header.sha256")
             size = sum([len(c) async for c in self._artifacts.get(sha)])  # verifies the stored bytes too
+            if size > self._max_artifact_bytes:
+                raise ResourceExhausted(f"artifact is {size} bytes; the limit is {self._max_artifact_bytes}")
             return sha, size
         sha, size = await self._artifacts.put(chunks, expected_sha256=header.sha256 or None)
         if size == 0:
@@ -283,3 +290,15 @@ class Catalog:
         if row["policy"] is None:
             raise NotFound(f"model {model_name!r} has no promotion policy", field="model_name")
         return common_pb2.PromotionPolicy.FromString(row["policy"])
+
+
+async def _capped(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """The upload's chunks, refused as soon as they add up to more than `limit` bytes."""
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise ResourceExhausted(
+                f"artifact exceeds {limit} bytes (FLYWHEEL_REGISTRY_MAX_ARTIFACT_MB)", field="chunk"
+            )
+        yield chunk

@@ -1,0 +1,86 @@
+"""Untrusted input refused as bad input, never as a crash: model files the registry would store,
+and JSON rows ingestion would turn into a table."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from skl2onnx import to_onnx
+from sklearn.linear_model import LogisticRegression
+
+from flywheel.errors import InvalidArgument
+from flywheel.v1 import common_pb2
+from services.ingestion.tables import rows_to_table
+from services.registry.model_check import validate_onnx
+
+
+@pytest.fixture(scope="module")
+def good_model() -> onnx.ModelProto:
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    clf = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    return to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}})
+
+
+def test_a_trained_model_passes(good_model):
+    assert validate_onnx(good_model.SerializeToString()).graph.node
+
+
+@pytest.mark.parametrize("data", [b"", b"not a model", b"\x08\x07" + b"\xff" * 64, bytes(range(256)) * 4])
+def test_bytes_that_are_not_onnx_are_refused(data):
+    with pytest.raises(InvalidArgument, match="chunk: not an ONNX model"):
+        validate_onnx(data)
+
+
+def _add_model(weight: TensorProto, opset: int = 17, domain: str = "") -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[weight],
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    if domain:
+        opsets.append(helper.make_opsetid(domain, 1))
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def test_external_tensor_data_is_refused():
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="../../etc/passwd")
+    with pytest.raises(InvalidArgument, match="external tensor data"):
+        validate_onnx(_add_model(weight).SerializeToString())
+
+
+def test_an_opset_newer_than_the_runtime_is_refused():
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
+    with pytest.raises(InvalidArgument, match="opset 999 is newer"):
+        validate_onnx(_add_model(weight, opset=999).SerializeToString())
+
+
+def test_custom_operator_domains_are_refused():
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
+    with pytest.raises(InvalidArgument, match=r"operator domain 'evil\.ops'"):
+        validate_onnx(_add_model(weight, domain="evil.ops").SerializeToString())
+
+
+def test_a_graph_the_checker_rejects_is_refused():
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
+    model = _add_model(weight)
+    model.graph.node[0].input[1] = "undefined"
+    with pytest.raises(InvalidArgument, match="invalid ONNX model"):
+        validate_onnx(model.SerializeToString())
+
+
+def test_a_lone_surrogate_in_a_json_row_is_bad_input_not_a_crash():
+    schema = common_pb2.Schema()
+    field = schema.fields.add()
+    field.name, field.type = "colour", common_pb2.FIELD_TYPE_CATEGORICAL
+    with pytest.raises(InvalidArgument) as err:
+        rows_to_table([{"colour": "red"}, {"colour": "bl\ud800ue"}], schema)
+    assert str(err.value) == "colour: row 2: not valid UTF-8 text"  # names the row, never echoes the value
+    assert rows_to_table([{"colour": "red"}], schema).num_rows == 1
