@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     serving_log_flush_s: float = 0.5  # the prediction logger publishes at least this often
     serving_executor_threads: int = 4  # threads that run ONNX Runtime sessions off the event loop
 
+    # Ingestion.
+    ingestion_max_upload_mb: int = 512  # an IngestDataset stream past this is refused (RESOURCE_EXHAUSTED)
+
     # Registry.
     registry_max_artifact_mb: int = 1024  # a larger model upload is refused (RESOURCE_EXHAUSTED)
 

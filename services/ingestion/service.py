@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from flywheel.app import ServiceContext
-from flywheel.errors import AlreadyExists, InvalidArgument, NotFound
+from flywheel.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from flywheel.grpc import GrpcServer, stream_header
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
@@ -76,9 +76,15 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
         async with self._pool.acquire() as conn:
             ds = await store.get_dataset(conn, header.dataset)
         parts: list[bytes] = []
+        limit, received = self._ctx.settings.ingestion_max_upload_mb * 1024 * 1024, 0
         async for msg in it:
             if msg.WhichOneof("payload") != "chunk":
                 raise InvalidArgument("only chunks may follow the header", field="chunk")
+            received += len(msg.chunk)
+            if received > limit:  # refused before it is buffered: the whole upload is held in memory
+                raise ResourceExhausted(
+                    f"upload exceeds {limit} bytes (FLYWHEEL_INGESTION_MAX_UPLOAD_MB)", field="chunk"
+                )
             parts.append(msg.chunk)
         data = b"".join(parts)
         if not data:

@@ -27,6 +27,7 @@ from services.registry.promoter import Promoter
 R = registry_pb2
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic in the stubs only
 DEFAULT_CHUNK = 1024 * 1024
+MIN_CHUNK = 64 * 1024
 
 
 class _Paged(Protocol):
@@ -97,8 +98,9 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
     ) -> AsyncIterator[registry_pb2.DownloadArtifactResponse]:
         chunk_size = request.chunk_size or DEFAULT_CHUNK
         limit = self._settings.grpc_max_message_mb * 1024 * 1024 - 1024  # room for the message's other fields
-        if chunk_size < 0 or chunk_size > limit:
-            raise InvalidArgument(f"must be in [1, {limit}]", field="chunk_size")
+        if not MIN_CHUNK <= chunk_size <= limit:
+            # A floor too: one-byte chunks would make a large model millions of messages.
+            raise InvalidArgument(f"must be 0 (default) or in [{MIN_CHUNK}, {limit}]", field="chunk_size")
         async for piece in self._catalog.download(request.name, request.version, request.alias, chunk_size):
             resp = R.DownloadArtifactResponse(chunk=piece.data, offset=piece.offset)
             if piece.first:

@@ -3,6 +3,8 @@ and JSON rows ingestion would turn into a table."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import pytest
@@ -84,3 +86,45 @@ def test_a_lone_surrogate_in_a_json_row_is_bad_input_not_a_crash():
         rows_to_table([{"colour": "red"}, {"colour": "bl\ud800ue"}], schema)
     assert str(err.value) == "colour: row 2: not valid UTF-8 text"  # names the row, never echoes the value
     assert rows_to_table([{"colour": "red"}], schema).num_rows == 1
+
+
+def _dataset(*fields: tuple[str, int]) -> Any:
+    from flywheel.v1 import ingestion_pb2
+
+    ds = ingestion_pb2.Dataset(name="d")
+    for name, kind in fields:
+        f = ds.schema.fields.add()
+        f.name, f.type = name, kind
+    ds.schema.key_field = fields[0][0]
+    return ds
+
+
+def test_reserved_column_names_are_refused_at_dataset_creation():
+    from services.ingestion.datasets import check_dataset
+
+    ds = _dataset(("id", common_pb2.FIELD_TYPE_INT), ("__split", common_pb2.FIELD_TYPE_CATEGORICAL))
+    with pytest.raises(InvalidArgument, match=r"fields\[1\]\.name: names starting with '__' are reserved"):
+        check_dataset(ds)
+
+
+@pytest.mark.parametrize("bound", ["min", "max"])
+def test_non_finite_field_bounds_are_refused(bound):
+    from services.ingestion.datasets import check_dataset
+
+    ds = _dataset(("id", common_pb2.FIELD_TYPE_INT), ("x", common_pb2.FIELD_TYPE_FLOAT))
+    setattr(ds.schema.fields[1], bound, float("nan"))
+    with pytest.raises(InvalidArgument, match=rf"fields\[1\]\.{bound}: must be a finite number"):
+        check_dataset(ds)
+
+
+def test_micro_batch_settings_out_of_range_are_refused():
+    from services.ingestion.datasets import check_dataset
+
+    ds = _dataset(("id", common_pb2.FIELD_TYPE_INT))
+    ds.micro_batch.max_rows = 10**9
+    with pytest.raises(InvalidArgument, match=r"micro_batch\.max_rows"):
+        check_dataset(ds)
+    ds.micro_batch.max_rows = 100
+    ds.micro_batch.max_wait.FromSeconds(10**7)
+    with pytest.raises(InvalidArgument, match=r"micro_batch\.max_wait"):
+        check_dataset(ds)
