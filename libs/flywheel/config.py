@@ -114,6 +114,9 @@ class Settings(BaseSettings):
 
     # Ingestion.
     ingestion_max_upload_mb: int = 512  # an IngestDataset stream past this is refused (RESOURCE_EXHAUSTED)
+    ingestion_max_rows: int = 50_000_000  # rows one ingest may decode (RESOURCE_EXHAUSTED beyond)
+    ingestion_max_decoded_mb: int = 4096  # decoded (uncompressed) size one ingest may reach: bombs stop here
+    ingestion_max_cell_chars: int = 1024 * 1024  # longest text cell (INVALID_ARGUMENT beyond)
 
     # Registry.
     registry_max_artifact_mb: int = 1024  # a larger model upload is refused (RESOURCE_EXHAUSTED)

@@ -14,12 +14,21 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from flywheel.app import ServiceContext
+from flywheel.config import Settings
 from flywheel.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from flywheel.grpc import GrpcServer, stream_header
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services.ingestion import datasets, store
-from services.ingestion.tables import read_arrow_ipc, read_csv, read_parquet
+from services.ingestion.tables import (
+    ReadLimits,
+    check_table,
+    read_arrow_ipc,
+    read_csv,
+    read_parquet,
+    read_untrusted_parquet,
+    to_text_table,
+)
 from services.ingestion.versioning import SPLIT_COLUMN
 from services.ingestion.writer import write_version
 
@@ -31,6 +40,7 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
         self._pool = ctx.pool
+        self._limits = read_limits(ctx.settings)
 
     async def CreateDataset(
         self, request: ingestion_pb2.CreateDatasetRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -90,7 +100,7 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
         if not data:
             raise InvalidArgument("no data after the header", field="chunk")
         fmt = header.format or ingestion_pb2.DATA_FORMAT_CSV
-        raw = await asyncio.to_thread(_parse, data, fmt, ds.schema, header.csv_delimiter or ",")
+        raw = await asyncio.to_thread(_parse, data, fmt, ds.schema, header.csv_delimiter or ",", self._limits)
         result = await write_version(self._ctx, header.dataset, raw, header.mode, "stream")
         return ingestion_pb2.IngestDatasetResponse(version=result.version, created=result.created, stats=result.stats)
 
@@ -111,7 +121,7 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
                 raise NotFound(f"no file at {path}", field="uri")
             data = await asyncio.to_thread(path.read_bytes)
         fmt = request.format or _format_from_suffix(path.suffix)
-        raw = await asyncio.to_thread(_parse, data, fmt, ds.schema, ",")
+        raw = await asyncio.to_thread(_parse, data, fmt, ds.schema, ",", self._limits)
         result = await write_version(self._ctx, request.dataset, raw, request.mode, f"uri:{request.uri}")
         return ingestion_pb2.IngestFromUriResponse(version=result.version, created=result.created, stats=result.stats)
 
@@ -163,22 +173,16 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
             yield msg
 
 
-def _parse(data: bytes, fmt: int, schema: common_pb2.Schema, delimiter: str) -> pa.Table:
+def _parse(data: bytes, fmt: int, schema: common_pb2.Schema, delimiter: str, limits: ReadLimits) -> pa.Table:
     if fmt == ingestion_pb2.DATA_FORMAT_CSV:
-        return read_csv(data, schema, delimiter)
+        return read_csv(data, schema, delimiter, limits)
     if fmt == ingestion_pb2.DATA_FORMAT_ARROW_IPC:
-        return read_arrow_ipc(data, schema)
+        return read_arrow_ipc(data, schema, limits)
     if fmt == ingestion_pb2.DATA_FORMAT_PARQUET:
-        return read_arrow_ipc(_parquet_as_ipc(data), schema)
+        text = to_text_table(read_untrusted_parquet(data, limits), schema)
+        check_table(text, limits)
+        return text
     raise InvalidArgument("CSV, ARROW_IPC or PARQUET", field="format")
-
-
-def _parquet_as_ipc(data: bytes) -> bytes:
-    table = read_parquet(data)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def _format_from_suffix(suffix: str) -> int:
@@ -219,3 +223,11 @@ def _encode(batch: pa.RecordBatch, fmt: int, header: bool) -> bytes:
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
     server.add_servicer(ingestion_pb2_grpc.add_IngestionServiceServicer_to_server, IngestionService(ctx))
     return [ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name]
+
+
+def read_limits(settings: Settings) -> ReadLimits:
+    return ReadLimits(
+        max_rows=settings.ingestion_max_rows,
+        max_decoded_bytes=settings.ingestion_max_decoded_mb * 1024 * 1024,
+        max_cell_chars=settings.ingestion_max_cell_chars,
+    )

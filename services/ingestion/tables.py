@@ -10,17 +10,37 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from flywheel.errors import InvalidArgument
+from flywheel.errors import InvalidArgument, ResourceExhausted
 from flywheel.v1 import common_pb2
 
 _BOM = b"\xef\xbb\xbf"
+_CSV_SHAPE = re.compile(r"Expected (\d+) columns?, got (\d+)")
+_CSV_ROW = re.compile(r"Row #(\d+)")
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What one ingest may decode, checked before and while reading: a small upload must not
+    unfold into gigabytes (a decompression bomb) or hold one giant cell."""
+
+    max_rows: int = 50_000_000
+    max_columns: int = 10_000
+    max_decoded_bytes: int = 4 * 1024**3
+    max_cell_chars: int = 1024 * 1024
+    max_line_bytes: int = 4 * 1024 * 1024
+
+
+DEFAULT_LIMITS = ReadLimits()
 # The request field blamed for unreadable bytes (the stream's chunks, a file, a Kafka batch).
 DATA_FIELD = "data"
 
@@ -60,7 +80,9 @@ def _unique_names(names: list[str], wanted: set[str]) -> list[str]:
     return out
 
 
-def read_csv(data: bytes, schema: common_pb2.Schema, delimiter: str = ",") -> pa.Table:
+def read_csv(
+    data: bytes, schema: common_pb2.Schema, delimiter: str = ",", limits: ReadLimits = DEFAULT_LIMITS
+) -> pa.Table:
     """CSV with a header row -> one string column per schema field (schema order)."""
     if len(delimiter) != 1:
         raise InvalidArgument("delimiter must be a single character", field="csv_delimiter")
@@ -79,13 +101,63 @@ def read_csv(data: bytes, schema: common_pb2.Schema, delimiter: str = ",") -> pa
         null_values=[""],
     )
     # Names are given explicitly (header parsed above), so the header row is skipped as data.
-    read = pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=True)
+    # A line longer than a block cannot be parsed: the block size is the line length cap.
+    read = pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=True, block_size=limits.max_line_bytes)
     parse = pacsv.ParseOptions(delimiter=delimiter)
     try:
         table = pacsv.read_csv(io.BytesIO(data), read, parse, convert)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise InvalidArgument(f"unreadable CSV: {e}", field=DATA_FIELD) from e
-    return table.select(wanted)
+        raise InvalidArgument(_csv_error(str(e), limits), field=DATA_FIELD) from None
+    table = table.select(wanted)
+    check_table(table, limits)
+    return table
+
+
+def _csv_error(message: str, limits: ReadLimits) -> str:
+    """Arrow's CSV errors quote the offending line; say what was wrong without echoing input."""
+    row = _CSV_ROW.search(message)
+    where = f" (row {row.group(1)})" if row else ""
+    shape = _CSV_SHAPE.search(message)
+    if shape:
+        return f"unreadable CSV{where}: expected {shape.group(1)} columns, got {shape.group(2)}"
+    if "straddling" in message or "block" in message:
+        return f"unreadable CSV: a line is longer than {limits.max_line_bytes} bytes"
+    return f"unreadable CSV{where}: malformed quoting or encoding"
+
+
+def check_table(table: pa.Table, limits: ReadLimits) -> None:
+    """Rows, columns, decoded size and the longest text cell within the limits."""
+    if table.num_rows > limits.max_rows:
+        raise ResourceExhausted(f"{table.num_rows} rows; at most {limits.max_rows} per ingest", field=DATA_FIELD)
+    if table.num_columns > limits.max_columns:
+        raise ResourceExhausted(f"{table.num_columns} columns; at most {limits.max_columns}", field=DATA_FIELD)
+    if table.nbytes > limits.max_decoded_bytes:
+        raise ResourceExhausted(
+            f"decodes to {table.nbytes} bytes; at most {limits.max_decoded_bytes}", field=DATA_FIELD
+        )
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_string(column.type) and column.null_count < len(column):
+            longest = pc.max(pc.utf8_length(column)).as_py() or 0
+            if longest > limits.max_cell_chars:
+                raise InvalidArgument(f"a cell holds {longest} characters; at most {limits.max_cell_chars}", field=name)
+
+
+def _read_batches(batches: Iterable[pa.RecordBatch], limits: ReadLimits) -> pa.Table:
+    """Collects record batches, stopping as soon as rows or decoded bytes pass the limits."""
+    kept: list[pa.RecordBatch] = []
+    rows = size = 0
+    for batch in batches:
+        rows += batch.num_rows
+        size += batch.nbytes
+        if rows > limits.max_rows or size > limits.max_decoded_bytes:
+            raise ResourceExhausted(
+                f"decodes to more than {limits.max_rows} rows or {limits.max_decoded_bytes} bytes", field=DATA_FIELD
+            )
+        kept.append(batch)
+    if not kept:
+        raise InvalidArgument("no record batches", field=DATA_FIELD)
+    return pa.Table.from_batches(kept)
 
 
 def _as_text(column: pa.ChunkedArray | pa.Array, name: str) -> pa.ChunkedArray | pa.Array:
@@ -108,13 +180,19 @@ def to_text_table(table: pa.Table, schema: common_pb2.Schema) -> pa.Table:
     return pa.table(columns, names=wanted)
 
 
-def read_arrow_ipc(data: bytes, schema: common_pb2.Schema) -> pa.Table:
-    """An Arrow IPC stream -> string columns, so it takes the same validation path as CSV."""
+def read_arrow_ipc(data: bytes, schema: common_pb2.Schema, limits: ReadLimits = DEFAULT_LIMITS) -> pa.Table:
+    """An Arrow IPC stream -> string columns, so it takes the same validation path as CSV. Read a
+    batch at a time: compressed buffers decode only as far as the limits allow."""
     try:
-        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        reader = pa.ipc.open_stream(pa.py_buffer(data))
+        if len(reader.schema) > limits.max_columns:
+            raise ResourceExhausted(f"{len(reader.schema)} columns; at most {limits.max_columns}", field=DATA_FIELD)
+        table = _read_batches(reader, limits)
     except (pa.ArrowInvalid, OSError) as e:
-        raise InvalidArgument(f"unreadable Arrow IPC stream: {e}", field=DATA_FIELD) from e
-    return to_text_table(table, schema)
+        raise InvalidArgument(f"unreadable Arrow IPC stream ({type(e).__name__})", field=DATA_FIELD) from None
+    text = to_text_table(table, schema)
+    check_table(text, limits)
+    return text
 
 
 def _text(value: Any) -> str | None:
@@ -129,7 +207,9 @@ def _text(value: Any) -> str | None:
     return json.dumps(value, sort_keys=True)
 
 
-def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: common_pb2.Schema) -> pa.Table:
+def rows_to_table(
+    rows: Sequence[Mapping[str, Any]], schema: common_pb2.Schema, limits: ReadLimits = DEFAULT_LIMITS
+) -> pa.Table:
     """JSON rows (e.g. from Kafka) -> string columns; a missing key is null."""
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, Mapping):
@@ -137,7 +217,9 @@ def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: common_pb2.Schema) 
     wanted = field_names(schema)
     # The per-row loop is unavoidable for Python dicts; it is not on the bulk (CSV) path.
     columns = [_string_column(rows, name) for name in wanted]
-    return pa.table(columns, names=wanted)
+    table = pa.table(columns, names=wanted)
+    check_table(table, limits)
+    return table
 
 
 def _string_column(rows: Sequence[Mapping[str, Any]], name: str) -> pa.Array:
@@ -162,7 +244,29 @@ def _encodable(text: str) -> bool:
 
 
 def read_parquet(data: bytes) -> pa.Table:
+    """A Parquet file Flywheel wrote itself (a stored dataset version): trusted, read whole."""
     try:
         return pq.read_table(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError) as e:
         raise InvalidArgument(f"unreadable Parquet: {e}", field=DATA_FIELD) from e
+
+
+def read_untrusted_parquet(data: bytes, limits: ReadLimits = DEFAULT_LIMITS) -> pa.Table:
+    """An uploaded Parquet file: its metadata is checked against the limits before any data page
+    is decoded, then it is read a batch at a time (metadata can lie)."""
+    try:
+        f = pq.ParquetFile(pa.BufferReader(data))
+        meta = f.metadata
+        declared = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        if meta.num_rows > limits.max_rows or meta.num_columns > limits.max_columns:
+            raise ResourceExhausted(
+                f"{meta.num_rows} rows x {meta.num_columns} columns; at most {limits.max_rows} x {limits.max_columns}",
+                field=DATA_FIELD,
+            )
+        if declared > limits.max_decoded_bytes:
+            raise ResourceExhausted(
+                f"decodes to {declared} bytes; at most {limits.max_decoded_bytes}", field=DATA_FIELD
+            )
+        return _read_batches(f.iter_batches(batch_size=65_536), limits)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InvalidArgument(f"unreadable Parquet ({type(e).__name__})", field=DATA_FIELD) from None

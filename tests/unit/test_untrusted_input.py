@@ -7,14 +7,16 @@ from typing import Any
 
 import numpy as np
 import onnx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from onnx import TensorProto, helper
 from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
 
-from flywheel.errors import InvalidArgument
+from flywheel.errors import InvalidArgument, ResourceExhausted
 from flywheel.v1 import common_pb2
-from services.ingestion.tables import rows_to_table
+from services.ingestion.tables import ReadLimits, read_arrow_ipc, read_csv, read_untrusted_parquet, rows_to_table
 from services.registry.model_check import validate_onnx
 
 
@@ -128,3 +130,58 @@ def test_micro_batch_settings_out_of_range_are_refused():
     ds.micro_batch.max_wait.FromSeconds(10**7)
     with pytest.raises(InvalidArgument, match=r"micro_batch\.max_wait"):
         check_dataset(ds)
+
+
+def _num_schema() -> common_pb2.Schema:
+    schema = common_pb2.Schema(key_field="id")
+    for name, kind in (("id", common_pb2.FIELD_TYPE_INT), ("x", common_pb2.FIELD_TYPE_FLOAT)):
+        f = schema.fields.add()
+        f.name, f.type = name, kind
+    return schema
+
+
+SMALL = ReadLimits(max_rows=100_000, max_decoded_bytes=8 * 1024 * 1024, max_cell_chars=1000, max_line_bytes=64 * 1024)
+
+
+def _bomb_table() -> pa.Table:
+    n = 4_000_000  # 64 MB of decoded int64/float64 that compress to almost nothing
+    return pa.table({"id": pa.array(np.zeros(n, dtype=np.int64)), "x": pa.array(np.zeros(n))})
+
+
+def test_a_compressed_arrow_stream_that_unfolds_past_the_limit_is_resource_exhausted():
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.ipc.new_stream(sink, _bomb_table().schema, options=options) as w:
+        for batch in _bomb_table().to_batches(max_chunksize=500_000):
+            w.write_batch(batch)
+    data = sink.getvalue().to_pybytes()
+    assert len(data) < 1024 * 1024  # small on the wire
+    with pytest.raises(ResourceExhausted):
+        read_arrow_ipc(data, _num_schema(), SMALL)
+
+
+def test_a_parquet_bomb_is_refused_from_its_metadata():
+    sink = pa.BufferOutputStream()
+    pq.write_table(_bomb_table(), sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    assert len(data) < 1024 * 1024
+    with pytest.raises(ResourceExhausted, match="rows"):
+        read_untrusted_parquet(data, SMALL)
+
+
+def test_a_csv_error_never_echoes_the_offending_line():
+    secret = "hunter2-secret-value"
+    with pytest.raises(InvalidArgument) as err:
+        read_csv(f"id,x\n1,2\n3,{secret},9\n".encode(), _num_schema(), limits=SMALL)
+    assert secret not in str(err.value)
+    assert "expected 2 columns, got 3" in str(err.value)
+
+
+def test_csv_line_and_cell_caps():
+    long_line = b"id,x\n1," + b"9" * (128 * 1024) + b"\n"
+    with pytest.raises(InvalidArgument, match="longer than"):
+        read_csv(long_line, _num_schema(), limits=SMALL)
+    big_cell = b"id,x\n1," + b"9" * 5000 + b"\n"
+    with pytest.raises(InvalidArgument, match="5000 characters"):
+        read_csv(big_cell, _num_schema(), limits=SMALL)
+    assert read_csv(b"id,x\n1,2.5\n", _num_schema(), limits=SMALL).num_rows == 1
