@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SERVICES: tuple[str, ...] = ("ingestion", "training", "registry", "serving", "monitoring")
 DEFAULT_PORTS: dict[str, int] = {
@@ -113,6 +114,8 @@ class Settings(BaseSettings):
     serving_executor_threads: int = 4  # threads that run ONNX Runtime sessions off the event loop
 
     # Ingestion.
+    # Local directories IngestFromUri may read (comma-separated); none by default: files come by upload.
+    ingest_roots: Annotated[list[Path], NoDecode] = []
     ingestion_max_upload_mb: int = 512  # an IngestDataset stream past this is refused (RESOURCE_EXHAUSTED)
     ingestion_max_rows: int = 50_000_000  # rows one ingest may decode (RESOURCE_EXHAUSTED beyond)
     ingestion_max_decoded_mb: int = 4096  # decoded (uncompressed) size one ingest may reach: bombs stop here
@@ -140,6 +143,13 @@ class Settings(BaseSettings):
     broker_port: int = 19092
 
     otel_exporter_otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+
+    @field_validator("ingest_roots", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(p.strip()) for p in value.split(",") if p.strip()]
+        return value
 
     def port_for(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import grpc
@@ -20,6 +19,7 @@ from flywheel.grpc import GrpcServer, stream_header
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services.ingestion import datasets, store
+from services.ingestion.sources import local_path
 from services.ingestion.tables import (
     ReadLimits,
     check_table,
@@ -113,13 +113,8 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
             data = await self._ctx.artifacts.get_bytes(request.uri.removeprefix("sha256:"))
             path = Path(request.uri)
         else:
-            parts = urlsplit(request.uri)
-            if parts.scheme not in ("", "file"):
-                raise InvalidArgument(f"unsupported scheme {parts.scheme!r}; use a path or file://", field="uri")
-            path = Path(parts.path if parts.scheme else request.uri)
-            if not await asyncio.to_thread(path.is_file):
-                raise NotFound(f"no file at {path}", field="uri")
-            data = await asyncio.to_thread(path.read_bytes)
+            path = local_path(request.uri, self._ctx.settings.ingest_roots)
+            data = await asyncio.to_thread(_read_file, path, self._ctx.settings.ingestion_max_upload_mb * 1024 * 1024)
         fmt = request.format or _format_from_suffix(path.suffix)
         raw = await asyncio.to_thread(_parse, data, fmt, ds.schema, ",", self._limits)
         result = await write_version(self._ctx, request.dataset, raw, request.mode, f"uri:{request.uri}")
@@ -231,3 +226,11 @@ def read_limits(settings: Settings) -> ReadLimits:
         max_decoded_bytes=settings.ingestion_max_decoded_mb * 1024 * 1024,
         max_cell_chars=settings.ingestion_max_cell_chars,
     )
+
+
+def _read_file(path: Path, limit: int) -> bytes:
+    if not path.is_file():
+        raise NotFound("no such file under the ingest roots", field="uri")
+    if path.stat().st_size > limit:
+        raise ResourceExhausted(f"file exceeds {limit} bytes (FLYWHEEL_INGESTION_MAX_UPLOAD_MB)", field="uri")
+    return path.read_bytes()

@@ -185,3 +185,29 @@ def test_csv_line_and_cell_caps():
     with pytest.raises(InvalidArgument, match="5000 characters"):
         read_csv(big_cell, _num_schema(), limits=SMALL)
     assert read_csv(b"id,x\n1,2.5\n", _num_schema(), limits=SMALL).num_rows == 1
+
+
+def test_ingest_uris_resolve_only_under_the_configured_roots(tmp_path):
+    from flywheel.errors import PermissionDenied
+    from services.ingestion.sources import local_path
+
+    root = tmp_path / "imports"
+    root.mkdir()
+    (root / "ok.csv").write_text("id\n1\n")
+    (root / "escape").symlink_to("/etc")
+    assert local_path(f"file://{root}/ok.csv", [root]) == (root / "ok.csv").resolve()
+    for uri in (
+        "/etc/passwd",
+        f"{root}/../../../etc/passwd",
+        f"file://{root}/escape/passwd",  # a symlink inside the root pointing out of it
+        "/no/such.csv",  # refused the same way whether or not it exists
+    ):
+        with pytest.raises(PermissionDenied) as err:
+            local_path(uri, [root])
+        assert "passwd" not in str(err.value) and "such" not in str(err.value)
+    with pytest.raises(PermissionDenied):
+        local_path(f"{root}/ok.csv", [])  # no roots configured: no local files at all
+    with pytest.raises(InvalidArgument, match="scheme"):
+        local_path("http://169.254.169.254/latest", [root])
+    with pytest.raises(InvalidArgument, match="no host"):
+        local_path(f"file://evil.example{root}/ok.csv", [root])
