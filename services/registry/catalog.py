@@ -57,6 +57,11 @@ class Catalog:
         name = rules.check_name(header.model_name, "header.model_name")
         fmt = rules.check_format(header.format)
         rules.check_signature(header.signature)
+        rules.check_tags(header.tags, "header.tags")
+        rules.check_text(header.description, "header.description")
+        rules.check_metrics(header.metrics, "header.metrics")
+        if header.HasField("promotion_policy"):
+            rules.check_policy(header.promotion_policy, "header.promotion_policy")
 
         if header.idempotency_key:
             async with self._pool.acquire() as conn:
@@ -189,6 +194,7 @@ class Catalog:
     async def set_tags(
         self, name: str, version: int, tags: Mapping[str, str], remove_keys: list[str], who: str
     ) -> registry_pb2.ModelVersion:
+        rules.check_tags(tags)
         async with self._pool.acquire() as conn, conn.transaction():
             await store.get_version(conn, name, version)
             await store.update_tags(conn, name, version, tags, remove_keys)
@@ -269,10 +275,7 @@ class Catalog:
         self, model_name: str, policy: common_pb2.PromotionPolicy, who: str
     ) -> common_pb2.PromotionPolicy:
         name = rules.check_name(model_name, "model_name")
-        if not policy.metric:
-            raise InvalidArgument("a policy needs a metric", field="policy.metric")
-        if policy.min_improvement < 0:
-            raise InvalidArgument("must be >= 0", field="policy.min_improvement")
+        rules.check_policy(policy)
         async with self._pool.acquire() as conn, conn.transaction():
             await store.save_policy(conn, name, policy)
             await store.audit(

@@ -211,3 +211,30 @@ def test_ingest_uris_resolve_only_under_the_configured_roots(tmp_path):
         local_path("http://169.254.169.254/latest", [root])
     with pytest.raises(InvalidArgument, match="no host"):
         local_path(f"file://evil.example{root}/ok.csv", [root])
+
+
+def test_registry_metadata_that_ends_up_in_events_is_bounded():
+    from services.registry import rules
+
+    with pytest.raises(InvalidArgument, match="at most 64 tags"):
+        rules.check_tags({f"k{i}": "v" for i in range(65)})
+    with pytest.raises(InvalidArgument, match="1024 characters"):
+        rules.check_tags({"note": "x" * 1025})
+    with pytest.raises(InvalidArgument, match="header.description"):
+        rules.check_text("x" * 5000, "header.description")
+    rules.check_tags({"team": "fraud"})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.5, 1e9])
+def test_promotion_policy_numbers_must_be_finite_and_in_range(value):
+    from services.registry import rules
+
+    with pytest.raises(InvalidArgument, match=r"policy\.min_improvement"):
+        rules.check_policy(common_pb2.PromotionPolicy(metric="accuracy", min_improvement=value))
+
+
+def test_metrics_must_be_finite():
+    from services.registry import rules
+
+    with pytest.raises(InvalidArgument, match=r"metrics\[1\]\.value"):
+        rules.check_metrics([common_pb2.Metric(name="a", value=0.9), common_pb2.Metric(name="b", value=float("nan"))])
