@@ -220,7 +220,7 @@ def test_registry_metadata_that_ends_up_in_events_is_bounded():
         rules.check_tags({f"k{i}": "v" for i in range(65)})
     with pytest.raises(InvalidArgument, match="1024 characters"):
         rules.check_tags({"note": "x" * 1025})
-    with pytest.raises(InvalidArgument, match="header.description"):
+    with pytest.raises(InvalidArgument, match=r"header\.description"):
         rules.check_text("x" * 5000, "header.description")
     rules.check_tags({"team": "fraud"})
 
