@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     grpc_port: int | None = None  # overrides this process's own port (containers, test harnesses)
     grpc_max_message_mb: int = 64
     grpc_grace_s: float = 10.0
+    grpc_max_concurrent_streams: int = 256  # per client connection
     ingestion_port: int = DEFAULT_PORTS["ingestion"]
     training_port: int = DEFAULT_PORTS["training"]
     registry_port: int = DEFAULT_PORTS["registry"]

@@ -53,7 +53,12 @@ class GrpcServer:
         self.port = port
         self.server = grpc.aio.server(
             # so_reuseport=0: a second process on a taken port must fail, not silently share it.
-            options=[*channel_options(settings), ("grpc.so_reuseport", 0)],
+            options=[
+                *channel_options(settings),
+                ("grpc.so_reuseport", 0),
+                # One connection cannot open unbounded concurrent calls (each holds memory and a task).
+                ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+            ],
         )
         self.health = health.aio.HealthServicer()
         self.serving = False  # mirrors the health status, for protocols with their own readiness call
