@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flywheel.cli import datasets, demo, deploy, models, monitoring, predict, runs, specs, stack, traces
+from flywheel.cli import datasets, demo, deploy, models, monitoring, predict, runs, specs, stack, tokens, traces
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     traces.add_commands(sub)
     monitoring.add_commands(sub)
     demo.add_commands(sub)
+    tokens.add_commands(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ from rich.table import Table
 from flywheel.config import get_settings
 from flywheel.grpc import sync_channel
 from flywheel.v1 import (
+    auth_pb2_grpc,
     common_pb2,
     ingestion_pb2_grpc,
     monitoring_pb2_grpc,
@@ -48,7 +49,10 @@ _STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
     "registry": registry_pb2_grpc.RegistryServiceStub,
     "monitoring": monitoring_pb2_grpc.MonitoringServiceStub,
     "serving": serving_pb2_grpc.ServingAdminStub,
+    "tokens": auth_pb2_grpc.TokenServiceStub,
 }
+# Stubs served by another service's address: the token API lives in the registry.
+_HOSTED_BY = {"tokens": "registry"}
 
 
 class CliError(Exception):
@@ -65,8 +69,9 @@ class CliError(Exception):
 
 @contextmanager
 def channel(service: str) -> Iterator[grpc.Channel]:
-    """A fresh channel to `service`, closed on exit: the CLI's one way to reach a service."""
-    ch = sync_channel(get_settings(), service)
+    """A fresh channel to `service`, closed on exit: the CLI's one way to reach a service. It carries
+    the caller's credentials (FLYWHEEL_AUTH_TOKEN and FLYWHEEL_TLS_*, else $FLYWHEEL_HOME/credentials)."""
+    ch = sync_channel(get_settings(), _HOSTED_BY.get(service, service))
     try:
         yield ch
     finally:
@@ -75,8 +80,8 @@ def channel(service: str) -> Iterator[grpc.Channel]:
 
 @contextmanager
 def connect(service: str) -> Iterator[Any]:
-    """A stub for `service` ("ingestion", "training", "registry", "monitoring" or "serving", the
-    last being ServingAdmin) on a fresh channel."""
+    """A stub for `service` ("ingestion", "training", "registry", "monitoring", "serving" for
+    ServingAdmin, or "tokens" for the registry's TokenService) on a fresh channel."""
     with channel(service) as ch:
         yield _STUBS[service](ch)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +19,7 @@ import numpy as np
 from google.protobuf.duration_pb2 import Duration
 from rich.console import Console
 
+from flywheel.auth.credentials import ClientCredentials, client_credentials
 from flywheel.cli import client
 from flywheel.config import get_settings
 from flywheel.grpc import sync_channel
@@ -37,6 +39,8 @@ from flywheel.v1 import (
 console = Console()
 K, T, M, R = common_pb2, training_pb2, monitoring_pb2, registry_pb2
 FEATURES = ["tenure", "spend", "visits", "tickets"]
+# tritonclient's status strings for a call the credentials cannot make.
+_REFUSED = {str(grpc.StatusCode.UNAUTHENTICATED), str(grpc.StatusCode.PERMISSION_DENIED)}
 
 
 def _data(rows: int, seed: int, shift: float, weights: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -63,12 +67,31 @@ def _wait(what: str, check: Callable[[], Any], timeout_s: float = 180) -> Any:
         while time.monotonic() < deadline:
             try:
                 value = check()
-            except grpc.RpcError:
+            except grpc.RpcError as exc:
+                if str(exc.code()) in _REFUSED:  # waiting will not help: say why at once
+                    raise
                 value = None
             if value:
                 return value
             time.sleep(0.3)
     raise client.CliError(f"timed out after {timeout_s:.0f}s: {what}")
+
+
+def triton_tls(creds: ClientCredentials) -> dict[str, Any]:
+    """tritonclient.grpc.InferenceServerClient's TLS arguments (file paths) for these credentials;
+    none for plaintext."""
+    if not creds.tls:
+        return {}
+
+    def path(p: Path | None) -> str | None:
+        return str(p) if p is not None else None
+
+    return {
+        "ssl": True,
+        "root_certificates": path(creds.tls_ca_file),
+        "private_key": path(creds.tls_key_file),
+        "certificate_chain": path(creds.tls_cert_file),
+    }
 
 
 class Demo:
@@ -79,6 +102,9 @@ class Demo:
         self.registry = registry_pb2_grpc.RegistryServiceStub(sync_channel(s, "registry"))
         self.monitoring = monitoring_pb2_grpc.MonitoringServiceStub(sync_channel(s, "monitoring"))
         self.serving_addr = s.addr_for("serving")
+        self.creds = client_credentials(s)
+        # tritonclient sends headers per call: every inference call carries the token.
+        self.headers = {"authorization": f"Bearer {self.creds.token}"} if self.creds.token else None
         self.kafka = s.kafka_bootstrap
         self.spans = s.spans_file or s.home / "spans.jsonl"
         self.dataset = f"demo-churn-{suffix}"
@@ -129,7 +155,7 @@ class Demo:
         self.step(f"run {run.run_id[:8]} trained v{run.registered_model.version}: test accuracy {acc['accuracy']:.3f}, "
                   f"ONNX parity {'passed' if run.parity.passed else 'FAILED'}")  # fmt: skip
         self._promoted(1)
-        infer = triton.InferenceServerClient(self.serving_addr)
+        infer = triton.InferenceServerClient(self.serving_addr, **triton_tls(self.creds))
         self._served(infer, 1)
         self.step(f"serving v1 over the Open Inference Protocol at {self.serving_addr}")
 
@@ -208,12 +234,18 @@ class Demo:
 
     def _served(self, infer: Any, version: int) -> None:
         import tritonclient.grpc as triton
+        from tritonclient.utils import InferenceServerException
 
         def ok() -> bool:
             inp = triton.InferInput("input", [1, len(FEATURES)], "FP32")
             inp.set_data_from_numpy(np.zeros((1, len(FEATURES)), np.float32))
             try:
-                return infer.infer(self.model, [inp]).get_response().model_version == str(version)
+                response = infer.infer(self.model, [inp], headers=self.headers)
+                return bool(response.get_response().model_version == str(version))
+            except InferenceServerException as exc:
+                if exc.status() in _REFUSED:  # waiting will not help: say why at once
+                    raise client.CliError(str(exc)) from exc
+                return False
             except Exception:
                 return False
 
@@ -226,7 +258,7 @@ class Demo:
             chunk = x[i : i + 25].astype(np.float32)
             inp = triton.InferInput("input", list(chunk.shape), "FP32")
             inp.set_data_from_numpy(chunk)
-            infer.infer(self.model, [inp], request_id=f"{prefix}-{i}")
+            infer.infer(self.model, [inp], request_id=f"{prefix}-{i}", headers=self.headers)
         self.step(f"sent {len(x)} {prefix} rows through tritonclient")
 
     def _windows(self, n: int) -> list[M.WindowReport] | None:

@@ -516,7 +516,12 @@ def cmd_clear(args: argparse.Namespace) -> int:
 
 
 def _add_actor(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--actor", metavar="WHO", help="recorded in the audit log (default: your login name)")
+    parser.add_argument(
+        "--actor",
+        metavar="WHO",
+        help="recorded in the audit log only when authentication is off (default: your login name);"
+        " otherwise the log names the identity of your credentials",
+    )
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -32,12 +32,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"[red]error[/]: a stack is already running (pid {existing['supervisor_pid']}) in {settings.home}"
         )
         return 1
-    stack = Stack(settings)
+    stack = Stack(settings, tls=args.tls, mtls=args.mtls)
     try:
         stack.start()
         if args.demo:
-            # The demo is a client like any other: a separate process against the running stack.
-            subprocess.Popen([sys.executable, "-m", "flywheel.cli", "demo"])
+            # The demo is a client like any other: a separate process against the running stack, with
+            # the admin credential this stack just wrote (not whatever the caller's environment holds).
+            subprocess.Popen([sys.executable, "-m", "flywheel.cli", "demo"], env=stack.client_env())
         stack.supervise()
     except StartupError as exc:
         print(f"flywheel up: error: {exc}", file=sys.stderr)
@@ -70,7 +71,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from flywheel.stack.up import status
 
-    rows = asyncio.run(status(get_settings().home))
+    rows = asyncio.run(status(get_settings()))
     if not rows:
         console.print("no stack is running")
         return 1
@@ -84,6 +85,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="start the embedded stack (PostgreSQL, Kafka broker, five services)")
     up.add_argument("--demo", action="store_true", help="once ready, run `flywheel demo` against it")
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve every service over TLS with a local CA and certificates made under $FLYWHEEL_HOME/tls",
+    )
+    up.add_argument("--mtls", action="store_true", help="--tls, and clients must present a certificate from that CA")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the embedded stack started by `flywheel up`")
     down.add_argument("--timeout", type=float, default=60.0)

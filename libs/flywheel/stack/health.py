@@ -9,9 +9,17 @@ import grpc
 from aiokafka.admin import AIOKafkaAdminClient
 from grpc_health.v1 import health_pb2
 
+from flywheel.auth.credentials import ClientCredentials
+from flywheel.config import Settings
+from flywheel.grpc.channels import aio_channel_to
 
-async def grpc_serving(address: str, timeout_s: float = 2.0) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
+
+async def grpc_serving(
+    address: str, settings: Settings, creds: ClientCredentials | None = None, timeout_s: float = 2.0
+) -> bool:
+    """SERVING on grpc.health.v1? Health needs no token, but over TLS the probe needs the CA (and,
+    with mTLS, a client certificate): `creds` carries those files, plaintext when None."""
+    async with aio_channel_to(address, settings, creds or ClientCredentials()) as channel:
         try:
             # Called by method path: the published stubs for grpc_health leave HealthStub.Check untyped.
             check = channel.unary_unary(

@@ -1,7 +1,8 @@
 """`flywheel up`: start PostgreSQL, the broker, topics and the five services; supervise; stop.
 
-State lives under $FLYWHEEL_HOME (./var): postgres/ data, log/*.log, spans.jsonl, and
-stack.json, which `flywheel status` and `flywheel down` read.
+State lives under $FLYWHEEL_HOME (./var): postgres/ data, log/*.log, spans.jsonl, stack.json
+(which `flywheel status` and `flywheel down` read), credentials (the admin token, and the TLS
+files with --tls), service-tokens/<service> and, with --tls, tls/ (a local CA and certificates).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from flywheel.auth.credentials import ClientCredentials, write_credentials
 from flywheel.bus.topics import all_topics, ensure_topics
 from flywheel.config import SERVICES, Settings
 from flywheel.db import ensure_database
@@ -23,6 +25,8 @@ from flywheel.errors import StartupError
 
 from .broker import EmbeddedBroker
 from .health import broker_ok, grpc_serving
+from .identities import ADMIN_NAME, Identities, provision, service_identity
+from .pki import LocalPki, ensure_pki
 from .postgres import EmbeddedPostgres
 from .supervisor import SupervisedService
 
@@ -33,24 +37,37 @@ def state_file(home: Path) -> Path:
     return home / "stack.json"
 
 
+# Variables `up` sets itself for every service: whatever the caller's environment holds for them
+# must not reach a service (above all, a person's FLYWHEEL_AUTH_TOKEN). The embedded broker has one
+# plaintext listener, so the caller's Kafka security settings (meant for a real cluster) go too.
+_OWNED_PREFIXES = ("FLYWHEEL_AUTH_TOKEN", "FLYWHEEL_TLS_", "FLYWHEEL_KAFKA_SASL_", "FLYWHEEL_KAFKA_SSL_")
+
+
 class Stack:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, tls: bool = False, mtls: bool = False) -> None:
         self.settings = settings
         self.home = settings.home.resolve()
         self.logs = self.home / "log"
+        self.credentials_file = self.home / "credentials"
+        self.tls = tls or mtls
+        self.mtls = mtls
         self.postgres = EmbeddedPostgres(self.home / "postgres", settings.pg_port, self.logs / "postgres.log")
         self.broker = EmbeddedBroker(settings.broker_port, self.logs / "broker.log")
         self.services: dict[str, SupervisedService] = {}
+        self.identities: Identities | None = None
+        self.pki: LocalPki | None = None
         self._stopping = False
 
     def service_env(self) -> dict[str, str]:
+        """What every service shares; `own_env` adds each one's identity."""
         s = self.settings
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(_OWNED_PREFIXES)}
         env.update(
             {
                 "FLYWHEEL_HOME": str(self.home),
                 "FLYWHEEL_DATABASE_URL": self.postgres.dsn(),
                 "FLYWHEEL_KAFKA_BOOTSTRAP": self.broker.bootstrap,
+                "FLYWHEEL_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
                 "FLYWHEEL_KAFKA_ENABLE_IDEMPOTENCE": "false",
                 "FLYWHEEL_SPANS_FILE": str(self.home / "spans.jsonl"),
                 "FLYWHEEL_ARTIFACT_ROOT": str(s.artifacts_dir.resolve()),
@@ -58,7 +75,49 @@ class Stack:
                 **{f"FLYWHEEL_{n.upper()}_ADDR": s.addr_for(n) for n in SERVICES},
             }
         )
+        if self.pki is not None:
+            env.update(
+                {
+                    "FLYWHEEL_TLS_CERT_FILE": str(self.pki.server.cert_file),
+                    "FLYWHEEL_TLS_KEY_FILE": str(self.pki.server.key_file),
+                    "FLYWHEEL_TLS_CA_FILE": str(self.pki.ca_file),
+                    "FLYWHEEL_TLS_REQUIRE_CLIENT_AUTH": "true" if self.mtls else "false",
+                }
+            )
         return env
+
+    def own_env(self, name: str, index: int) -> dict[str, str]:
+        """`name`'s environment: the shared one plus its own token (only its own) and certificate."""
+        env = self.service_env()
+        if self.identities is not None:
+            env["FLYWHEEL_AUTH_TOKEN"] = self.identities.services[name]
+        if self.pki is not None:
+            pair = self.pki.clients[service_identity(name)[0]]
+            env["FLYWHEEL_TLS_CLIENT_CERT_FILE"] = str(pair.cert_file)
+            env["FLYWHEEL_TLS_CLIENT_KEY_FILE"] = str(pair.key_file)
+        if self.settings.metrics_port:  # a base port: one Prometheus endpoint per service
+            env["FLYWHEEL_METRICS_PORT"] = str(self.settings.metrics_port + index)
+        return env
+
+    def admin_credentials(self) -> ClientCredentials:
+        """What the CLI, the demo and the tests use: the admin token and, with TLS, the CA and the
+        admin's client certificate."""
+        token = self.identities.admin if self.identities is not None else None
+        if self.pki is None:
+            return ClientCredentials(token=token)
+        pair = self.pki.clients[ADMIN_NAME]
+        return ClientCredentials(token, self.pki.ca_file, pair.cert_file, pair.key_file)
+
+    def client_env(self) -> dict[str, str]:
+        """An environment in which the CLI talks to this stack with its credentials file."""
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(_OWNED_PREFIXES)}
+        env["FLYWHEEL_HOME"] = str(self.home)
+        return env
+
+    def probe_credentials(self) -> ClientCredentials:
+        """Health needs no token; over TLS a probe still needs the CA (and a certificate for mTLS)."""
+        creds = self.admin_credentials()
+        return ClientCredentials(None, creds.tls_ca_file, creds.tls_cert_file, creds.tls_key_file)
 
     def start(self, wait_s: float = 90.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -66,26 +125,36 @@ class Stack:
         self.postgres.start()
         asyncio.run(ensure_database(self.postgres.dsn()))
         console.print(f"  postgres   {self.postgres.dsn()}")
+        self._provision_identities()
         self.broker.start()
         self._create_topics()
         console.print(f"  kafka      {self.broker.bootstrap}")
-        env = self.service_env()
         for i, name in enumerate(SERVICES):
-            own = dict(env)
-            if self.settings.metrics_port:  # a base port: one Prometheus endpoint per service
-                own["FLYWHEEL_METRICS_PORT"] = str(self.settings.metrics_port + i)
-            svc = SupervisedService(name, own, self.logs / f"{name}.log")
+            svc = SupervisedService(name, self.own_env(name, i), self.logs / f"{name}.log")
             svc.start()
             self.services[name] = svc
         self.write_state()
         self._await_healthy(wait_s)
+        scheme = "grpcs" if self.tls else "grpc"
         for i, name in enumerate(SERVICES):
-            line = f"  {name:<10} grpc://{self.settings.addr_for(name)}"
+            line = f"  {name:<10} {scheme}://{self.settings.addr_for(name)}"
             if self.settings.metrics_port:
                 line += f"  metrics http://127.0.0.1:{self.settings.metrics_port + i}/metrics"
             console.print(line)
         console.print(f"  traces     {self.home / 'spans.jsonl'}")
+        if self.pki is not None:
+            mode = "mutual TLS: clients need a certificate from" if self.mtls else "TLS, clients verify with"
+            console.print(f"  tls        {mode} {self.pki.ca_file}", soft_wrap=True)
+        console.print(f"  admin      credentials in {self.credentials_file} (the CLI reads them)", soft_wrap=True)
         console.print("[green]ready[/]: Ctrl-C or `flywheel down` stops everything")
+
+    def _provision_identities(self) -> None:
+        """Tokens (and with --tls certificates) before any service starts, so each starts with its own."""
+        self.identities = asyncio.run(provision(self.postgres.dsn(), self.home, self.credentials_file, tuple(SERVICES)))
+        if self.tls:
+            names = [ADMIN_NAME, *(service_identity(n)[0] for n in SERVICES)]
+            self.pki = ensure_pki(self.home / "tls", names)
+        write_credentials(self.credentials_file, self.admin_credentials())
 
     def _create_topics(self) -> None:
         asyncio.run(
@@ -103,7 +172,8 @@ class Stack:
         while pending and time.monotonic() < deadline:
             for svc in self.services.values():
                 svc.poll()
-            results = asyncio.run(_check_all({n: self.settings.addr_for(n) for n in pending}))
+            addresses = {n: self.settings.addr_for(n) for n in pending}
+            results = asyncio.run(_check_all(addresses, self.settings, self.probe_credentials()))
             pending = {n for n, ok in results.items() if not ok}
             if pending:
                 time.sleep(0.3)
@@ -125,6 +195,9 @@ class Stack:
                 "pid": self.broker.proc.pid if self.broker.proc else None,
             },
             "services": {n: {"address": self.settings.addr_for(n), "pid": s.pid} for n, s in self.services.items()},
+            # How to reach the services: `flywheel status` probes them with these files.
+            "tls": _tls_state(self.probe_credentials(), self.mtls) if self.tls else None,
+            "credentials": str(self.credentials_file),
         }
         tmp = state_file(self.home).with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
@@ -173,9 +246,30 @@ class Stack:
         console.print("stopped")
 
 
-async def _check_all(addresses: dict[str, str]) -> dict[str, bool]:
+def _tls_state(creds: ClientCredentials, mtls: bool) -> dict[str, Any]:
+    return {
+        "mtls": mtls,
+        "ca_file": str(creds.tls_ca_file),
+        "client_cert_file": str(creds.tls_cert_file),
+        "client_key_file": str(creds.tls_key_file),
+    }
+
+
+def _probe_credentials(state: dict[str, Any]) -> ClientCredentials:
+    tls = state.get("tls")
+    if not isinstance(tls, dict):
+        return ClientCredentials()
+
+    def path(key: str) -> Path | None:
+        value = tls.get(key)
+        return Path(value) if isinstance(value, str) and value else None
+
+    return ClientCredentials(None, path("ca_file"), path("client_cert_file"), path("client_key_file"))
+
+
+async def _check_all(addresses: dict[str, str], settings: Settings, creds: ClientCredentials) -> dict[str, bool]:
     names = list(addresses)
-    results = await asyncio.gather(*(grpc_serving(addresses[n]) for n in names))
+    results = await asyncio.gather(*(grpc_serving(addresses[n], settings, creds) for n in names))
     return dict(zip(names, results, strict=True))
 
 
@@ -186,17 +280,17 @@ def read_state(home: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-async def status(home: Path) -> list[tuple[str, str, bool]]:
-    """(component, address, healthy) for every component of a running stack."""
+async def status(settings: Settings) -> list[tuple[str, str, bool]]:
+    """(component, address, healthy) for every component of the stack running in settings.home."""
     from .health import postgres_ok
 
-    state = read_state(home)
+    state = read_state(settings.home)
     if state is None:
         return []
     rows: list[tuple[str, str, bool]] = []
     rows.append(("postgres", state["postgres"]["dsn"], await postgres_ok(state["postgres"]["dsn"])))
     rows.append(("kafka", state["broker"]["bootstrap"], await broker_ok(state["broker"]["bootstrap"])))
     svc = state["services"]
-    checks = await _check_all({n: v["address"] for n, v in svc.items()})
+    checks = await _check_all({n: v["address"] for n, v in svc.items()}, settings, _probe_credentials(state))
     rows += [(n, svc[n]["address"], checks[n]) for n in svc]
     return rows
