@@ -26,7 +26,14 @@ protos: $(STAMP)
 run: $(STAMP)
 	$(BIN)/flywheel up --demo
 
-test: $(STAMP)
+# The PostgreSQL TLS test needs a server built with OpenSSL (the embedded wheel's is not): Debian's.
+SYSTEM_STAMP := $(VENV)/.system-installed
+$(SYSTEM_STAMP):
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql)
+	@touch $@
+
+test: $(STAMP) $(SYSTEM_STAMP)
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
@@ -41,6 +48,7 @@ test-e2e: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 # Static types of libs/ and services/ (settings in pyproject.toml [tool.mypy]); zero errors is the gate.
 typecheck: $(STAMP)

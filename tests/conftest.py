@@ -1,7 +1,9 @@
 """Session-wide real servers: one embedded PostgreSQL and one Kafka-protocol broker (tansu).
 
 Integration tests share them (each test uses its own schema, topics and consumer groups);
-e2e tests start their own stack with `flywheel up`.
+e2e tests start their own stack with `flywheel up`. Authentication is on, as in production: the
+session mints an admin token in the shared database, which `Infra.settings()` carries as this
+process's own credential (so channels made with flywheel.grpc send it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from flywheel.db import ensure_database
 from flywheel.stack.broker import EmbeddedBroker
 from flywheel.stack.postgres import EmbeddedPostgres
 from flywheel.stack.procs import free_port
+from tests.integration.identities import mint
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Infra:
     postgres: EmbeddedPostgres
     broker: EmbeddedBroker
     home: Path
+    token: str  # an admin token in the shared database
 
     @property
     def dsn(self) -> str:
@@ -39,6 +43,7 @@ class Infra:
             "consumer_backoff_s": 0.05,
             "consumer_max_attempts": 3,
             "outbox_poll_s": 0.2,
+            "auth_token": self.token,
         }
         base.update(overrides)
         return Settings(**base)  # type: ignore[arg-type]
@@ -52,8 +57,9 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     pg.start()
     try:
         asyncio.run(ensure_database(pg.dsn()))
+        token = asyncio.run(mint(pg.dsn(), "tests-admin", "admin"))
         broker.start()
-        yield Infra(pg, broker, home)
+        yield Infra(pg, broker, home, token)
     finally:
         broker.stop()
         pg.stop()

@@ -21,7 +21,7 @@ import asyncpg
 from flywheel import db
 from flywheel.artifacts import LocalArtifactStore
 from flywheel.auth import Authenticator, tokens
-from flywheel.bus import EventConsumer, EventProducer, Handler, OutboxRelay, ensure_topics
+from flywheel.bus import EventConsumer, EventProducer, Handler, OutboxRelay, ensure_topics, kafka_security
 from flywheel.bus.topics import all_topics
 from flywheel.config import Settings, get_settings
 from flywheel.errors import StartupError
@@ -110,6 +110,7 @@ async def _main(definition: ServiceDefinition, settings: Settings) -> int:
             all_topics(),
             partitions=settings.kafka_partitions,
             replication_factor=settings.kafka_replication_factor,
+            security=kafka_security(settings),
         )
         ctx = ServiceContext(name, settings, pool, producer, LocalArtifactStore(settings.artifacts_dir))
         server.add_services(definition.register(server, ctx))

@@ -1,4 +1,5 @@
-"""Thin helpers for e2e tests: gRPC stubs for a running stack, CSV generation, Kafka reads."""
+"""Thin helpers for e2e tests: gRPC stubs for a running stack (with its admin credentials), CSV
+generation, Kafka reads."""
 
 from __future__ import annotations
 
@@ -8,31 +9,32 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import numpy as np
 from aiokafka import AIOKafkaConsumer
 
 from flywheel.v1 import (
+    auth_pb2_grpc,
     common_pb2,
     ingestion_pb2,
     ingestion_pb2_grpc,
     monitoring_pb2_grpc,
     registry_pb2_grpc,
+    serving_pb2_grpc,
     training_pb2_grpc,
 )
 
 from .stack import UpProcess
 
-OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-
 
 class Clients:
     def __init__(self, stack: UpProcess) -> None:
-        self._channels = {n: grpc.insecure_channel(stack.address(n), options=OPTIONS) for n in stack.ports}
+        self._channels = {n: stack.channel(n) for n in stack.ports}
         self.ingestion = ingestion_pb2_grpc.IngestionServiceStub(self._channels["ingestion"])
         self.training = training_pb2_grpc.TrainingServiceStub(self._channels["training"])
         self.registry = registry_pb2_grpc.RegistryServiceStub(self._channels["registry"])
         self.monitoring = monitoring_pb2_grpc.MonitoringServiceStub(self._channels["monitoring"])
+        self.serving = serving_pb2_grpc.ServingAdminStub(self._channels["serving"])
+        self.tokens = auth_pb2_grpc.TokenServiceStub(self._channels["registry"])
 
     def close(self) -> None:
         for ch in self._channels.values():

@@ -65,30 +65,32 @@ def production_version(api: Clients, model: str) -> int:
     return mv.version.ref.version
 
 
-def wait_served(client: triton.InferenceServerClient, model: str, version: int, timeout_s: float = 120) -> None:
+def wait_served(client: triton.InferenceServerClient, model: str, version: int, headers: dict[str, str],
+                timeout_s: float = 120) -> None:  # fmt: skip
     x = np.zeros((1, 4), np.float32)
 
     def served() -> bool:
         try:
             inp = triton.InferInput("input", [1, 4], "FP32")
             inp.set_data_from_numpy(x)
-            return client.infer(model, [inp]).get_response().model_version == str(version)
+            return client.infer(model, [inp], headers=headers).get_response().model_version == str(version)
         except Exception:
             return False
 
     wait_until(served, timeout_s, f"{model} v{version} served")
 
 
-def send_traffic(client: triton.InferenceServerClient, model: str, x: np.ndarray, *, batch: int = 20,
-                 prefix: str = "r") -> list[str]:  # fmt: skip
-    """Rows through tritonclient in requests of `batch` rows; returns the request ids."""
+def send_traffic(client: triton.InferenceServerClient, model: str, x: np.ndarray, headers: dict[str, str], *,
+                 batch: int = 20, prefix: str = "r") -> list[str]:  # fmt: skip
+    """Rows through tritonclient in requests of `batch` rows, with `headers` (the bearer token);
+    returns the request ids."""
     ids = []
     for i in range(0, len(x), batch):
         chunk = x[i : i + batch].astype(np.float32)
         inp = triton.InferInput("input", list(chunk.shape), "FP32")
         inp.set_data_from_numpy(chunk)
         request_id = f"{prefix}-{i // batch}"
-        client.infer(model, [inp], request_id=request_id)
+        client.infer(model, [inp], request_id=request_id, headers=headers)
         ids.append(request_id)
         time.sleep(0.005)
     return ids

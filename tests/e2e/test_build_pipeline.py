@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -25,6 +26,17 @@ from .clients import Clients, create_dataset, ingest_requests, make_csv, read_to
 from .stack import UpProcess
 
 T = training_pb2
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The module's stack, allowed to read local files from one directory (FLYWHEEL_INGEST_ROOTS)."""
+    base = tmp_path_factory.mktemp("build_pipeline")
+    (base / "uploads").mkdir()
+    up = UpProcess(base / "home", env={"FLYWHEEL_INGEST_ROOTS": str(base / "uploads")})
+    up.start()
+    yield up
+    up.kill_all()
 
 
 def _events_for(stack: UpProcess, topic: str, key: str) -> list[bytes]:
@@ -230,14 +242,20 @@ def test_same_event_twice_is_one_run_and_a_killed_run_resumes(stack, api):
 
 
 def test_uri_ingest_search_aliases_tags_and_archive(stack, api, tmp_path):
-    path = tmp_path / "extra.csv"
+    uploads = Path(stack.env["FLYWHEEL_INGEST_ROOTS"])
+    path = uploads / "extra.csv"
     path.write_bytes(make_csv(2_000, seed=8, start_id=500_000))
     create_dataset(api, "from-file")
     resp = api.ingestion.IngestFromUri(ingestion_pb2.IngestFromUriRequest(dataset="from-file", uri=f"file://{path}"))
     assert resp.created and resp.version.row_count == 2_000 and resp.version.source.startswith("uri:")
     with pytest.raises(grpc.RpcError) as missing:
-        api.ingestion.IngestFromUri(ingestion_pb2.IngestFromUriRequest(dataset="from-file", uri="/no/such.csv"))
+        api.ingestion.IngestFromUri(ingestion_pb2.IngestFromUriRequest(dataset="from-file", uri=f"{uploads}/no.csv"))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "uri" in missing.value.details()
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_bytes(make_csv(10, seed=9))
+    with pytest.raises(grpc.RpcError) as denied:
+        api.ingestion.IngestFromUri(ingestion_pb2.IngestFromUriRequest(dataset="from-file", uri=str(outside)))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED and "uri" in denied.value.details()
 
     R = registry_pb2
     found = api.registry.SearchModelVersions(

@@ -10,7 +10,6 @@ import json
 
 import grpc
 import pytest
-import tritonclient.grpc as triton
 from aiokafka import AIOKafkaProducer
 from google.protobuf.duration_pb2 import Duration
 
@@ -42,9 +41,15 @@ K = common_pb2
 
 @pytest.fixture(scope="module")
 def infer(stack):
-    client = triton.InferenceServerClient(stack.address("serving"))
+    client = stack.triton()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def headers(stack) -> dict[str, str]:
+    """tritonclient's calls carry the admin token `flywheel up` wrote, as the README shows."""
+    return stack.headers
 
 
 def _policy(api: Clients, model: str, *, cooldown_s: int, **extra) -> None:  # type: ignore[no-untyped-def]
@@ -67,7 +72,7 @@ def _alerts(api: Clients, model: str, kind: int = 0) -> list[M.Alert]:
     return list(api.monitoring.ListAlerts(M.ListAlertsRequest(model_name=model, kind=kind)).alerts)
 
 
-def _bootstrap(api: Clients, infer, dataset: str, model: str, spec_msg: T.TrainingSpec) -> None:  # type: ignore[no-untyped-def]
+def _bootstrap(api: Clients, infer, headers, dataset: str, model: str, spec_msg: T.TrainingSpec) -> None:  # type: ignore[no-untyped-def]
     """Version 1 of the data, a model trained on it, promoted and served."""
     create_dataset(api, dataset)
     api.ingestion.IngestDataset(ingest_requests(dataset, concept_csv(4000, seed=1, start_id=0)))
@@ -75,16 +80,18 @@ def _bootstrap(api: Clients, infer, dataset: str, model: str, spec_msg: T.Traini
     if not spec_msg.triggers.on_data_versioned:
         api.training.StartRun(T.StartRunRequest(spec_name=spec_msg.name))
     wait_until(lambda: production_version(api, model) == 1, 120, f"{model} v1 in production")
-    wait_served(infer, model, 1)
+    wait_served(infer, model, 1, headers)
 
 
-def test_drift_retrains_promotes_and_serves_in_one_trace(stack, api, infer):
+def test_drift_retrains_promotes_and_serves_in_one_trace(stack, api, infer, headers):
     model = "loop-model"
-    _bootstrap(api, infer, "loop", model, spec("loop-lr", "loop", model, on_data=False, margin=0.01, cooldown_s=600))
+    _bootstrap(
+        api, infer, headers, "loop", model, spec("loop-lr", "loop", model, on_data=False, margin=0.01, cooldown_s=600)
+    )
     _policy(api, model, cooldown_s=600)
 
     # Reference traffic: nothing to report.
-    send_traffic(infer, model, shifted(600, seed=2, shift=0.0), prefix="ref")
+    send_traffic(infer, model, shifted(600, seed=2, shift=0.0), headers, prefix="ref")
     wait_until(lambda: len(_windows(api, model)) >= 2, 60, "two reference windows")
     assert _alerts(api, model) == []
     assert all(not w.breached for w in _windows(api, model))
@@ -96,12 +103,12 @@ def test_drift_retrains_promotes_and_serves_in_one_trace(stack, api, infer):
     assert api.ingestion.IngestDataset(iter(requests)).version.ref.version == 2
 
     # ... then shifted traffic. From here on the test only watches.
-    send_traffic(infer, model, shifted(600, seed=4, shift=2.0), prefix="shift")
+    send_traffic(infer, model, shifted(600, seed=4, shift=2.0), headers, prefix="shift")
     alerts = wait_until(lambda: _alerts(api, model, K.DRIFT_KIND_DATA_DRIFT), 60, "a data drift alert")
     named = {s.feature for s in alerts[-1].scores if s.breached}
     assert {"f0", "f1"} <= named and not named & {"f2", "f3"}, alerts[-1]
     wait_until(lambda: production_version(api, model) == 2, 180, "the retrained model in production")
-    wait_served(infer, model, 2)
+    wait_served(infer, model, 2, headers)
 
     runs = api.training.ListRuns(T.ListRunsRequest(spec_name="loop-lr")).runs
     drift_run = next(r for r in runs if r.trigger == T.RUN_TRIGGER_DRIFT_DETECTED)
@@ -142,14 +149,21 @@ def test_drift_retrains_promotes_and_serves_in_one_trace(stack, api, infer):
     )  # fmt: skip
 
 
-def test_a_burst_of_drift_is_one_retraining_and_a_worse_model_stays_out(stack, api, infer):
+def test_a_burst_of_drift_is_one_retraining_and_a_worse_model_stays_out(stack, api, infer, headers):
     model = "burst-model"
-    _bootstrap(api, infer, "burst", model, spec("burst-lr", "burst", model, on_data=False, margin=0.05, cooldown_s=600))
+    _bootstrap(
+        api,
+        infer,
+        headers,
+        "burst",
+        model,
+        spec("burst-lr", "burst", model, on_data=False, margin=0.05, cooldown_s=600),
+    )
     _policy(api, model, cooldown_s=0)  # every drifting window alerts: the guard rails are training's
     # More data of the same concept: a retrained model is no better by the 0.05 margin.
     api.ingestion.IngestDataset(ingest_requests("burst", concept_csv(2000, seed=5, start_id=50_000)))
 
-    send_traffic(infer, model, shifted(1500, seed=6, shift=2.0), prefix="burst")
+    send_traffic(infer, model, shifted(1500, seed=6, shift=2.0), headers, prefix="burst")
     wait_until(lambda: len(_alerts(api, model, K.DRIFT_KIND_DATA_DRIFT)) >= 4, 90, "a burst of drift alerts")
 
     def decided() -> registry_pb2.ModelVersion | None:
@@ -180,9 +194,9 @@ def test_a_burst_of_drift_is_one_retraining_and_a_worse_model_stays_out(stack, a
     assert all(d.reason for d in decisions), "every automatic decision says why"
 
 
-def test_feedback_raises_quality_and_segment_alerts_and_bad_messages_go_to_the_dlq(stack, api, infer):
+def test_feedback_raises_quality_and_segment_alerts_and_bad_messages_go_to_the_dlq(stack, api, infer, headers):
     model = "quality-model"
-    _bootstrap(api, infer, "quality", model, spec("quality-lr", "quality", model, on_data=True, margin=0.0))
+    _bootstrap(api, infer, headers, "quality", model, spec("quality-lr", "quality", model, on_data=True, margin=0.0))
     _policy(
         api, model, cooldown_s=0,
         quality=M.QualityThreshold(metric="accuracy", max_drop=0.05, min_labelled_rows=200),
@@ -203,7 +217,7 @@ def test_feedback_raises_quality_and_segment_alerts_and_bad_messages_go_to_the_d
     asyncio.run(garbage())
 
     x = shifted(200, seed=7, shift=0.0)
-    ids = send_traffic(infer, model, x, batch=1, prefix="q")
+    ids = send_traffic(infer, model, x, headers, batch=1, prefix="q")
     # Labels: right where f3 >= 0, wrong where f3 < 0 (the model is good overall, bad on one segment).
     truth = (x @ [1.5, 0.5, -0.5, -1.0] > 0).astype(int)
     wrong = x[:, 3] < 0

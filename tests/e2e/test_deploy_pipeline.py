@@ -1,7 +1,9 @@
 """The deploy half of the loop with every service a real process and clients no one here wrote:
 tritonclient for inference, the gRPC stubs for the registry. Registered -> staging checks ->
-promotion by policy -> served; worse models stay out; manual approval; rollback; swaps under load
-without a failed request; bad inputs get their codes; a restarted server comes back as it was."""
+promotion by policy -> served; worse models stay out; manual approval (audited as the token's
+holder, whatever the request says); rollback; swaps under load without a failed request; bad inputs
+get their codes; a restarted server comes back as it was. Every call carries a token: tritonclient
+the `authorization` header, the stubs the credentials `flywheel up` wrote."""
 
 from __future__ import annotations
 
@@ -26,10 +28,18 @@ from tritonclient.utils import InferenceServerException
 from flywheel import evaluation
 from flywheel.predictions import LoggedRow, logged_rows
 from flywheel.stack.up import read_state
-from flywheel.v1 import common_pb2, ingestion_pb2, registry_pb2, serving_pb2, serving_pb2_grpc
+from flywheel.v1 import (
+    auth_pb2,
+    common_pb2,
+    ingestion_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
+    serving_pb2,
+)
 from tests.polling import wait_until
 
 from .clients import Clients, ingest_requests, make_csv, schema
+from .stack import UpProcess
 
 R = registry_pb2
 FEATURES = ["f0", "f1", "f2", "f3"]
@@ -105,16 +115,16 @@ def _decided(api: Clients, version: int) -> R.ModelVersion:
     return wait_until(done, 90, f"a promotion decision for v{version}")
 
 
-def _served_version(client: triton.InferenceServerClient, x: np.ndarray) -> str:
+def _served_version(client: triton.InferenceServerClient, x: np.ndarray, headers: dict[str, str]) -> str:
     inp = triton.InferInput("X", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    return client.infer(MODEL, [inp]).get_response().model_version
+    return client.infer(MODEL, [inp], headers=headers).get_response().model_version
 
 
-def _serves(client: triton.InferenceServerClient, x: np.ndarray, version: int) -> None:
+def _serves(client: triton.InferenceServerClient, x: np.ndarray, version: int, headers: dict[str, str]) -> None:
     def ok() -> bool:
         try:
-            return _served_version(client, x) == str(version)
+            return _served_version(client, x, headers) == str(version)
         except InferenceServerException:
             return False
 
@@ -123,12 +133,22 @@ def _serves(client: triton.InferenceServerClient, x: np.ndarray, version: int) -
 
 @pytest.fixture(scope="module")
 def triton_client(stack):
-    client = triton.InferenceServerClient(stack.address("serving"))
+    client = stack.triton()
     yield client
     client.close()
 
 
-def test_policy_chain_promotes_better_keeps_worse_waits_for_approval_and_rolls_back(api, data, triton_client):
+def _token(api: Clients, name: str, role: str) -> str:
+    """A token made through the token API with the admin's credentials, as `flywheel tokens create`."""
+    return api.tokens.CreateToken(auth_pb2.CreateTokenRequest(name=name, role=role)).secret
+
+
+def _registry_as(stack: UpProcess, token: str) -> registry_pb2_grpc.RegistryServiceStub:
+    return registry_pb2_grpc.RegistryServiceStub(stack.channel("registry", auth_token=token))
+
+
+def test_policy_chain_promotes_better_keeps_worse_waits_for_approval_and_rolls_back(api, data, triton_client, stack):
+    headers = stack.headers
     api.registry.SetPromotionPolicy(
         R.SetPromotionPolicyRequest(
             model_name=MODEL,
@@ -142,7 +162,7 @@ def test_policy_chain_promotes_better_keeps_worse_waits_for_approval_and_rolls_b
     x = data[2][0][:3]
     v1 = _register(api, data, *_model(data, ["f0"]))
     assert _decided(api, v1).promotion.state == R.PROMOTION_STATE_PROMOTED
-    _serves(triton_client, x, v1)
+    _serves(triton_client, x, v1, headers)
 
     worse = _register(api, data, *_model(data, FEATURES, shuffle=True))
     mv = _decided(api, worse)
@@ -154,30 +174,37 @@ def test_policy_chain_promotes_better_keeps_worse_waits_for_approval_and_rolls_b
 
     better = _register(api, data, *_model(data, ["f0", "f1"]))
     assert _decided(api, better).promotion.state == R.PROMOTION_STATE_PROMOTED
-    _serves(triton_client, x, better)  # no call from the test since registration
+    _serves(triton_client, x, better, headers)  # no call from the test since registration
 
     policy = api.registry.GetPromotionPolicy(R.GetPromotionPolicyRequest(model_name=MODEL)).policy
     policy.approval = common_pb2.APPROVAL_MODE_MANUAL
     api.registry.SetPromotionPolicy(R.SetPromotionPolicyRequest(model_name=MODEL, policy=policy))
     best = _register(api, data, *_model(data, FEATURES))
     assert _decided(api, best).promotion.state == R.PROMOTION_STATE_PENDING_APPROVAL
-    assert _served_version(triton_client, x) == str(better), "waits for approval"
-    api.registry.ApproveVersion(R.ApproveVersionRequest(name=MODEL, version=best, actor="alice", reason="looks good"))
-    _serves(triton_client, x, best)
+    assert _served_version(triton_client, x, headers) == str(better), "waits for approval"
+    # Alice approves with her own deployer token; the request claims to be mallory. The audit log
+    # records who the credentials prove, and keeps the request's reason.
+    alice = _registry_as(stack, _token(api, "alice", "deployer"))
+    alice.ApproveVersion(R.ApproveVersionRequest(name=MODEL, version=best, actor="mallory", reason="looks good"))
+    _serves(triton_client, x, best, headers)
     approvals = api.registry.ListAuditEvents(R.ListAuditEventsRequest(name=MODEL, action=R.AUDIT_ACTION_APPROVED))
     assert [(e.version, e.actor) for e in approvals.events] == [(best, "alice")]
+    assert "looks good" in approvals.events[0].reason
 
     rolled = api.registry.Rollback(R.RollbackRequest(name=MODEL, actor="bob", reason="bad canary"))
     assert (rolled.production.version, rolled.previous_version) == (better, best)
-    _serves(triton_client, x, better)
+    _serves(triton_client, x, better, headers)
+    rollbacks = api.registry.ListAuditEvents(R.ListAuditEventsRequest(name=MODEL, action=R.AUDIT_ACTION_ROLLED_BACK))
+    assert [e.actor for e in rollbacks.events] == ["admin"], "the admin token's holder, not the request's bob"
 
 
 def test_tritonclient_speaks_to_serving(api, data, triton_client, stack):
-    assert triton_client.is_server_live() and triton_client.is_server_ready()
-    assert triton_client.is_model_ready(MODEL)
-    meta = triton_client.get_model_metadata(MODEL, as_json=True)
+    headers = stack.headers
+    assert triton_client.is_server_live(headers=headers) and triton_client.is_server_ready(headers=headers)
+    assert triton_client.is_model_ready(MODEL, headers=headers)
+    meta = triton_client.get_model_metadata(MODEL, headers=headers, as_json=True)
     assert meta["platform"] == "onnxruntime_onnx" and meta["inputs"][0]["datatype"] == "FP32"
-    config = triton_client.get_model_config(MODEL, as_json=True)["config"]
+    config = triton_client.get_model_config(MODEL, headers=headers, as_json=True)["config"]
     assert config["name"] == MODEL and config["input"][0]["dims"] == ["4"]
 
     production = api.registry.GetModelVersion(R.GetModelVersionRequest(name=MODEL, alias="production")).version
@@ -191,19 +218,22 @@ def test_tritonclient_speaks_to_serving(api, data, triton_client, stack):
     inp = triton.InferInput("X", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     result = triton_client.infer(
-        MODEL, [inp], outputs=[triton.InferRequestedOutput("probabilities"), triton.InferRequestedOutput("label")]
+        MODEL,
+        [inp],
+        outputs=[triton.InferRequestedOutput("probabilities"), triton.InferRequestedOutput("label")],
+        headers=headers,
     )
     np.testing.assert_array_equal(result.as_numpy("label"), want_label)
     np.testing.assert_allclose(result.as_numpy("probabilities"), want_proba, rtol=1e-6)
     assert result.get_response().model_version == str(production.ref.version)
 
     done: queue.Queue = queue.Queue()
-    triton_client.async_infer(MODEL, [inp], callback=lambda result, error: done.put((result, error)))
+    triton_client.async_infer(MODEL, [inp], callback=lambda result, error: done.put((result, error)), headers=headers)
     r, e = done.get(timeout=30)
     assert e is None and np.array_equal(r.as_numpy("label"), want_label)
 
     streamed: queue.Queue = queue.Queue()
-    triton_client.start_stream(callback=lambda result, error: streamed.put((result, error)))
+    triton_client.start_stream(callback=lambda result, error: streamed.put((result, error)), headers=headers)
     try:
         for i in range(3):
             triton_client.async_stream_infer(MODEL, [inp], request_id=str(i))
@@ -214,8 +244,38 @@ def test_tritonclient_speaks_to_serving(api, data, triton_client, stack):
     assert sorted(r.get_response().id for r, _ in got) == ["0", "1", "2"]
     assert all(np.array_equal(r.as_numpy("label"), want_label) for r, _ in got)
 
-    stats = triton_client.get_inference_statistics(MODEL, as_json=True)
+    stats = triton_client.get_inference_statistics(MODEL, headers=headers, as_json=True)
     assert int(stats["model_stats"][0]["inference_stats"]["success"]["count"]) > 0
+
+
+def test_a_predictor_token_infers_through_tritonclient_and_does_nothing_else(api, data, stack, triton_client):
+    predictor = {"authorization": f"Bearer {_token(api, 'checkout-app', 'predictor')}"}
+    production = api.registry.GetModelVersion(R.GetModelVersionRequest(name=MODEL, alias="production")).version
+    x = data[2][0][:2]
+    assert _served_version(triton_client, x, predictor) == str(production.ref.version)
+    assert triton_client.is_model_ready(MODEL, headers=predictor)
+
+    refused = {
+        "no header": {},
+        "garbage": {"authorization": "Bearer fwk_0123456789abcdef_" + "x" * 43},
+        "not bearer": {"authorization": "Basic YWRtaW46YWRtaW4="},
+    }
+    for case, headers in refused.items():
+        with pytest.raises(InferenceServerException) as err:
+            _served_version(triton_client, x, headers)
+        assert err.value.status() == "StatusCode.UNAUTHENTICATED", (case, err.value)
+
+    # The same token may not move an alias, unload a model or read the registry.
+    with pytest.raises(grpc.RpcError) as denied:
+        _registry_as(stack, predictor["authorization"].split()[1]).SetAlias(
+            R.SetAliasRequest(name=MODEL, alias="champion", version=production.ref.version)
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "needs the role admin" in denied.value.details() and "checkout-app has predictor" in denied.value.details()
+    with pytest.raises(InferenceServerException) as unload:
+        triton_client.unload_model(MODEL, headers=predictor)
+    assert unload.value.status() == "StatusCode.PERMISSION_DENIED", unload.value
+    assert _served_version(triton_client, x, predictor) == str(production.ref.version), "still loaded"
 
 
 def test_bad_inputs_get_their_codes_and_the_server_keeps_answering(data, stack):
@@ -223,8 +283,7 @@ def test_bad_inputs_get_their_codes_and_the_server_keeps_answering(data, stack):
     from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
     x = data[2][0][:2]
-    channel = grpc.insecure_channel(stack.address("serving"))
-    stub = oip_grpc.GRPCInferenceServiceStub(channel)
+    stub = oip_grpc.GRPCInferenceServiceStub(stack.channel("serving"))
 
     def request(name="X", datatype="FP32", shape=(2, 4), raw=None, model=MODEL, version=""):  # type: ignore[no-untyped-def]
         req = oip.ModelInferRequest(model_name=model, model_version=version)
@@ -248,7 +307,7 @@ def test_bad_inputs_get_their_codes_and_the_server_keeps_answering(data, stack):
         assert needle in err.value.details(), err.value.details()
 
     huge = np.zeros((2_200_000, 4), np.float32)  # twice this is 70 MB, over the 64 MB message limit
-    big = grpc.insecure_channel(stack.address("serving"), options=[("grpc.max_send_message_length", 256 << 20)])
+    big = stack.channel("serving", grpc_max_message_mb=256)  # the client would send it; the server refuses
     with pytest.raises(grpc.RpcError) as err:
         oip_grpc.GRPCInferenceServiceStub(big).ModelInfer(
             request(shape=huge.shape, raw=np.concatenate([huge, huge]).tobytes()), timeout=30
@@ -263,7 +322,8 @@ def test_swaps_under_load_fail_no_request(api, stack, data):
     production = api.registry.GetModelVersion(R.GetModelVersionRequest(name=MODEL, alias="production")).version
     other = production.ref.version + 1 if production.ref.version < 4 else production.ref.version - 1
     x = data[2][0][:1]
-    admin = serving_pb2_grpc.ServingAdminStub(grpc.insecure_channel(stack.address("serving")))
+    admin = api.serving
+    headers = stack.headers
     timeline: list[tuple[float, int]] = []
     stop = threading.Event()
 
@@ -280,14 +340,14 @@ def test_swaps_under_load_fail_no_request(api, stack, data):
     failures: list[str] = []
 
     def client() -> None:
-        c = triton.InferenceServerClient(stack.address("serving"))
+        c = stack.triton()
         inp = triton.InferInput("X", [1, 4], "FP32")
         inp.set_data_from_numpy(x)
         next_at = time.monotonic()
         while not stop.is_set():
             start = time.monotonic()
             try:
-                version = c.infer(MODEL, [inp]).get_response().model_version
+                version = c.infer(MODEL, [inp], headers=headers).get_response().model_version
                 results.append((start, time.monotonic(), version))
             except Exception as exc:
                 failures.append(repr(exc))
@@ -329,10 +389,13 @@ def test_restarted_serving_comes_back_with_the_same_production(api, stack, data,
     production = api.registry.GetModelVersion(R.GetModelVersionRequest(name=MODEL, alias="production")).version
     os.kill(read_state(stack.home)["services"]["serving"]["pid"], signal.SIGKILL)
     x = data[2][0][:2]
+    headers = stack.headers
 
     def back() -> bool:
         try:
-            return triton_client.is_server_ready() and _served_version(triton_client, x) == str(production.ref.version)
+            return triton_client.is_server_ready(headers=headers) and _served_version(triton_client, x, headers) == str(
+                production.ref.version
+            )
         except InferenceServerException:
             return False
 
@@ -345,28 +408,32 @@ def test_canary_shadow_prediction_log_and_cli(api, stack, data):
 
     from .clients import read_topic
 
-    admin = serving_pb2_grpc.ServingAdminStub(grpc.insecure_channel(stack.address("serving")))
+    admin = api.serving
     production = api.registry.GetModelVersion(R.GetModelVersionRequest(name=MODEL, alias="production")).version
     prod_v = production.ref.version
     challenger = 4 if prod_v != 4 else 3
-    client = triton.InferenceServerClient(stack.address("serving"))
+    client = stack.triton()
+    headers = stack.headers
     x = data[2][0][:2]
 
     dep = admin.SetCanary(
         serving_pb2.SetCanaryRequest(model_name=MODEL, challenger_version=challenger, percent=50, actor="carol")
     ).deployment
     assert dep.traffic.mode == serving_pb2.TRAFFIC_MODE_CANARY and dep.traffic.challenger.version == challenger
-    seen = [_served_version(client, x) for _ in range(100)]
+    seen = [_served_version(client, x, headers) for _ in range(100)]
     assert set(seen) == {str(prod_v), str(challenger)}, "both versions answer under a 50% canary"
     assert 20 <= seen.count(str(challenger)) <= 80
 
     admin.SetShadow(serving_pb2.SetShadowRequest(model_name=MODEL, challenger_version=challenger, actor="carol"))
     inp = triton.InferInput("X", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    answered = {client.infer(MODEL, [inp], request_id=f"shadow-{i}").get_response().model_version for i in range(5)}
+    answered = {
+        client.infer(MODEL, [inp], request_id=f"shadow-{i}", headers=headers).get_response().model_version
+        for i in range(5)
+    }
     assert answered == {str(prod_v)}, "shadow answers from production only"
     admin.ClearTraffic(serving_pb2.ClearTrafficRequest(model_name=MODEL))
-    assert {_served_version(client, x) for _ in range(20)} == {str(prod_v)}
+    assert {_served_version(client, x, headers) for _ in range(20)} == {str(prod_v)}
 
     def logged() -> list[tuple[int, LoggedRow]] | None:
         records = [

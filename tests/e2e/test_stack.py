@@ -1,5 +1,7 @@
 """`flywheel up` brings up PostgreSQL, the broker and all five services as processes; every
-service answers the standard gRPC health protocol with SERVING; stopping leaves nothing behind."""
+service answers the standard gRPC health protocol with SERVING (no credentials needed) and lists
+its API through reflection to the admin whose token `up` left in $FLYWHEEL_HOME/credentials
+(readable by its owner only); stopping leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -34,17 +36,18 @@ def _health(address: str) -> int:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
 
 
-def _reflected_services(address: str) -> set[str]:
-    with grpc.insecure_channel(address) as channel:
+def _reflected_services(stack: UpProcess, service: str) -> set[str]:
+    with stack.channel(service) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         return {s.name for r in responses for s in r.list_services_response.service}
 
 
 def test_up_serves_all_five_and_down_leaves_nothing(stack):
+    assert (stack.home / "credentials").stat().st_mode & 0o777 == 0o600
     for name in SERVICES:
         assert _health(stack.address(name)) == health_pb2.HealthCheckResponse.SERVING, name
-        services = _reflected_services(stack.address(name))
+        services = _reflected_services(stack, name)
         assert EXPECTED_API[name] in services and "grpc.health.v1.Health" in services, (name, services)
 
     status = stack.cli("status")

@@ -4,6 +4,8 @@ It has one RPC, /flywheel.test.Echo/Emit (request and response are raw UTF-8 byt
 writes a state row and stages a `Feedback` event on $ECHO_TOPIC in the same transaction, and
 one handler that records each event it consumes. It lets the tests exercise outbox, inbox,
 relay, tracing and logging end to end before the real services have behaviour of their own.
+Emit is in the role table (registered here, as an extension service would) for producers and
+admins, so callers need a token like any other RPC.
 
 ECHO_KILL_AFTER_COMMIT=1 makes the process SIGKILL itself right after the commit, before the
 relay can publish. A name starting with "rollback" fails after staging, so nothing commits.
@@ -25,6 +27,7 @@ from google.protobuf.message import Message
 from opentelemetry import trace
 
 from flywheel.app import ServiceContext, ServiceDefinition, run
+from flywheel.auth import roles
 from flywheel.bus import EventContext, enqueue
 from flywheel.bus.serde import new_meta
 from flywheel.bus.topics import register_event_type
@@ -34,7 +37,9 @@ from flywheel.logging import get_logger
 from flywheel.v1 import events_pb2
 
 TOPIC = os.environ["ECHO_TOPIC"]
+EMIT = "/flywheel.test.Echo/Emit"
 register_event_type(TOPIC, events_pb2.Feedback)
+roles.register(EMIT, frozenset({roles.PRODUCER, roles.ADMIN}))
 log = get_logger("echo")
 
 

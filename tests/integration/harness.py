@@ -1,4 +1,5 @@
-"""Helpers the integration tests share: run the echo service, call it, read topics and spans."""
+"""Helpers the integration tests share: run the echo service, call it (with the session's admin
+token: authentication is on), read topics and spans."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class EchoProcess:
         self.name = name
         self.topic = topic
         self.log_file = log_file
+        self.token = settings.auth_token
         self.env = {
             **os.environ,
             "FLYWHEEL_DATABASE_URL": settings.database_url,
@@ -57,6 +59,9 @@ class EchoProcess:
         wait_until(lambda: serving_sync(self.address), 60, f"echo service {self.name} SERVING")
         return self
 
+    async def emit(self, name: str, timeout_s: float = 10.0) -> str:
+        return await emit(self.address, name, self.token, timeout_s)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -78,10 +83,11 @@ def serving_sync(address: str) -> bool:
         return resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def emit(address: str, name: str, timeout_s: float = 10.0) -> str:
+async def emit(address: str, name: str, token: str | None, timeout_s: float = 10.0) -> str:
+    metadata = [("authorization", f"Bearer {token}")] if token else None
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.unary_unary("/flywheel.test.Echo/Emit")
-        result: bytes = await call(name.encode(), timeout=timeout_s)
+        result: bytes = await call(name.encode(), timeout=timeout_s, metadata=metadata)
         return result.decode()
 
 

@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from flywheel.stack.procs import free_port
 from tests.polling import wait_until
 
-from .harness import EchoProcess, emit
+from .harness import EchoProcess
 
 
 class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -49,7 +49,7 @@ async def test_spans_reach_an_otlp_collector(infra, unique, tmp_path):
     )
     echo.start()
     try:
-        await emit(echo.address, "otlp-1")
+        await echo.emit("otlp-1")
 
         def chain() -> bool:
             names = {(s, n) for s, n, _ in collector.spans}

@@ -11,7 +11,7 @@ import pytest
 from flywheel.bus.topics import dlq_topic
 from flywheel.v1 import events_pb2
 
-from .harness import EchoProcess, await_for, emit, read_topic
+from .harness import EchoProcess, await_for, read_topic
 
 
 async def _fetch(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:
@@ -28,7 +28,7 @@ async def test_event_committed_before_sigkill_is_published_after_restart(infra, 
     echo.start(ECHO_KILL_AFTER_COMMIT="1")
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await emit(echo.address, "m1")
+        await echo.emit("m1")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # the process died mid-call
     assert echo.proc.wait(10) == -signal.SIGKILL
 
@@ -58,11 +58,11 @@ async def test_rolled_back_transaction_publishes_nothing(infra, unique, tmp_path
     echo = EchoProcess(infra.settings(), name, topic, tmp_path / "echo.log").start()
     try:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await emit(echo.address, "rollback-1")
+            await echo.emit("rollback-1")
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "name: rollback requested" in err.value.details()
 
-        good_id = await emit(echo.address, "kept-1")
+        good_id = await echo.emit("kept-1")
         await await_for(
             lambda: _fetch(infra.dsn, f'SELECT 1 FROM "{name}".echo_seen WHERE event_id = $1', good_id),
             30,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from .harness import EchoProcess, emit
+from .harness import EchoProcess
 
 
 async def test_sigterm_cancels_owned_tasks_then_runs_the_shutdown_hook(infra, unique, tmp_path):
@@ -14,8 +14,8 @@ async def test_sigterm_cancels_owned_tasks_then_runs_the_shutdown_hook(infra, un
     echo = EchoProcess(infra.settings(), name, topic, tmp_path / "echo.log", ECHO_SHUTDOWN_FILE=str(report))
     echo.start()
     try:
-        await emit(echo.address, "linger-1")
-        await emit(echo.address, "linger-2")
+        await echo.emit("linger-1")
+        await echo.emit("linger-2")
     finally:
         echo.stop()
     assert echo.proc is not None and echo.proc.returncode == 0

@@ -12,7 +12,7 @@ from flywheel.stack.procs import free_port
 from flywheel.telemetry import read_spans
 from tests.polling import wait_until
 
-from .harness import EchoProcess, await_for, emit
+from .harness import EchoProcess, await_for
 
 
 async def test_consumer_span_and_logs_share_the_trace_of_the_grpc_call(infra, unique, tmp_path):
@@ -29,7 +29,7 @@ async def test_consumer_span_and_logs_share_the_trace_of_the_grpc_call(infra, un
     )
     echo.start()
     try:
-        event_id = await emit(echo.address, "traced-1")
+        event_id = await echo.emit("traced-1")
 
         async def seen() -> list[asyncpg.Record]:
             conn = await asyncpg.connect(infra.dsn)

@@ -4,7 +4,8 @@ retries and keeps the lease, so the run still ends as one attempt that registere
 
 Real processes on the session's PostgreSQL (a database of the test's own) and broker: ingestion
 (the data), registry (the model) and two training workers, the second ready to reclaim the run
-the moment its lease lapses.
+the moment its lease lapses. Each service calls the others with its own service identity, minted
+in that database, and the test with an admin token.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import asyncpg
 import grpc
 import pytest
 
+from flywheel.config import Settings
 from flywheel.db import ensure_database
+from flywheel.grpc import sync_channel
 from flywheel.stack.procs import free_port
 from flywheel.v1 import (
     common_pb2,
@@ -35,6 +38,7 @@ from flywheel.v1 import (
 )
 from tests.e2e.clients import ingest_requests, make_csv, schema
 from tests.integration.harness import await_for, serving_sync
+from tests.integration.identities import mint_many
 from tests.polling import wait_until
 
 T = training_pb2
@@ -74,9 +78,15 @@ class Service:
 class Stack:
     dsn: str
     services: dict[str, Service]
+    admin_token: str
 
     def address(self, name: str) -> str:
         return self.services[name].address
+
+    def channel(self, name: str) -> grpc.Channel:
+        """A channel to `name` carrying the admin token, made the way the CLI makes its channels."""
+        settings = Settings(auth_token=self.admin_token, **{f"{name}_addr": self.address(name)})
+        return sync_channel(settings, name)
 
 
 @pytest.fixture
@@ -85,6 +95,8 @@ def stack(infra, tmp_path, unique) -> Iterator[Stack]:
     dsn = infra.postgres.dsn(database)
     asyncio.run(ensure_database(dsn))
     ports = {"ingestion": free_port(), "registry": free_port(), "training": free_port(), "training-2": free_port()}
+    identities = {name: (f"service-{name.split('-')[0]}", f"service:{name.split('-')[0]}") for name in ports}
+    tokens = asyncio.run(mint_many(dsn, {**identities, "admin": ("lease-admin", "admin")}))
     env = {
         **os.environ,
         "FLYWHEEL_HOME": str(tmp_path / "home"),
@@ -104,14 +116,14 @@ def stack(infra, tmp_path, unique) -> Iterator[Stack]:
             with log_file.open("wb") as out:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", f"services.{name.split('-')[0]}"],
-                    env={**env, "FLYWHEEL_GRPC_PORT": str(port)},
+                    env={**env, "FLYWHEEL_GRPC_PORT": str(port), "FLYWHEEL_AUTH_TOKEN": tokens[name]},
                     stdout=out,
                     stderr=subprocess.STDOUT,
                 )
             started[name] = Service(name, port, log_file, proc)
         for service in started.values():
             wait_until(lambda s=service: serving_sync(s.address), 60, f"{service.name} SERVING")
-        yield Stack(dsn, started)
+        yield Stack(dsn, started, tokens["admin"])
     finally:
         for service in started.values():
             service.proc.terminate()
@@ -124,8 +136,8 @@ def stack(infra, tmp_path, unique) -> Iterator[Stack]:
 
 def _start_run(stack: Stack) -> str:
     with (
-        grpc.insecure_channel(stack.address("ingestion")) as ingestion_ch,
-        grpc.insecure_channel(stack.address("training")) as training_ch,
+        stack.channel("ingestion") as ingestion_ch,
+        stack.channel("training") as training_ch,
     ):
         ingestion = ingestion_pb2_grpc.IngestionServiceStub(ingestion_ch)
         ingestion.CreateDataset(
@@ -192,7 +204,7 @@ async def _kill_connections_under_the_heartbeat(dsn: str, run_id: str) -> list[i
 
 
 def _get_run(stack: Stack, run_id: str) -> training_pb2.Run:
-    with grpc.insecure_channel(stack.address("training")) as ch:
+    with stack.channel("training") as ch:
         return training_pb2_grpc.TrainingServiceStub(ch).GetRun(T.GetRunRequest(run_id=run_id)).run
 
 
@@ -219,7 +231,7 @@ def test_killed_database_connections_do_not_lose_the_lease(stack):
     assert run.attempt == 1, "the lease held: no worker reclaimed the run"
     assert run.registered_model.name == "blips-model" and run.registered_model.version == 1
 
-    with grpc.insecure_channel(stack.address("registry")) as ch:
+    with stack.channel("registry") as ch:
         versions = (
             registry_pb2_grpc.RegistryServiceStub(ch)
             .ListModelVersions(registry_pb2.ListModelVersionsRequest(name="blips-model", include_archived=True))

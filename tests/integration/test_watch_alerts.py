@@ -19,8 +19,11 @@ import pytest
 from flywheel import db
 from flywheel.app import ServiceContext
 from flywheel.artifacts import LocalArtifactStore
+from flywheel.auth import Authenticator
+from flywheel.auth.credentials import client_credentials
 from flywheel.bus import EventProducer
 from flywheel.grpc import GrpcServer
+from flywheel.grpc.channels import aio_channel_to
 from flywheel.v1 import common_pb2, monitoring_pb2, monitoring_pb2_grpc
 from services.monitoring import policy as policies
 from services.monitoring.alerts import raise_alerts
@@ -75,9 +78,11 @@ async def monitoring(infra: Any, unique: str, tmp_path: Path) -> AsyncIterator[M
     # The servicer never publishes (the outbox relay does), so it needs no producer here.
     ctx = ServiceContext(schema, settings, pool, cast(EventProducer, None), LocalArtifactStore(tmp_path / "a"))
     server = GrpcServer(settings, 0)
+    server.guard.authenticator = Authenticator(settings, pool)  # as flywheel.app arms it
     server.add_services(DEFINITION.register(server, ctx))
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    # The session's admin token on every call, the way services and the CLI make channels.
+    channel = aio_channel_to(f"127.0.0.1:{server.port}", settings, client_credentials(settings))
     try:
         yield Monitoring(schema, infra.dsn, pool, monitoring_pb2_grpc.MonitoringServiceStub(channel))
     finally:

@@ -7,9 +7,11 @@ import pytest
 
 from flywheel import errors
 from flywheel.artifacts import CorruptArtifact
-from flywheel.config import Settings
+from flywheel.auth import roles
 from flywheel.grpc import GrpcServer, status_for
 from flywheel.stack.procs import free_port
+
+from .identity import Issuer, arm, bearer
 
 
 @pytest.mark.parametrize(
@@ -40,8 +42,14 @@ def test_message_names_the_field():
     )
 
 
-async def test_interceptor_maps_errors_for_unary_and_streaming_calls():
-    server = GrpcServer(Settings(), free_port())
+async def test_interceptor_maps_errors_for_unary_and_streaming_calls(tmp_path, monkeypatch):
+    # Authentication stays on: the errors are mapped for a caller the guard let through.
+    idp = Issuer()
+    settings = idp.settings(tmp_path / "idp.pem")
+    for method in ("/t.T/U", "/t.T/S"):
+        monkeypatch.setitem(roles.METHOD_ROLES, method, frozenset({roles.VIEWER}))
+    creds = bearer(idp.token("tester", ["viewer"]))
+    server = GrpcServer(settings, free_port())
 
     async def unary(request: bytes, context):
         if request == b"bad":
@@ -65,25 +73,29 @@ async def test_interceptor_maps_errors_for_unary_and_streaming_calls():
             ),
         )
     )
+    arm(server, settings)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             u = channel.unary_unary("/t.T/U")
-            assert await u(b"hi") == b"ok:hi"
+            assert await u(b"hi", metadata=creds) == b"ok:hi"
             with pytest.raises(grpc.aio.AioRpcError) as bad:
-                await u(b"bad")
+                await u(b"bad", metadata=creds)
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert bad.value.details() == "records: row 7: value 'abc' is not a float"
             with pytest.raises(grpc.aio.AioRpcError) as boom:
-                await u(b"boom")
+                await u(b"boom", metadata=creds)
             assert boom.value.code() == grpc.StatusCode.INTERNAL  # never UNKNOWN
             got = []
             with pytest.raises(grpc.aio.AioRpcError) as missing:
-                async for item in channel.unary_stream("/t.T/S")(b""):
+                async for item in channel.unary_stream("/t.T/S")(b"", metadata=creds):
                     got.append(item)
             assert got == [b"first"]
             assert missing.value.code() == grpc.StatusCode.NOT_FOUND
             assert "version: dataset 'x' has no version 9" == missing.value.details()
-            assert await u(b"still") == b"ok:still", "the server keeps serving after errors"
+            with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+                await u(b"hi")
+            assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED, "the guard runs before the handler"
+            assert await u(b"still", metadata=creds) == b"ok:still", "the server keeps serving after errors"
     finally:
         await server.stop()

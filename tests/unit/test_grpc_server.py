@@ -9,16 +9,35 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from flywheel.auth import roles
 from flywheel.config import Settings
 from flywheel.grpc import GrpcServer
 from flywheel.stack.procs import free_port
+
+from .identity import Issuer, arm, bearer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _server(**settings: object) -> GrpcServer:
-    server = GrpcServer(Settings(**settings), free_port())  # type: ignore[arg-type]
+IDP = Issuer()
+CREDS = bearer(IDP.token("tester", ["viewer"], ttl_s=3600))
+
+
+@pytest.fixture
+def make_server(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """A server with authentication on (trusting IDP), serving /t.T/Slow to viewers."""
+    monkeypatch.setitem(roles.METHOD_ROLES, "/t.T/Slow", frozenset({roles.VIEWER}))
+
+    def make(**settings: object) -> GrpcServer:
+        return _server(IDP.settings(tmp_path / "idp.pem", **settings))
+
+    return make
+
+
+def _server(settings: Settings) -> GrpcServer:
+    server = GrpcServer(settings, free_port())
+    arm(server, settings)
 
     async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         await asyncio.sleep(0.5)
@@ -36,8 +55,8 @@ async def _health(channel: grpc.aio.Channel, service: str = "") -> int:
     return resp.status
 
 
-async def test_health_follows_readiness_checks():
-    server = _server()
+async def test_health_follows_readiness_checks(make_server):
+    server = make_server()
     await server.start()
     ready = asyncio.Event()
 
@@ -59,30 +78,30 @@ async def test_health_follows_readiness_checks():
         await server.stop()
 
 
-async def test_stop_drains_calls_in_flight():
-    server = _server(grpc_grace_s=5.0)
+async def test_stop_drains_calls_in_flight(make_server):
+    server = make_server(grpc_grace_s=5.0)
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        call = asyncio.ensure_future(channel.unary_unary("/t.T/Slow")(b"inflight"))
+        call = asyncio.ensure_future(channel.unary_unary("/t.T/Slow")(b"inflight", metadata=CREDS))
         await asyncio.sleep(0.1)  # the call is now running on the server
         await server.stop()
         assert await call == b"done:inflight"
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as after:
-            await channel.unary_unary("/t.T/Slow")(b"late", timeout=2)
+            await channel.unary_unary("/t.T/Slow")(b"late", timeout=2, metadata=CREDS)
         assert after.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_oversized_request_is_resource_exhausted():
-    server = _server(grpc_max_message_mb=1)
+async def test_oversized_request_is_resource_exhausted(make_server):
+    server = make_server(grpc_max_message_mb=1)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(
             f"127.0.0.1:{server.port}", options=[("grpc.max_send_message_length", 8 * 1024 * 1024)]
         ) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await channel.unary_unary("/t.T/Slow")(b"x" * (2 * 1024 * 1024), timeout=5)
+                await channel.unary_unary("/t.T/Slow")(b"x" * (2 * 1024 * 1024), timeout=5, metadata=CREDS)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert await channel.unary_unary("/t.T/Slow")(b"small", timeout=5) == b"done:small"
+            assert await channel.unary_unary("/t.T/Slow")(b"small", timeout=5, metadata=CREDS) == b"done:small"
     finally:
         await server.stop()

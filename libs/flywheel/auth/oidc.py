@@ -11,7 +11,7 @@ import jwt
 from jwt import PyJWKClient, PyJWKSet
 
 from flywheel.config import Settings
-from flywheel.errors import Unauthenticated
+from flywheel.errors import Unauthenticated, Unavailable
 
 from .principal import Principal
 from .roles import ALL_ROLES
@@ -42,6 +42,8 @@ class OidcVerifier:
                 issuer=self._issuer,
                 options={"require": ["exp", "iss"] + (["aud"] if self._audience else [])},
             )
+        except jwt.PyJWKClientConnectionError as exc:  # the provider is away: not the caller's fault
+            raise Unavailable(f"identity provider keys unavailable: {exc}") from None
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"invalid token: {exc}") from None
         name = claims.get(self._name_claim)

@@ -1,9 +1,10 @@
-"""Kafka plumbing shared by every service: topics, serde, producer, outbox, inbox, consumer, DLQ."""
+"""Kafka plumbing shared by every service: topics, serde, producer, outbox, inbox, consumer, DLQ, security."""
 
 from flywheel.bus.batch import BatchConsumer, RejectBatch
 from flywheel.bus.consumer import EventConsumer, EventContext, Handler, acknowledge_only
 from flywheel.bus.outbox import OutboxRelay, enqueue
 from flywheel.bus.producer import EventProducer
+from flywheel.bus.security import KafkaSecurity, kafka_security
 from flywheel.bus.topics import Topics, dlq_topic, ensure_topics
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "EventContext",
     "EventProducer",
     "Handler",
+    "KafkaSecurity",
     "OutboxRelay",
     "RejectBatch",
     "Topics",
@@ -19,4 +21,5 @@ __all__ = [
     "dlq_topic",
     "enqueue",
     "ensure_topics",
+    "kafka_security",
 ]

@@ -10,6 +10,8 @@ from aiokafka.errors import KafkaError
 from flywheel.config import Settings
 from flywheel.logging import get_logger
 
+from .security import kafka_security
+
 log = get_logger(__name__)
 
 
@@ -26,6 +28,7 @@ def group_consumer(settings: Settings, group: str, *topics: str, offset_reset: s
         session_timeout_ms=settings.consumer_session_timeout_ms,
         heartbeat_interval_ms=settings.consumer_heartbeat_ms,
         rebalance_timeout_ms=settings.consumer_rebalance_timeout_ms,
+        **kafka_security(settings),
     )
 
 

@@ -21,6 +21,7 @@ from flywheel.telemetry import tracer, untraced
 
 from . import metrics
 from .producer import EventProducer
+from .security import kafka_security
 from .serde import CONTENT_PROTOBUF, event_type_name
 from .topics import all_topics, ensure_topics
 
@@ -142,6 +143,7 @@ class OutboxRelay:
                 partitions=self._settings.kafka_partitions,
                 replication_factor=self._settings.kafka_replication_factor,
                 timeout_s=3.0,
+                security=kafka_security(self._settings),
             )
         except Exception as exc:
             log.info("outbox relay: broker not ready yet", error=repr(exc))

@@ -11,6 +11,7 @@ from aiokafka.structs import RecordMetadata
 from flywheel.config import Settings
 from flywheel.errors import StartupError
 
+from .security import describe, kafka_security
 from .serde import Headers
 
 
@@ -25,17 +26,22 @@ class EventProducer:
             linger_ms=5,
             request_timeout_ms=10_000,
             max_request_size=settings.grpc_max_message_mb * 1024 * 1024,
+            **kafka_security(settings),
         )
 
     async def start(self) -> None:
         timeout = self._settings.connect_timeout_s
         try:
             await asyncio.wait_for(self._producer.start(), timeout)
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except (KafkaError, OSError, TimeoutError, KeyError) as exc:
+            # KeyError: aiokafka's SCRAM client fails that way when a broker ends the exchange with an error.
             # aiokafka leaves a half-started client behind; close it so the process can exit cleanly.
             await self._producer.stop()
-            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            raise StartupError(f"cannot reach Kafka broker at {self._settings.kafka_bootstrap}: {reason}") from exc
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            raise StartupError(
+                f"cannot reach Kafka broker at {self._settings.kafka_bootstrap} over {describe(self._settings)}:"
+                f" {reason}{_hint(self._settings)}"
+            ) from exc
 
     async def stop(self) -> None:
         await self._producer.stop()
@@ -55,3 +61,14 @@ class EventProducer:
             return bool(await asyncio.wait_for(client.fetch_all_metadata(), timeout_s))
         except (KafkaError, OSError, TimeoutError):
             return False
+
+
+def _hint(settings: Settings) -> str:
+    # aiokafka reports a failed TLS handshake or SASL exchange only as "Unable to bootstrap"; name the usual causes.
+    protocol = settings.kafka_security_protocol.strip().upper()
+    hints = []
+    if protocol in ("SSL", "SASL_SSL"):
+        hints.append("does the broker listen with TLS there, signed by FLYWHEEL_KAFKA_SSL_CAFILE (or a system CA)?")
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        hints.append("are the SASL user and password known to the broker?")
+    return f" ({' '.join(hints)})" if hints else ""

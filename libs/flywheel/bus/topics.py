@@ -10,6 +10,8 @@ from google.protobuf.message import Message
 
 from flywheel.v1 import events_pb2
 
+from .security import KafkaSecurity
+
 
 class Topics:
     DATA_VERSIONED = "flywheel.data.versioned"
@@ -46,10 +48,21 @@ def all_topics() -> list[str]:
 
 
 async def ensure_topics(
-    bootstrap: str, topics: list[str], *, partitions: int, replication_factor: int, timeout_s: float = 10.0
+    bootstrap: str,
+    topics: list[str],
+    *,
+    partitions: int,
+    replication_factor: int,
+    timeout_s: float = 10.0,
+    security: KafkaSecurity | None = None,
 ) -> list[str]:
-    """Create the topics that are missing; returns those created. Safe to call from many processes."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    """Create the topics that are missing; returns those created. Safe to call from many processes.
+
+    `security` is `kafka_security(settings)` of the calling process (None: PLAINTEXT, the embedded broker).
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **(security or {})
+    )
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         existing = set(await admin.list_topics())

@@ -24,28 +24,49 @@ async def migrate(pool: asyncpg.Pool, schema: str, dirs: list[Path]) -> list[str
     applied_now: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"flywheel.migrate.{schema}")
+        role, owner = await conn.fetchrow(
+            "SELECT current_user, (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1)", schema
+        )
+        try:
+            await _ensure_bookkeeping(conn, schema)
+            done = {
+                r["name"]: r["checksum"]
+                for r in await conn.fetch(f'SELECT name, checksum FROM "{schema}".schema_migrations')
+            }
+            await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
+            for path in files:
+                sql = path.read_text()
+                checksum = hashlib.sha256(sql.encode()).hexdigest()
+                if path.name in done:
+                    if done[path.name] != checksum:
+                        raise StartupError(f"migration {path.name} in schema {schema} changed after it was applied")
+                    continue
+                await conn.execute(sql)
+                await conn.execute(
+                    f'INSERT INTO "{schema}".schema_migrations (name, checksum) VALUES ($1, $2)',
+                    path.name,
+                    checksum,
+                )
+                applied_now.append(path.name)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            # With one database role per service (deploy/postgres/roles.sql), a schema is migrated only by
+            # the role that owns it; the others may read it once it is up to date.
+            hint = (
+                f" (schema {schema} belongs to {owner}: the service connecting as {owner} migrates it; start it first)"
+                if owner is not None and owner != role
+                else ""
+            )
+            raise StartupError(f"cannot migrate schema {schema} as database role {role}: {exc}{hint}") from exc
+    return applied_now
+
+
+async def _ensure_bookkeeping(conn: asyncpg.Connection, schema: str) -> None:
+    # Created only when missing: CREATE ... IF NOT EXISTS still needs the privilege to create, which a
+    # role that merely reads a schema (or owns a schema it may not create) does not have.
+    if not await conn.fetchval("SELECT true FROM pg_namespace WHERE nspname = $1", schema):
         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    if await conn.fetchval("SELECT to_regclass($1)", f'"{schema}".schema_migrations') is None:
         await conn.execute(
             f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
             " name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {
-            r["name"]: r["checksum"]
-            for r in await conn.fetch(f'SELECT name, checksum FROM "{schema}".schema_migrations')
-        }
-        await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
-        for path in files:
-            sql = path.read_text()
-            checksum = hashlib.sha256(sql.encode()).hexdigest()
-            if path.name in done:
-                if done[path.name] != checksum:
-                    raise StartupError(f"migration {path.name} in schema {schema} changed after it was applied")
-                continue
-            await conn.execute(sql)
-            await conn.execute(
-                f'INSERT INTO "{schema}".schema_migrations (name, checksum) VALUES ($1, $2)',
-                path.name,
-                checksum,
-            )
-            applied_now.append(path.name)
-    return applied_now

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -11,15 +12,22 @@ from flywheel.errors import StartupError
 
 
 def describe_dsn(dsn: str) -> str:
-    """host:port/db without credentials, for error lines and logs."""
+    """host:port/db without credentials (and the TLS mode, when the DSN sets one), for error lines and logs."""
     parts = urlsplit(dsn)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}"
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}"
+    sslmode = parse_qs(parts.query).get("sslmode")
+    return f"{where} (sslmode={sslmode[0]})" if sslmode else where
 
 
 async def connect(
     dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 5.0
 ) -> asyncpg.Pool:
-    """Open the pool or raise StartupError with one clear line; fail fast rather than hang."""
+    """Open the pool or raise StartupError with one clear line; fail fast rather than hang.
+
+    TLS is configured in the DSN, as libpq does: `?sslmode=verify-full&sslrootcert=/path/ca.crt` (and
+    `sslcert`/`sslkey` for a client certificate); asyncpg reads those parameters itself.
+    """
+    _check_tls_files(dsn)
     try:
         pool = await asyncio.wait_for(
             asyncpg.create_pool(
@@ -31,7 +39,9 @@ async def connect(
             ),
             timeout_s,
         )
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        # OSError covers TLS failures (ssl.SSLError); InterfaceError and ValueError a DSN asyncpg rejects,
+        # such as an unknown sslmode.
         raise StartupError(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {_reason(exc)}") from exc
     assert pool is not None
     return pool
@@ -52,6 +62,15 @@ async def ensure_database(dsn: str, timeout_s: float = 5.0) -> None:
                 pass
     finally:
         await conn.close()
+
+
+def _check_tls_files(dsn: str) -> None:
+    # asyncpg reports a missing certificate file as a bare "No such file or directory"; name it instead.
+    query = parse_qs(urlsplit(dsn).query)
+    for param in ("sslrootcert", "sslcert", "sslkey"):
+        for value in query.get(param, []):
+            if value != "system" and not Path(value).expanduser().is_file():
+                raise StartupError(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {param}={value}: no such file")
 
 
 def _reason(exc: BaseException) -> str:

@@ -26,6 +26,8 @@ _CODES: list[tuple[type[errors.FlywheelError], grpc.StatusCode]] = [
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, NotImplementedError):  # generated base servicers' methods we do not offer
+        return grpc.StatusCode.UNIMPLEMENTED, "not implemented"
     for cls, code in _CODES:
         if isinstance(exc, cls):
             return code, str(exc)
