@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterator
+from datetime import datetime
 
 import grpc
 import pyarrow as pa
@@ -24,6 +25,8 @@ from flywheel.v1 import (
     common_pb2,
     ingestion_pb2,
     ingestion_pb2_grpc,
+    monitoring_pb2,
+    monitoring_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
 )
@@ -178,3 +181,30 @@ async def dataset(settings: Settings, name: str) -> ingestion_pb2.Dataset:
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, "ingestion") from exc
     return resp.dataset
+
+
+async def drift_alert(
+    settings: Settings,
+    model: str,
+    alert_id: str,
+    kind: common_pb2.DriftKind.ValueType = common_pb2.DRIFT_KIND_UNSPECIFIED,
+    since: datetime | None = None,
+) -> monitoring_pb2.Alert | None:
+    """Monitoring's alert `alert_id` on `model` (None: monitoring raised no such alert), looked for
+    newest first among the model's alerts of `kind` created at or after `since`."""
+    request = monitoring_pb2.ListAlertsRequest(model_name=model, kind=kind, page_size=100)
+    if since is not None:
+        request.since.FromDatetime(since)
+    async with _channel(settings, "monitoring") as ch:
+        stub = monitoring_pb2_grpc.MonitoringServiceStub(ch)
+        while True:
+            try:
+                resp = await stub.ListAlerts(request, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                raise translate(exc, "monitoring") from exc
+            for alert in resp.alerts:
+                if alert.alert_id == alert_id:
+                    return alert
+            if not resp.next_page_token:
+                return None
+            request.page_token = resp.next_page_token

@@ -10,13 +10,21 @@ import asyncpg
 from flywheel import clients
 from flywheel.app import ServiceContext
 from flywheel.logging import get_logger
-from flywheel.v1 import common_pb2
+from flywheel.v1 import common_pb2, registry_pb2
 
 log = get_logger(__name__)
 
 
-async def load_reference(ctx: ServiceContext, conn: asyncpg.Connection, model: str, version: int) -> None:
-    mv = await clients.model_version(ctx.settings, model, version)
+async def load_reference(
+    ctx: ServiceContext,
+    conn: asyncpg.Connection,
+    model: str,
+    version: int,
+    mv: registry_pb2.ModelVersion | None = None,
+) -> None:
+    """Records `version` as the model's reference; `mv` is the registry's record of it, when the caller has it."""
+    if mv is None or mv.ref.name != model or mv.ref.version != version:
+        mv = await clients.model_version(ctx.settings, model, version)
     dataset = mv.lineage.dataset
     if not dataset.name:
         log.warning("reference: model has no dataset lineage; not monitored", model=model, version=version)

@@ -4,6 +4,9 @@ model.registered -> staging checks, reported to the registry (one replica checks
 shared consumer group). model.promoted -> warm the new version and swap. Every replica must swap,
 so that topic is read by a consumer group of this process alone, from the latest offset; what
 happened before the process started is covered by reconciliation at start-up.
+
+Both events are hints (services/serving/hints.py): the registry is asked before anything loads,
+so a forged or stale event swaps nothing and checks nothing the registry does not hold.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from flywheel.errors import Unavailable
 from flywheel.logging import get_logger
 from flywheel.retry import Backoff, retry
 from flywheel.v1 import events_pb2
-from services.serving import staging
+from services.serving import hints, staging
 from services.serving.runtime_state import runtime
 
 log = get_logger(__name__)
@@ -31,8 +34,14 @@ log = get_logger(__name__)
 
 def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
     async def on_registered(conn: asyncpg.Connection, event: events_pb2.ModelRegistered, ectx: EventContext) -> None:
-        report = await staging.run_checks(runtime(ctx).manager, ctx.settings, event)
-        decision = await clients.report_staging(ctx.settings, event.model, report, ectx.event_id)
+        name, version = event.model.name, event.model.version
+        candidate = await hints.registry_version(ctx.settings, name, version) if name and version > 0 else None
+        why = hints.staging_verdict(candidate)
+        if candidate is None or why:
+            log.warning("model.registered ignored", model=name, version=version, reason=why, event_id=ectx.event_id)
+            return
+        report = await staging.run_checks(runtime(ctx).manager, ctx.settings, hints.as_registered(candidate), candidate)
+        decision = await clients.report_staging(ctx.settings, candidate.ref, report, ectx.event_id)
         log.info(
             "staging checks reported",
             model=event.model.name,
@@ -46,7 +55,7 @@ def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
 
 async def run_swap_consumer(ctx: ServiceContext) -> None:
     async def on_promoted(conn: asyncpg.Connection, event: events_pb2.ModelPromoted, ectx: EventContext) -> None:
-        await runtime(ctx).manager.promote(event.model.name, event.model.version)
+        await swap_if_production(ctx, event.model.name, event.model.version, ectx.event_id)
 
     instance = f"flywheel-serving-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     consumer = EventConsumer(
@@ -57,6 +66,17 @@ async def run_swap_consumer(ctx: ServiceContext) -> None:
         await consumer.run()
     finally:
         await consumer.stop()
+
+
+async def swap_if_production(ctx: ServiceContext, name: str, version: int, event_id: str) -> bool:
+    """Swaps to `version` only when the registry has it in production; True when it did (or had)."""
+    production = await hints.registry_version(ctx.settings, name, alias="production") if name else None
+    why = hints.promotion_verdict(version, production)
+    if production is None or why:
+        log.warning("model.promoted ignored", model=name, version=version, reason=why, event_id=event_id)
+        return False
+    await runtime(ctx).manager.promote(name, version, production)
+    return True
 
 
 async def reconcile(ctx: ServiceContext) -> None:

@@ -25,7 +25,7 @@ from flywheel.config import Settings
 from flywheel.errors import InvalidArgument, NotFound
 from flywheel.logging import get_logger
 from flywheel.tasks import TaskSet
-from flywheel.v1 import common_pb2, serving_pb2
+from flywheel.v1 import common_pb2, registry_pb2, serving_pb2
 from services.serving.batching import DynamicBatcher, Timing
 from services.serving.batching_policy import BatchingPolicy, policy_for
 from services.serving.runtime import OnnxModel, execution_providers
@@ -145,8 +145,10 @@ class ModelManager:
 
     # -- loading --------------------------------------------------------------------------------
 
-    async def load(self, name: str, version: int, role: Role) -> Slot:
-        mv = await clients.model_version(self._settings, name, version)
+    async def load(self, name: str, version: int, role: Role, mv: registry_pb2.ModelVersion | None = None) -> Slot:
+        """Loads and warms a version; `mv` is the registry's record of it when the caller already has it."""
+        if mv is None or mv.ref.name != name or mv.ref.version != version:
+            mv = await clients.model_version(self._settings, name, version)
         policy = self._policy(name, version, mv.tags)
         data = await self._artifact(name, version, mv.checksum)
         s = self._settings
@@ -195,12 +197,12 @@ class ModelManager:
 
     # -- production and traffic -------------------------------------------------------------------
 
-    async def promote(self, name: str, version: int) -> Slot:
+    async def promote(self, name: str, version: int, mv: registry_pb2.ModelVersion | None = None) -> Slot:
         async with self._lock(name):
             dep = self.deployments.setdefault(name, Deployment(name))
             if dep.production is not None and dep.production.version == version:
                 return dep.production
-            slot = dep.staging.pop(version, None) or await self.load(name, version, PRODUCTION)
+            slot = dep.staging.pop(version, None) or await self.load(name, version, PRODUCTION, mv)
             slot.role = PRODUCTION
             old, dep.production = dep.production, slot  # the swap: new requests resolve to `slot`
             if dep.challenger is not None and dep.challenger.version == version:
@@ -216,8 +218,8 @@ class ModelManager:
         await slot.retire()
         self._retiring.pop(id(slot), None)  # not on cancellation: close() then closes what is left
 
-    async def stage(self, name: str, version: int) -> Slot:
-        slot = await self.load(name, version, STAGING)
+    async def stage(self, name: str, version: int, mv: registry_pb2.ModelVersion | None = None) -> Slot:
+        slot = await self.load(name, version, STAGING, mv)
         slot.state = S.SLOT_STATE_READY
         async with self._lock(name):
             dep = self.deployments.setdefault(name, Deployment(name))

@@ -64,12 +64,16 @@ def score(slot: Slot, x: np.ndarray, labels: np.ndarray, task: int) -> list[comm
 
 
 async def run_checks(
-    manager: ModelManager, settings: Settings, event: events_pb2.ModelRegistered
+    manager: ModelManager,
+    settings: Settings,
+    event: events_pb2.ModelRegistered,
+    mv: registry_pb2.ModelVersion | None = None,
 ) -> registry_pb2.StagingReport:
+    """Checks the candidate `event` describes; `mv` is the registry's record of it, when the caller has it."""
     name, version = event.model.name, event.model.version
     report = R.StagingReport(reporter="serving")
     try:
-        slot = await manager.stage(name, version)
+        slot = await manager.stage(name, version, mv)
     except Exception as exc:
         report.checks.append(_check("loads", False, f"{type(exc).__name__}: {exc}"))
         return _finish(report)

@@ -1,6 +1,7 @@
 """Event reactions of training: new data queues a run for every spec that follows it; detected
 drift queues a retraining of the specs that produce the model, within the loop's guard rails.
-Every automatic decision is recorded (trigger_decisions) with its reason."""
+Every automatic decision is recorded (trigger_decisions) with its reason. Both events are hints
+(services/training/hints.py): one its owner does not confirm is logged and queues nothing."""
 
 from __future__ import annotations
 
@@ -16,18 +17,21 @@ from flywheel.bus import EventContext, Handler, Topics
 from flywheel.errors import NotFound
 from flywheel.logging import get_logger
 from flywheel.v1 import events_pb2, training_pb2
-from services.training import ingestion_client, store, triggers
-from services.training.queue import DataVersion, covering_run, enqueue_run
+from services.training import hints, ingestion_client, store, triggers
+from services.training.queue import covering_run, enqueue_run
 
 log = get_logger(__name__)
 T = training_pb2
 
 
 def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
+    async def on_data(conn: asyncpg.Connection, event: events_pb2.DataVersioned, ectx: EventContext) -> None:
+        await on_data_versioned(ctx, conn, event, ectx)
+
     async def on_drift(conn: asyncpg.Connection, event: events_pb2.DriftDetected, ectx: EventContext) -> None:
         await on_drift_detected(ctx, conn, event, ectx)
 
-    return {Topics.DATA_VERSIONED: on_data_versioned, Topics.DRIFT_DETECTED: on_drift}
+    return {Topics.DATA_VERSIONED: on_data, Topics.DRIFT_DETECTED: on_drift}
 
 
 async def decide(
@@ -53,16 +57,19 @@ async def decide(
     log.info("trigger decision", spec=spec.name, decision=decision, reason=reason, run_id=run_id)
 
 
-async def on_data_versioned(conn: asyncpg.Connection, event: events_pb2.DataVersioned, ectx: EventContext) -> None:
-    data = DataVersion(
-        name=event.dataset.name,
-        version=event.dataset.version,
-        content_hash=event.dataset.content_hash,
-        data_uri=event.data_uri,
-        schema=event.schema,
-        parents=[event.parent_version] if event.parent_version else [],
-    )
-    for spec in await store.latest_specs_for(conn, data.name):
+async def on_data_versioned(
+    ctx: ServiceContext, conn: asyncpg.Connection, event: events_pb2.DataVersioned, ectx: EventContext
+) -> None:
+    specs = await store.latest_specs_for(conn, event.dataset.name)
+    if not specs:
+        return  # nothing follows the dataset: no need to ask ingestion
+    # What runs train on is ingestion's record of the version (its data_uri), never the event's.
+    data, why = await hints.confirmed_data_version(ctx.settings, event)
+    if data is None:
+        log.warning("data.versioned ignored", dataset=event.dataset.name, version=event.dataset.version,
+                    reason=why, event_id=ectx.event_id)  # fmt: skip
+        return
+    for spec in specs:
         pending = await conn.fetchrow("DELETE FROM pending_retrains WHERE spec_name = $1 RETURNING *", spec.name)
         if pending is not None:
             # The retraining drift asked for, now that there is new data; it continues the drift's trace.
@@ -96,6 +103,13 @@ async def on_drift_detected(
         "SELECT DISTINCT ON (name) spec, created_at FROM specs WHERE model_name = $1 ORDER BY name, version DESC",
         event.model.name,
     )
+    if not any(store.to_spec(row).triggers.on_drift_detected for row in specs):
+        return  # nothing retrains on drift: no need to ask monitoring
+    why = await hints.confirmed_drift(ctx.settings, event, ectx.event_id)
+    if why:
+        log.warning("drift.detected ignored", model=event.model.name, alert_id=event.alert_id, reason=why,
+                    event_id=ectx.event_id)  # fmt: skip
+        return
     for row in specs:
         spec = store.to_spec(row)
         if not spec.triggers.on_drift_detected:
