@@ -92,8 +92,9 @@ class Promoter:
         async with self._pool.acquire() as conn, conn.transaction():
             model = await store.ensure_model(conn, name, lock=True)
             mv = await store.get_version(conn, name, version)
-            if mv.HasField("staging") and mv.promotion.state != R.PROMOTION_STATE_PENDING_CHECKS:
-                # A repeated report (a redelivered model.registered): the first decision stands.
+            if mv.promotion.state != R.PROMOTION_STATE_PENDING_CHECKS:
+                # A repeated report (a redelivered model.registered), or one for a version already
+                # decided another way (rejected by hand while its checks ran): the decision stands.
                 return mv, mv.promotion
             await store.save_staging(conn, name, version, report)
             await store.audit(

@@ -6,17 +6,24 @@ by the training service's own packaging (skl2onnx, no ZipMap). Every request is 
 - MLflow: `mlflow models serve --env-manager local` with the same fitted pipeline (mlflow.sklearn) and
   MLflow's defaults (uvicorn, 1 worker), JSON {"inputs": ...} over keep-alive HTTP connections;
 - Flywheel: `flywheel up` (tests/e2e/stack.py), the ONNX bytes registered through the registry and
-  aliased `production`, called with tritonclient's gRPC clients; twice: with serving's dynamic batching
-  defaults, and with FLYWHEEL_SERVING_MAX_BATCH_SIZE=1 (batching off); each with unary ModelInfer and
-  with ModelStreamInfer (one bidirectional stream per client, as perf_analyzer --streaming does);
+  aliased `production`, called with tritonclient's gRPC clients; four stacks: with serving's dynamic
+  batching defaults, and with FLYWHEEL_SERVING_MAX_BATCH_SIZE=1 (batching off), both with
+  FLYWHEEL_AUTH_MODE=off (no credentials: the baseline); then batching on with authentication (as
+  deployed: a `predictor` token per client, minted through TokenService and sent on every call, which
+  serving validates with its cache of validated tokens), and the same over TLS (`flywheel up --tls`:
+  a local CA and server certificate made with `cryptography`; tritonclient with ssl=True and the CA as
+  root_certificates); each with unary ModelInfer and with ModelStreamInfer (one bidirectional stream
+  per client, as perf_analyzer --streaming does; its token is checked once, when the stream opens);
 - the gRPC floor (oip_floor_server.py): the same protocol on a bare grpc.aio server answering a
   prebuilt response, no model at all: the most any Python gRPC server can do here.
 Each is measured as p50/p99 latency at 1 client (sequential calls) and requests/s at 64 concurrent
 clients (closed loop over a fixed duration, after a warm-up). Load generators run in this process, on
 the same CPUs as the servers; the CPU time each server process used per request is printed too.
 Goals, printed and not asserted (machines vary): Flywheel p50 within 1 ms of raw ORT, >= 5x MLflow's
-requests/s at 64 clients, and batching on >= 3x batching off at 64 clients. Failed requests or wrong
-answers do fail the test. MLflow comes from tests/bench/requirements.txt (`make bench` installs it).
+requests/s at 64 clients, batching on >= 3x batching off at 64 clients, and the token check costing
+under 5% of requests/s at 64 clients (auth / no auth >= 0.95); TLS / plaintext (both with tokens) is
+printed as measured. Failed requests or wrong answers do fail the test. MLflow comes from
+tests/bench/requirements.txt (`make bench` installs it).
 """
 
 from __future__ import annotations
@@ -36,7 +43,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
 import onnxruntime as ort
 import psutil
@@ -47,9 +53,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from tritonclient.utils import InferenceServerException
 
+from flywheel.auth.authenticator import Authenticator
+from flywheel.auth.guard import Guard
+from flywheel.auth.principal import Principal
+from flywheel.config import Settings
 from flywheel.stack.procs import free_port
 from flywheel.stack.up import read_state
-from flywheel.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from flywheel.v1 import auth_pb2, auth_pb2_grpc, common_pb2, registry_pb2, registry_pb2_grpc
 from services.serving.runtime import execution_providers
 from services.training import packaging
 from tests.e2e.stack import UpProcess
@@ -72,6 +82,9 @@ MODEL_READY_S = 60.0
 GOAL_P50_OVERHEAD_MS = 1.0
 GOAL_VS_MLFLOW = 5.0
 GOAL_BATCHING = 3.0
+GOAL_AUTH_COST = 0.05  # the token check may cost at most this fraction of requests/s at CLIENTS
+ROUNDS = 3  # stacks compared with each other are measured in turns, this many times; the median counts
+MAX_BATCH_ENV = "FLYWHEEL_SERVING_MAX_BATCH_SIZE"
 BIN = Path(sys.executable).parent
 
 
@@ -124,6 +137,31 @@ class CpuMeter:
 
     def per_request_us(self, m: Measurement) -> float:
         return (self._total() - self._start) / max(1, m.calls) * 1e6
+
+
+@dataclass
+class Target:
+    """How the load generators reach an OIP server: its address, TLS (verified against the CA file
+    `root_certificates`), and the bearer tokens clients send (client k sends tokens[k]; none: no
+    authorization header)."""
+
+    url: str
+    root_certificates: str | None = None
+    tokens: list[str] = field(default_factory=list)
+    admin_headers: dict[str, str] | None = None  # for what a predictor may not call (statistics)
+
+    def headers(self, k: int) -> dict[str, str] | None:
+        return {"authorization": f"Bearer {self.tokens[k % len(self.tokens)]}"} if self.tokens else None
+
+    def client(self) -> tgrpc.InferenceServerClient:
+        return tgrpc.InferenceServerClient(
+            self.url, ssl=self.root_certificates is not None, root_certificates=self.root_certificates
+        )
+
+    def aio_client(self) -> tgrpc_aio.InferenceServerClient:
+        return tgrpc_aio.InferenceServerClient(
+            self.url, ssl=self.root_certificates is not None, root_certificates=self.root_certificates
+        )
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -343,9 +381,10 @@ def _register_requests(model: BenchModel) -> Iterator[registry_pb2.RegisterModel
         yield registry_pb2.RegisterModelRequest(chunk=model.onnx_bytes[i : i + (1 << 20)])
 
 
-def _deploy(stack: UpProcess, model: BenchModel) -> None:
-    """Registers the ONNX model, aliases it `production` and waits until serving reports it ready."""
-    with grpc.insecure_channel(stack.address("registry")) as channel:
+def _deploy(stack: UpProcess, model: BenchModel, target: Target) -> None:
+    """Registers the ONNX model, aliases it `production` and waits until serving reports it ready
+    (as the admin `flywheel up` minted: its credentials file holds the token and, with TLS, the CA)."""
+    with stack.channel("registry") as channel:
         registry = registry_pb2_grpc.RegistryServiceStub(channel)
         version = registry.RegisterModel(_register_requests(model), timeout=60).version.ref.version
         # Serving's staging checks answer first (they fail here: no dataset lineage, which is fine). Waiting
@@ -364,13 +403,13 @@ def _deploy(stack: UpProcess, model: BenchModel) -> None:
             ),
             timeout=30,
         )
-    client = tgrpc.InferenceServerClient(stack.address("serving"))
+    client = target.client()
     try:
         deadline = time.monotonic() + MODEL_READY_S
         last = ""
         while time.monotonic() < deadline:
             try:
-                if client.is_model_ready(MODEL):
+                if client.is_model_ready(MODEL, headers=target.admin_headers):
                     return
                 last = "is_model_ready: False"
             except InferenceServerException as exc:
@@ -389,11 +428,15 @@ def _infer_input(rows: np.ndarray) -> list[tgrpc.InferInput]:
     return [inp]
 
 
-async def _aio_load(url: str, inputs: list[list[tgrpc.InferInput]], clients: int, duration_s: float) -> Measurement:
-    """Closed loop: `clients` coroutines sharing one tritonclient.grpc.aio client (one HTTP/2 channel)."""
-    async with tgrpc_aio.InferenceServerClient(url) as client:
+async def _aio_load(
+    target: Target, inputs: list[list[tgrpc.InferInput]], clients: int, duration_s: float
+) -> Measurement:
+    """Closed loop: `clients` coroutines sharing one tritonclient.grpc.aio client (one HTTP/2 channel),
+    each sending its own token (when the target has tokens) on every call."""
+    async with target.aio_client() as client:
 
         async def worker(k: int) -> tuple[list[float], int, str, float]:
+            headers = target.headers(k)
             latencies: list[float] = []
             errors, first = 0, ""
             deadline = time.perf_counter() + duration_s
@@ -402,7 +445,9 @@ async def _aio_load(url: str, inputs: list[list[tgrpc.InferInput]], clients: int
                 if t0 >= deadline:
                     break
                 try:
-                    await client.infer(MODEL, inputs[(k * LOAD_MAX_CALLS_PER_CLIENT + n) % len(inputs)])
+                    await client.infer(
+                        MODEL, inputs[(k * LOAD_MAX_CALLS_PER_CLIENT + n) % len(inputs)], headers=headers
+                    )
                     latencies.append((time.perf_counter() - t0) * 1e3)
                 except InferenceServerException as exc:
                     errors += 1
@@ -415,11 +460,12 @@ async def _aio_load(url: str, inputs: list[list[tgrpc.InferInput]], clients: int
 
 
 async def _aio_stream_load(
-    url: str, inputs: list[list[tgrpc.InferInput]], clients: int, duration_s: float
+    target: Target, inputs: list[list[tgrpc.InferInput]], clients: int, duration_s: float
 ) -> Measurement:
-    """Closed loop over ModelStreamInfer: each client holds one stream and sends its next request when
-    the previous answer arrives (tritonclient.grpc.aio's stream_infer)."""
-    async with tgrpc_aio.InferenceServerClient(url) as client:
+    """Closed loop over ModelStreamInfer: each client holds one stream (opened with its own token, when
+    the target has tokens) and sends its next request when the previous answer arrives
+    (tritonclient.grpc.aio's stream_infer)."""
+    async with target.aio_client() as client:
 
         async def worker(k: int) -> tuple[list[float], int, str, float]:
             latencies: list[float] = []
@@ -437,7 +483,7 @@ async def _aio_stream_load(
 
             deadline = time.perf_counter() + duration_s
             n, t0 = 0, send(0)
-            async for _result, error in client.stream_infer(requests()):
+            async for _result, error in client.stream_infer(requests(), headers=target.headers(k)):
                 if error is None:
                     latencies.append((time.perf_counter() - t0) * 1e3)
                 else:
@@ -455,25 +501,26 @@ async def _aio_stream_load(
     return _merge(list(per_client), start)
 
 
-def _measure(url: str, model: BenchModel, result: Result, streamed: Result, pids: list[int]) -> None:
+def _measure(target: Target, model: BenchModel, result: Result, streamed: Result, pids: list[int]) -> None:
     """1-client latency, then unary and streaming load at CLIENTS, on a server already answering."""
     inputs = [_infer_input(model.X[i : i + 1]) for i in range(len(model.X))]
-    with tgrpc.InferenceServerClient(url) as client:
+    headers = target.headers(0)
+    with target.client() as client:
 
         def make_call() -> Callable[[int], None]:
             def call(i: int) -> None:
-                client.infer(MODEL, inputs[i % len(inputs)])
+                client.infer(MODEL, inputs[i % len(inputs)], headers=headers)
 
             return call
 
         _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
         result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
     cpu = CpuMeter(pids)
-    for target, load in ((result, _aio_load), (streamed, _aio_stream_load)):
-        asyncio.run(load(url, inputs, CLIENTS, WARMUP_S))
+    for row, load in ((result, _aio_load), (streamed, _aio_stream_load)):
+        asyncio.run(load(target, inputs, CLIENTS, WARMUP_S))
         cpu.start()
-        target.load = asyncio.run(load(url, inputs, CLIENTS, LOAD_S))
-        target.server_cpu_us = cpu.per_request_us(target.load)
+        row.load = asyncio.run(load(target, inputs, CLIENTS, LOAD_S))
+        row.server_cpu_us = cpu.per_request_us(row.load)
     streamed.latency = result.latency  # streaming changes nothing for one client calling in sequence
 
 
@@ -499,46 +546,168 @@ def bench_floor(model: BenchModel, work: Path, result: Result, streamed: Result)
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"floor server did not start: {(work / 'floor.log').read_text()[-2000:]}")
             time.sleep(0.2)
-        _measure(url, model, result, streamed, [proc.pid])
+        _measure(Target(url), model, result, streamed, [proc.pid])
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def bench_flywheel(
-    model: BenchModel, work: Path, name: str, env: dict[str, str], result: Result, streamed: Result
-) -> None:
-    stack = UpProcess(work / name)
-    for key in ("FLYWHEEL_SERVING_MAX_BATCH_SIZE", "FLYWHEEL_SERVING_MAX_QUEUE_DELAY_US"):
-        stack.env.pop(key, None)  # batching on = serving's defaults, whatever this shell has set
-    stack.env.update(env)
+@dataclass(frozen=True)
+class FlywheelSetup:
+    """One `flywheel up` of the bench: its environment, its arguments, and whether clients authenticate."""
+
+    name: str
+    env: dict[str, str]
+    up_args: tuple[str, ...] = ()
+    auth: bool = False
+
+
+def _predictor_tokens(stack: UpProcess, n: int) -> list[str]:
+    """`n` predictor tokens, one per load-generating client, minted by the admin through TokenService."""
+    with stack.channel("registry") as channel:
+        tokens = auth_pb2_grpc.TokenServiceStub(channel)
+        return [
+            tokens.CreateToken(
+                auth_pb2.CreateTokenRequest(name=f"bench-client-{k}", role="predictor"), timeout=30
+            ).secret
+            for k in range(n)
+        ]
+
+
+@dataclass
+class RunningFlywheel:
+    """A started stack with the bench model in production, and how the load generators reach it."""
+
+    stack: UpProcess
+    target: Target
+    pids: list[int]
+
+
+def start_flywheel(model: BenchModel, work: Path, setup: FlywheelSetup) -> RunningFlywheel:
+    """`flywheel up` as `setup` says, the model deployed, and its answers checked against ONNX Runtime."""
+    stack = UpProcess(work / setup.name, *setup.up_args)
+    # Batching on = serving's defaults and auth as the setup says, whatever this shell has set.
+    for key in ("FLYWHEEL_SERVING_MAX_BATCH_SIZE", "FLYWHEEL_SERVING_MAX_QUEUE_DELAY_US", "FLYWHEEL_AUTH_MODE"):
+        stack.env.pop(key, None)
+    stack.env.update(setup.env)
     try:
         stack.start(SERVER_START_S)
-        _deploy(stack, model)
-        url = stack.address("serving")
+        creds = stack.credentials
+        target = Target(
+            stack.address("serving"),
+            root_certificates=str(creds.tls_ca_file) if creds.tls and creds.tls_ca_file else None,
+            admin_headers=stack.headers if setup.auth else None,
+        )
+        _deploy(stack, model, target)
+        if setup.auth:
+            target.tokens = _predictor_tokens(stack, CLIENTS)
 
         # Same answers as ONNX Runtime in-process, before timing anything.
         session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
         want_label, want_proba = session.run(None, {packaging.INPUT_NAME: model.X[:16]})
-        with tgrpc.InferenceServerClient(url) as client:
-            got = client.infer(MODEL, _infer_input(model.X[:16]))
+        with target.client() as client:
+            got = client.infer(MODEL, _infer_input(model.X[:16]), headers=target.headers(0))
             assert np.array_equal(got.as_numpy("label"), want_label), "Flywheel labels differ from ONNX Runtime's"
             assert np.allclose(got.as_numpy("probabilities"), want_proba, atol=1e-5), "Flywheel probabilities differ"
+            if setup.auth:  # the check is real: without a token, no answer
+                with pytest.raises(InferenceServerException) as refused:
+                    client.infer(MODEL, _infer_input(model.X[:1]))
+                assert "UNAUTHENTICATED" in str(refused.value.status()), refused.value
         state = read_state(stack.home)
         assert state is not None, "flywheel up wrote no stack.json"
-        _measure(url, model, result, streamed, [state["services"]["serving"]["pid"]])
-        with tgrpc.InferenceServerClient(url) as client:
-            stats = client.get_inference_statistics(MODEL).model_stats[0]
-        rows_per_run = stats.inference_count / max(1, stats.execution_count)
-        for r in (result, streamed):
-            r.notes.append(f"{rows_per_run:.1f} rows per model run, over the whole run")
-    finally:
-        if stack.proc is not None and stack.proc.poll() is None:
+        return RunningFlywheel(stack, target, [state["services"]["serving"]["pid"]])
+    except BaseException:
+        stop_flywheel(stack)
+        raise
+
+
+def stop_flywheel(stack: UpProcess) -> None:
+    if stack.proc is not None and stack.proc.poll() is None:
+        try:
+            stack.interrupt(60)
+        except subprocess.TimeoutExpired:
+            pass
+    stack.kill_all()
+
+
+def _median_round(rounds: list[Result], into: Result) -> None:
+    """The median round's load (by requests/s) and latency (by p50) into `into`, with the spread."""
+    rps = sorted(rounds, key=lambda r: r.load.rps if r.load else 0.0)
+    p50 = sorted(rounds, key=lambda r: r.latency.pct(50) if r.latency else 0.0)
+    mid = len(rounds) // 2
+    into.load, into.server_cpu_us, into.latency = rps[mid].load, rps[mid].server_cpu_us, p50[mid].latency
+    if len(rounds) > 1:
+        low, high = (r.load.rps if r.load else 0.0 for r in (rps[0], rps[-1]))
+        into.notes.append(f"median of {len(rounds)} rounds, req/s {low:,.0f}-{high:,.0f}")
+
+
+def bench_flywheel(
+    model: BenchModel,
+    work: Path,
+    group: list[tuple[Result, Result, FlywheelSetup]],
+    rounds: int,
+    failed: Callable[[Result, Result, BaseException], None],
+) -> None:
+    """Starts every stack of `group` (rows: unary, streaming), then measures them in turns, `rounds`
+    times, so that what the machine does meanwhile (other processes, caches, clocks) falls on all of
+    them alike; each row gets its median round. A stack that fails to start is reported through `failed`
+    and the others go on."""
+    running: list[tuple[Result, Result, RunningFlywheel]] = []
+    try:
+        for unary, streamed, setup in group:
             try:
-                stack.interrupt(60)
-            except subprocess.TimeoutExpired:
-                pass
-        stack.kill_all()
+                running.append((unary, streamed, start_flywheel(model, work, setup)))
+            except Exception as exc:
+                failed(unary, streamed, exc)
+        samples: list[list[tuple[Result, Result]]] = [[] for _ in running]
+        for _ in range(rounds):
+            for taken, (unary, streamed, fly) in zip(samples, running, strict=True):
+                u, st = Result(unary.name), Result(streamed.name)
+                _measure(fly.target, model, u, st, fly.pids)
+                taken.append((u, st))
+        errors = []
+        for taken, (unary, streamed, fly) in zip(samples, running, strict=True):
+            for row, results in ((unary, [u for u, _ in taken]), (streamed, [st for _, st in taken])):
+                _median_round(results, row)
+                errors += [f"{row.name}: {m.errors} failed requests, first: {m.first_error}"
+                           for r in results for m in (r.latency, r.load) if m is not None and m.errors]  # fmt: skip
+            with fly.target.client() as client:
+                stats = client.get_inference_statistics(MODEL, headers=fly.target.admin_headers).model_stats[0]
+            rows_per_run = stats.inference_count / max(1, stats.execution_count)
+            if fly.target.tokens:
+                unary.notes.append(f"{len(fly.target.tokens)} predictor tokens, one per client")
+            for r in (unary, streamed):
+                r.notes.append(f"{rows_per_run:.1f} rows per model run, over the whole run")
+        assert not errors, "\n".join(errors)
+    finally:
+        for _, _, fly in running:
+            stop_flywheel(fly.stack)
+
+
+class _KnownToken(Authenticator):
+    """Validates any token as a predictor's, without a database: its cache then answers every call,
+    as serving's does for a token it validated in the last auth_cache_s."""
+
+    async def _verify(self, credential: str) -> Principal:
+        return Principal("bench-client", frozenset({"predictor"}), "token")
+
+
+def guard_check_us(calls: int = 100_000) -> float:
+    """What serving's Guard.check costs per ModelInfer with a cached token, in process (µs): the part
+    of the auth rows' difference that is the check itself, free of the noise between stacks."""
+    guard = Guard("required")
+    guard.authenticator = _KnownToken(Settings(), None)
+    metadata = (("user-agent", "grpc-python-asyncio"), ("authorization", "Bearer fwk_0123456789abcdef_" + "s" * 43))
+    method = "/inference.GRPCInferenceService/ModelInfer"
+
+    async def run() -> float:
+        await guard.check(method, metadata)  # validates once; the rest are cache hits
+        start = time.perf_counter()
+        for _ in range(calls):
+            await guard.check(method, metadata)
+        return (time.perf_counter() - start) / calls * 1e6
+
+    return asyncio.run(run())
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -561,15 +730,25 @@ def _ratio(a: Result, b: Result) -> float | None:
     return a.load.rps / b.load.rps if _ok(a) and _ok(b) and a.load and b.load else None
 
 
+def _measured(label: str, value: float | None) -> str:
+    return f"  {label}: {'not measured' if value is None else f'{value:.3f}'}"
+
+
 def _goal(label: str, value: float | None, fmt: str, goal: str, met: Callable[[float], bool]) -> str:
     if value is None:
         return f"  {label}: not measured (goal {goal}: not met)"
     return f"  {label}: {value:{fmt}} (goal {goal}: {'met' if met(value) else 'NOT met'})"
 
 
-def _report(rows: dict[str, Result]) -> str:
+def _cost(ratio: float | None) -> float | None:
+    return None if ratio is None else 1.0 - ratio
+
+
+def _report(rows: dict[str, Result], check_us: float | None = None) -> str:
     ort_r, mlflow_r, on, off = rows["ort"], rows["mlflow"], rows["on"], rows["off"]
     on_s, off_s, floor = rows["on_stream"], rows["off_stream"], rows["floor"]
+    auth, auth_s, tls, tls_s = rows["auth"], rows["auth_stream"], rows["tls"], rows["tls_stream"]
+    auth_goal = f"< {GOAL_AUTH_COST:.0%}"
     overhead = on.latency.pct(50) - ort_r.latency.pct(50) if _ok(on) and _ok(ort_r) and on.latency else None
     vs = f">= {GOAL_VS_MLFLOW}x"
     lines = [
@@ -606,7 +785,36 @@ def _report(rows: dict[str, Result]) -> str:
             f">= {GOAL_BATCHING}x",
             lambda v: v >= GOAL_BATCHING,
         ),
+        *(
+            _measured(f"req/s @{CLIENTS}, Flywheel {label}", _ratio(a, b))
+            for label, a, b in (
+                ("auth / no auth, unary", auth, on),
+                ("auth / no auth, streaming", auth_s, on_s),
+                ("TLS / plaintext (both with auth), unary", tls, auth),
+                ("TLS / plaintext (both with auth), streaming", tls_s, auth_s),
+            )
+        ),
+        _goal(
+            f"token check cost @{CLIENTS}, 1 - auth / no auth, unary",
+            _cost(_ratio(auth, on)),
+            ".1%",
+            auth_goal,
+            lambda v: v < GOAL_AUTH_COST,
+        ),
+        _goal(
+            f"token check cost @{CLIENTS}, 1 - auth / no auth, streaming",
+            _cost(_ratio(auth_s, on_s)),
+            ".1%",
+            auth_goal,
+            lambda v: v < GOAL_AUTH_COST,
+        ),
     ]
+    if check_us is not None:
+        share = f" = {check_us / on.server_cpu_us:.2%} of" if on.server_cpu_us else ", vs"
+        lines.append(
+            f"  token check in process (Guard.check, cached token): {check_us:.2f} µs per call{share} Flywheel's"
+            " server CPU per request (batching on, no auth)"
+        )
     return "\n".join(lines)
 
 
@@ -618,10 +826,30 @@ def test_serving_latency_and_throughput(model: BenchModel) -> None:
         "floor_stream": Result("gRPC floor: prebuilt answer, streaming"),
         "on": Result("Flywheel, batching on (defaults), unary"),
         "on_stream": Result("Flywheel, batching on (defaults), streaming"),
+        "auth": Result("Flywheel, batching on, auth (token), unary"),
+        "auth_stream": Result("Flywheel, batching on, auth (token), stream"),
+        "tls": Result("Flywheel, batching on, auth + TLS, unary"),
+        "tls_stream": Result("Flywheel, batching on, auth + TLS, stream"),
         "off": Result("Flywheel, batching off (MAX_BATCH=1), unary"),
         "off_stream": Result("Flywheel, batching off (MAX_BATCH=1), stream"),
     }
+    no_auth = {"FLYWHEEL_AUTH_MODE": "off"}
+    auth = {"FLYWHEEL_AUTH_MODE": "required"}
+    # Compared with each other, so measured in turns: no auth (the baseline), auth, auth over TLS.
+    compared = [
+        (rows["on"], rows["on_stream"], FlywheelSetup("flywheel-batching-on", no_auth)),
+        (rows["auth"], rows["auth_stream"], FlywheelSetup("flywheel-auth", auth, auth=True)),
+        (rows["tls"], rows["tls_stream"], FlywheelSetup("flywheel-tls", auth, ("--tls",), auth=True)),
+    ]
+    batching_off = [
+        (rows["off"], rows["off_stream"], FlywheelSetup("flywheel-batching-off", {**no_auth, MAX_BATCH_ENV: "1"}))
+    ]
     failures: list[str] = []
+
+    def failed(unary: Result, streamed: Result, exc: BaseException) -> None:
+        for r in (unary, streamed):
+            r.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        failures.append(f"{unary.name}: {exc}")
 
     def attempt(names: tuple[str, ...], fn: Callable[[], object]) -> None:
         try:
@@ -631,25 +859,22 @@ def test_serving_latency_and_throughput(model: BenchModel) -> None:
                 rows[name].error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             failures.append(f"{rows[names[0]].name}: {exc}")
 
+    check_us: float | None = None
     with tempfile.TemporaryDirectory(prefix="flywheel-serving-bench-") as tmp:
         work = Path(tmp)
         try:
             rows["ort"] = bench_raw_ort(model)
+            check_us = guard_check_us()
             attempt(("mlflow",), lambda: rows.__setitem__("mlflow", bench_mlflow(model, work)))
             attempt(("floor", "floor_stream"), lambda: bench_floor(model, work, rows["floor"], rows["floor_stream"]))
-            for unary, stream, name, env in (
-                ("on", "on_stream", "flywheel-batching-on", {}),
-                ("off", "off_stream", "flywheel-batching-off", {"FLYWHEEL_SERVING_MAX_BATCH_SIZE": "1"}),
-            ):
-                if rows["on"].error:  # the same stack and model would fail the same way; keep the run short
-                    rows[unary].error = rows[stream].error = "skipped: the batching-on run failed"
-                    continue
-                attempt(
-                    (unary, stream),
-                    lambda u=unary, st=stream, n=name, e=env: bench_flywheel(model, work, n, e, rows[u], rows[st]),
-                )
+            names = tuple(k for k in rows if k.startswith(("on", "auth", "tls")))
+            attempt(names, lambda: bench_flywheel(model, work, compared, ROUNDS, failed))
+            if rows["on"].error or rows["on"].load is None:  # the same model would fail the same way
+                rows["off"].error = rows["off_stream"].error = "skipped: the batching-on run failed"
+            else:
+                attempt(("off", "off_stream"), lambda: bench_flywheel(model, work, batching_off, 1, failed))
         finally:
-            print(_report(rows))
+            print(_report(rows, check_us))
     for r in rows.values():
         for m in (r.latency, r.load):
             if m is not None and m.errors:
