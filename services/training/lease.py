@@ -54,6 +54,7 @@ class Lease:
         self._settings = settings
         self._valid_until = sent_at + settings.training_lease_s
         self._lost = asyncio.Event()
+        self._stopping = False  # set when the block holding the lease ends
 
     def remaining_s(self) -> float:
         return self._valid_until - time.monotonic()
@@ -113,10 +114,14 @@ class Lease:
     @contextlib.asynccontextmanager
     async def kept(self, on_beat: Callable[[], Awaitable[None]]) -> AsyncIterator[Lease]:
         """Renews the lease (and calls `on_beat` after each renewal) for as long as the block runs."""
+        self._stopping = False
         heartbeat = asyncio.create_task(self._heartbeat(on_beat), name=f"lease heartbeat {self.run_id}")
         try:
             yield self
         finally:  # the task is this block's: cancelled and awaited here, never left running
+            # The flag as well as the cancel: Python 3.11's wait_for can swallow a cancellation that
+            # lands as its inner call completes, and the loop must still end.
+            self._stopping = True
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -138,7 +143,7 @@ class Lease:
     async def _heartbeat(self, on_beat: Callable[[], Awaitable[None]]) -> None:
         backoff = self._backoff()
         try:
-            while not self.lost:
+            while not self.lost and not self._stopping:
                 await asyncio.sleep(self._settings.training_heartbeat_s)
                 try:
                     await asyncio.wait_for(
