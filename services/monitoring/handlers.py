@@ -1,5 +1,5 @@
 """Event reactions of monitoring: promoted models bring their reference (once the registry confirms
-the version is in production: services/monitoring/hints.py); logged predictions fill drift windows;
+the version is in production: flywheel.confirm); logged predictions fill drift windows;
 feedback labels, joined to predictions by request id, fill quality windows."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from typing import Any
 
 import asyncpg
 
+from flywheel import confirm
 from flywheel.app import ServiceContext
 from flywheel.bus import EventContext, Handler, Topics
 from flywheel.logging import get_logger
 from flywheel.v1 import events_pb2, monitoring_pb2
-from services.monitoring import hints
 from services.monitoring.records import record_labels, record_predictions
 from services.monitoring.references import load_reference
 
@@ -22,8 +22,8 @@ log = get_logger(__name__)
 def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
     async def on_promoted(conn: asyncpg.Connection, event: events_pb2.ModelPromoted, ectx: EventContext) -> None:
         name, version = event.model.name, event.model.version
-        production = await hints.registry_production(ctx.settings, name) if name else None
-        why = hints.promotion_verdict(version, production)
+        production = await confirm.registry_version(ctx.settings, name, alias="production") if name else None
+        why = confirm.promotion_verdict(version, production)
         if production is None or why:
             log.warning("model.promoted ignored", model=name, version=version, reason=why, event_id=ectx.event_id)
             return

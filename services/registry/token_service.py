@@ -12,7 +12,6 @@ import grpc
 from flywheel.auth import current, tokens
 from flywheel.errors import InvalidArgument
 from flywheel.grpc import GrpcServer
-from flywheel.pbutil import timestamp
 from flywheel.v1 import auth_pb2, auth_pb2_grpc
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -31,39 +30,23 @@ class TokenService(auth_pb2_grpc.TokenServiceServicer):
         expires = datetime.now(UTC) + timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
         async with self._pool.acquire() as conn:
             info, secret = await tokens.mint(conn, request.name, request.role, current().name, expires)
-        return auth_pb2.CreateTokenResponse(token=to_proto(info), secret=secret)
+        return auth_pb2.CreateTokenResponse(token=tokens.to_proto(info), secret=secret)
 
     async def ListTokens(self, request: auth_pb2.ListTokensRequest, context: Context) -> auth_pb2.ListTokensResponse:
         async with self._pool.acquire() as conn:
             found = await tokens.list_tokens(conn, include_revoked=request.include_revoked)
-        return auth_pb2.ListTokensResponse(tokens=[to_proto(t) for t in found])
+        return auth_pb2.ListTokensResponse(tokens=[tokens.to_proto(t) for t in found])
 
     async def RevokeToken(self, request: auth_pb2.RevokeTokenRequest, context: Context) -> auth_pb2.RevokeTokenResponse:
         if not request.name:
             raise InvalidArgument("name a token id or a token name", field="name")
         async with self._pool.acquire() as conn:
             revoked = await tokens.revoke(conn, request.name, current().name)
-        return auth_pb2.RevokeTokenResponse(revoked=[to_proto(t) for t in revoked])
+        return auth_pb2.RevokeTokenResponse(revoked=[tokens.to_proto(t) for t in revoked])
 
     async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: Context) -> auth_pb2.WhoAmIResponse:
         me = current()
         return auth_pb2.WhoAmIResponse(name=me.name, roles=sorted(me.roles), kind=me.kind)
-
-
-def to_proto(info: tokens.TokenInfo) -> auth_pb2.Token:
-    token = auth_pb2.Token(
-        token_id=info.token_id,
-        name=info.name,
-        role=info.role,
-        created_by=info.created_by,
-        create_time=timestamp(info.created_at),
-        revoked_by=info.revoked_by or "",
-    )
-    if info.expires_at is not None:
-        token.expire_time.CopyFrom(timestamp(info.expires_at))
-    if info.revoked_at is not None:
-        token.revoke_time.CopyFrom(timestamp(info.revoked_at))
-    return token
 
 
 def register(server: GrpcServer, pool: asyncpg.Pool) -> list[str]:

@@ -19,6 +19,8 @@ import asyncpg
 
 from flywheel import db
 from flywheel.errors import InvalidArgument, NotFound
+from flywheel.pbutil import timestamp
+from flywheel.v1 import auth_pb2
 
 from .roles import ALL_ROLES
 
@@ -132,3 +134,20 @@ def _info(row: asyncpg.Record) -> TokenInfo:
         revoked_at=row["revoked_at"],
         revoked_by=row["revoked_by"],
     )
+
+
+def to_proto(info: TokenInfo) -> auth_pb2.Token:
+    """A token's record as the API shows it (never its secret)."""
+    token = auth_pb2.Token(
+        token_id=info.token_id,
+        name=info.name,
+        role=info.role,
+        created_by=info.created_by,
+        create_time=timestamp(info.created_at),
+        revoked_by=info.revoked_by or "",
+    )
+    if info.expires_at is not None:
+        token.expire_time.CopyFrom(timestamp(info.expires_at))
+    if info.revoked_at is not None:
+        token.revoke_time.CopyFrom(timestamp(info.revoked_at))
+    return token

@@ -22,7 +22,6 @@ from flywheel.cli import client
 from flywheel.cli.client import CliError, command, console, fmt_time
 from flywheel.config import get_settings
 from flywheel.errors import FlywheelError, InvalidArgument, StartupError
-from flywheel.pbutil import timestamp
 from flywheel.v1 import auth_pb2
 
 _DURATION = re.compile(r"^(\d+)([dhms])$")
@@ -142,16 +141,7 @@ def _bootstrap(name: str, role: str, ttl_seconds: int | None) -> auth_pb2.Create
         raise CliError(f"PostgreSQL at {where}: {exc}") from exc
     except OSError as exc:
         raise CliError(f"cannot reach PostgreSQL at {where}: {exc}") from exc
-    token = auth_pb2.Token(
-        token_id=info.token_id,
-        name=info.name,
-        role=info.role,
-        created_by=info.created_by,
-        create_time=timestamp(info.created_at),
-    )
-    if info.expires_at is not None:
-        token.expire_time.CopyFrom(timestamp(info.expires_at))
-    return auth_pb2.CreateTokenResponse(token=token, secret=secret)
+    return auth_pb2.CreateTokenResponse(token=tokens.to_proto(info), secret=secret)
 
 
 @command
