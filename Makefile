@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install protos run test test-unit test-integration test-e2e lint typecheck bench clean
+.PHONY: install protos run test test-unit test-integration test-e2e fuzz lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ typecheck: $(STAMP)
 $(BENCH_STAMP): $(STAMP) tests/bench/requirements.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -r tests/bench/requirements.txt
 	@touch $(BENCH_STAMP)
+
+# The fuzz suite runs bounded inside `make test`; this is the long run (examples per property).
+fuzz: $(STAMP)
+	FLYWHEEL_FUZZ_EXAMPLES=$${FLYWHEEL_FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest -q tests/fuzz
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m pytest -q -s tests/bench -p no:cacheprovider; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]

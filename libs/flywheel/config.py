@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     consumer_backoff_s: float = 0.1
     consumer_backoff_max_s: float = 2.0
     outbox_poll_s: float = 0.5
+    outbox_max_attempts: int = 10  # an event the broker refuses this many times moves to dead_letters
     # One retry policy for calls to other services and for loops that wait out a dependency
     # (flywheel.retry): the first delay, doubling up to the cap.
     retry_base_s: float = 0.1
@@ -113,6 +114,11 @@ class Settings(BaseSettings):
     serving_reconcile_s: float = 5.0  # how often serving re-reads production from the registry
     serving_log_flush_s: float = 0.5  # the prediction logger publishes at least this often
     serving_executor_threads: int = 4  # threads that run ONNX Runtime sessions off the event loop
+    serving_load_memory_mb: int = 4096  # a model whose trial load needs more (address space) fails to load
+    serving_load_timeout_s: float = 120.0  # a model whose trial load takes longer fails to load
+    serving_pinned_max: int = 8  # model_version pins held loaded at once (least recently used evicted)
+    serving_queue_max: int = 4096  # requests waiting per model in the batcher (RESOURCE_EXHAUSTED beyond)
+    serving_shadow_max_inflight: int = 64  # mirrored calls in flight; beyond that mirroring skips (counted)
 
     # Ingestion.
     # Local directories IngestFromUri may read (comma-separated); none by default: files come by upload.
@@ -129,6 +135,8 @@ class Settings(BaseSettings):
     training_lease_s: float = 15.0  # a run whose worker stops heartbeating is reclaimed after this
     training_heartbeat_s: float = 1.0
     training_max_attempts: int = 3  # a run reclaimed this many times fails
+    training_run_timeout_s: float = 3600.0  # a run still training after this is stopped and failed
+    training_memory_mb: int = 8192  # address-space limit of a run's training process
 
     # Monitoring.
     monitoring_tick_s: float = 1.0  # how often time-based windows are checked for closing
