@@ -4,11 +4,20 @@ not in the broker), so a crash re-reads exactly what did not commit — effectiv
 
 A batch is cut when any key holds `max_rows` records or the oldest pending record is `max_wait_s`
 old; then every pending key is flushed together, which keeps one offset per partition exact.
-A record the decoder rejects goes to `<topic>.dlq` with error headers and is skipped.
+A record the decoder rejects goes to `<topic>.dlq` with error headers and is skipped; a key whose
+handler keeps failing (any exception, after `consumer_max_attempts`) has its records dead-lettered
+and the other keys commit. Only the database being away retries the whole batch.
+
+With each partition's next offset the consumer stores a fingerprint of the last record it took.
+A log that was reset (a recreated topic, a broker with memory storage restarted) reuses offsets:
+on assignment the record before the stored offset is read back and compared, and when it is not
+the one we took, the partition is read from its beginning, so new records at reused offsets are
+neither skipped nor taken for ones already processed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,14 +27,15 @@ import asyncpg
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from flywheel.config import Settings
+from flywheel.db import CONNECTION_ERRORS
 from flywheel.logging import get_logger
 from flywheel.retry import Backoff
 
 from . import metrics
-from .dlq import dlq_headers
+from .consumer import NOT_RETRIED
+from .dlq import DeadLetters
 from .groups import fetch, group_consumer, join
 from .producer import EventProducer
-from .topics import dlq_topic
 
 log = get_logger(__name__)
 
@@ -83,9 +93,14 @@ class BatchConsumer:
         self._handler = handler
         self._policy = policy
         self._pending: dict[str, _Pending] = {}
-        self._next: dict[TopicPartition, int] = {}
+        self._next: dict[TopicPartition, tuple[int, str]] = {}  # next offset, last record's fingerprint
+        # Partitions whose first record must be the one we took last (offset, fingerprint).
+        self._verify: dict[TopicPartition, tuple[int, str]] = {}
         self._consumer = group_consumer(settings, self.name)
+        self._dead_letters = DeadLetters(settings, pool, producer, self.name)
         self.batches = 0
+        self.dead_lettered = 0
+        self.resets = 0
 
     async def stop(self) -> None:
         await self._consumer.stop()
@@ -98,18 +113,36 @@ class BatchConsumer:
             if batch is None:
                 continue
             for tp, records in batch.items():
+                if tp in self._verify:
+                    records = await self._verified(tp, records)
                 for record in records:
                     await self._add(record)
-                self._next[tp] = records[-1].offset + 1
+                if records:
+                    self._next[tp] = (records[-1].offset + 1, fingerprint(records[-1]))
             if self._due():
                 await self._flush()
+
+    async def _verified(self, tp: TopicPartition, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        """Drop the re-read last record if it is the one we took; on a reset log, go back to its start."""
+        offset, expected = self._verify.pop(tp)
+        if records[0].offset == offset and fingerprint(records[0]) == expected:
+            return records[1:]
+        self.resets += 1
+        log.warning(
+            "batch consumer: the log was reset (the record at the stored offset differs); reading it from the start",
+            topic=tp.topic,
+            partition=tp.partition,
+            stored_offset=offset + 1,
+        )
+        await self._consumer.seek_to_beginning(tp)
+        return []
 
     async def _add(self, record: ConsumerRecord) -> None:
         key = record.key.decode("utf-8", "replace") if record.key else ""
         try:
             item = self._decode(record)
-        except Exception as exc:
-            await self._dead_letter(record, exc)
+        except Exception as exc:  # whatever the decoder raises, the record is the problem
+            await self._dead_letter(record, exc, 1)
             return
         pending = self._pending.setdefault(key, _Pending(first_at=time.monotonic()))
         pending.items.append(item)
@@ -131,32 +164,54 @@ class BatchConsumer:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     for key, p in pending.items():
-                        try:
-                            async with conn.transaction():  # a savepoint: one key's rejection spares the others
-                                await self._handler(conn, key, p.items)
-                        except RejectBatch as exc:
-                            log.warning("batch consumer: batch rejected, records sent to DLQ", key=key, error=str(exc))
-                            for record in p.records:
-                                await self._dead_letter(record, exc)
-                    for tp, offset in offsets.items():
+                        await self._apply(conn, key, p)
+                    for tp, (offset, last) in offsets.items():
                         await conn.execute(
-                            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset)"
-                            " VALUES ($1, $2, $3, $4) ON CONFLICT (consumer, topic, partition)"
-                            " DO UPDATE SET next_offset = $4, updated_at = now()",
+                            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, last_record)"
+                            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, topic, partition)"
+                            " DO UPDATE SET next_offset = $4, last_record = $5, updated_at = now()",
                             self.name,
                             tp.topic,
                             tp.partition,
                             offset,
+                            last,
                         )
                 break
-            except (asyncpg.PostgresError, OSError) as exc:
-                # The database is away: nothing committed, keep the batch and try again.
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError, OSError) as exc:
+                # The database is away (or the commit failed): nothing committed, keep the batch and try again.
                 log.warning("batch consumer: commit failed, will retry", error=repr(exc))
                 await backoff.wait()
         self._pending = {}
         self._next = {}
         self.batches += 1
         metrics.consumer_processed.add(sum(len(p.items) for p in pending.values()), {"group": self.name})
+
+    async def _apply(self, conn: asyncpg.Connection, key: str, p: _Pending) -> None:
+        """One key's handler in a savepoint, retried; its records dead-lettered when it keeps failing."""
+        backoff = Backoff(self._settings.consumer_backoff_s, self._settings.consumer_backoff_max_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with conn.transaction():  # a savepoint: one key's failure spares the others
+                    await self._handler(conn, key, p.items)
+                return
+            except CONNECTION_ERRORS:
+                raise  # the batch's transaction is gone with the connection: _flush retries it all
+            except RejectBatch as exc:
+                log.warning("batch consumer: batch rejected, records sent to DLQ", key=key, error=str(exc)[:500])
+                failure: Exception = exc
+            except Exception as exc:  # any other failure of one key must not stop the consumer
+                if not isinstance(exc, NOT_RETRIED) and attempt < self._settings.consumer_max_attempts:
+                    log.warning("batch consumer: handler failed, will retry", key=key, error=repr(exc)[:500])
+                    metrics.consumer_retries.add(1, {"group": self.name, "topic": self._topic})
+                    await backoff.wait()
+                    continue
+                log.error("batch consumer: giving up on a key, records sent to DLQ", key=key, error=repr(exc)[:500])
+                failure = exc
+            for record in p.records:
+                await self._dead_letter(record, failure, attempt, conn)
+            return
 
     def _drop_pending(self) -> None:
         self._pending = {}
@@ -165,19 +220,46 @@ class BatchConsumer:
     async def _seek_to_stored(self, assigned: list[TopicPartition]) -> None:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer = $1", self.name
+                "SELECT topic, partition, next_offset, last_record FROM consumer_offsets WHERE consumer = $1",
+                self.name,
             )
-        stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        stored = {TopicPartition(r["topic"], r["partition"]): (r["next_offset"], r["last_record"]) for r in rows}
+        self._verify = {}
         for tp in assigned:
             if tp not in stored:
                 continue
+            next_offset, last = stored[tp]
+            start = (await self._consumer.beginning_offsets([tp]))[tp]
             end = (await self._consumer.end_offsets([tp]))[tp]
-            # A broker with memory storage may come back shorter than our stored offset.
-            self._consumer.seek(tp, min(stored[tp], end))
+            if not start <= next_offset <= end:
+                # Shorter than what we took (or trimmed past it): a new log; every record in it is new.
+                log.warning(
+                    "batch consumer: the log was reset (stored offset outside it); reading it from the start",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    stored_offset=next_offset,
+                    log_end=end,
+                )
+                self.resets += 1
+                self._consumer.seek(tp, start)
+            elif last and next_offset > start:
+                self._verify[tp] = (next_offset - 1, last)
+                self._consumer.seek(tp, next_offset - 1)
+            else:
+                self._consumer.seek(tp, next_offset)
 
-    async def _dead_letter(self, record: ConsumerRecord, exc: BaseException) -> None:
-        headers = dlq_headers(record, exc, 1, self.name)
-        log.info("batch consumer: record sent to DLQ", error=str(exc), offset=record.offset)
-        value = record.value or b""
-        await self._producer.send_and_wait(dlq_topic(record.topic), value, key=record.key, headers=headers)
-        metrics.consumer_dead_lettered.add(1, {"group": self.name, "topic": record.topic})
+    async def _dead_letter(
+        self, record: ConsumerRecord, exc: BaseException, attempts: int, conn: asyncpg.Connection | None = None
+    ) -> None:
+        log.info("batch consumer: record sent to DLQ", error=str(exc)[:500], offset=record.offset)
+        await self._dead_letters.park(record, exc, attempts, conn)
+        self.dead_lettered += 1
+
+
+def fingerprint(record: ConsumerRecord) -> str:
+    """Enough of a record to tell it from another at the same offset of a different log."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(record.key or b"")
+    digest.update(b"\0")
+    digest.update(record.value or b"")
+    return f"{record.timestamp}:{digest.hexdigest()}"

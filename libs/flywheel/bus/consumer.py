@@ -1,8 +1,10 @@
 """Consumer loop: decode, run the handler and the inbox insert in one transaction, commit offsets.
 
-A failing message is retried with backoff; after `consumer_max_attempts` it is sent to
-`<topic>.dlq` with the error in headers and the loop moves on, so one bad message never
-stops a consumer. Offsets are committed only after the handler's transaction committed.
+A failing message is retried with backoff; after `consumer_max_attempts` (at once when the
+message itself is at fault: it cannot be decoded, or the handler says it is invalid) it is sent
+to `<topic>.dlq` with the error in headers, or kept in the dead_letters table when the DLQ will
+not take it, and the loop moves on: whatever a message raises, it never stops a consumer.
+Offsets are committed only after the handler's transaction committed.
 """
 
 from __future__ import annotations
@@ -22,18 +24,23 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.aiokafka.utils import _aiokafka_getter
 
 from flywheel.config import Settings
+from flywheel.db import CONNECTION_ERRORS
+from flywheel.errors import DataLoss, InvalidArgument
 from flywheel.logging import get_logger
-from flywheel.retry import Backoff, retry
+from flywheel.retry import Backoff
 from flywheel.telemetry import tracer
 
 from . import metrics
-from .dlq import dlq_headers
+from .dlq import DeadLetters
 from .groups import fetch, group_consumer, join
 from .producer import EventProducer
 from .serde import CONTENT_JSON, MalformedEvent, decode, header
-from .topics import EVENT_TYPES, dlq_topic
+from .topics import EVENT_TYPES
 
 log = get_logger(__name__)
+
+# Failures that are a property of the message itself: the same bytes fail the same way, so no retries.
+NOT_RETRIED: tuple[type[BaseException], ...] = (MalformedEvent, InvalidArgument, DataLoss, UnicodeError)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class EventConsumer:
         self.processed = 0
         self.dead_lettered = 0
         self._next_offsets: dict[TopicPartition, int] = {}
+        self._dead_letters = DeadLetters(settings, pool, producer, self.name)
         metrics.register_lag_source(self._lag)
 
     def _lag(self) -> Iterable[tuple[dict[str, str | int], int]]:
@@ -135,18 +143,26 @@ class EventConsumer:
                     self.processed += 1
                     metrics.consumer_processed.add(1, {"group": self.name, "topic": record.topic})
                     return
-                except Exception as exc:
+                except Exception as exc:  # any failure: one bad message must never stop the consumer
                     span.record_exception(exc)
-                    span.set_status(trace.StatusCode.ERROR, str(exc))
-                    if attempt >= self._settings.consumer_max_attempts:
-                        log.error("consumer: giving up, sending to DLQ", error=repr(exc), attempts=attempt)
+                    span.set_status(trace.StatusCode.ERROR, str(exc)[:500])
+                    if isinstance(exc, CONNECTION_ERRORS):
+                        # The database is away: that is no fault of the message; wait it out, uncounted.
+                        log.warning("consumer: database unavailable, will retry", error=repr(exc)[:500])
+                        attempt -= 1
+                    elif isinstance(exc, NOT_RETRIED) or attempt >= self._settings.consumer_max_attempts:
+                        log.error("consumer: giving up, sending to DLQ", error=repr(exc)[:500], attempts=attempt)
                         await self._dead_letter(record, exc, attempt)
                         return
-                    log.warning("consumer: handler failed, will retry", error=repr(exc), attempt=attempt)
+                    else:
+                        log.warning("consumer: handler failed, will retry", error=repr(exc)[:500], attempt=attempt)
                     metrics.consumer_retries.add(1, {"group": self.name, "topic": record.topic})
             await backoff.wait()
 
     async def _handle(self, record: ConsumerRecord) -> None:
+        handler = self._handlers.get(record.topic)
+        if handler is None:
+            raise MalformedEvent(f"no handler for topic {record.topic!r}")
         event = decode(EVENT_TYPES[record.topic], record.value, record.headers)
         event_id = _event_id(event, record)
         structlog.contextvars.bind_contextvars(event_id=event_id)
@@ -172,23 +188,13 @@ class EventConsumer:
                     log.info("consumer: duplicate event skipped")
                     metrics.consumer_duplicates.add(1, {"group": self.name, "topic": record.topic})
                     return
-                await self._handlers[record.topic](conn, event, ctx)
+                await handler(conn, event, ctx)
         finally:
             structlog.contextvars.unbind_contextvars("event_id")
 
     async def _dead_letter(self, record: ConsumerRecord, exc: BaseException, attempts: int) -> None:
-        headers = dlq_headers(record, exc, attempts, self.name)
-        # The record must not be lost: keep trying until the DLQ has it.
-        await retry(
-            lambda: self._producer.send_and_wait(
-                dlq_topic(record.topic), record.value or b"", key=record.key, headers=headers
-            ),
-            backoff=Backoff.from_settings(self._settings),
-            what="DLQ publish",
-            retry_on=(Exception,),
-        )
+        await self._dead_letters.park(record, exc, attempts)
         self.dead_lettered += 1
-        metrics.consumer_dead_lettered.add(1, {"group": self.name, "topic": record.topic})
 
 
 def _event_id(event: Message, record: ConsumerRecord) -> str:

@@ -25,6 +25,14 @@ consumer_retries = _meter.create_counter(
 consumer_dead_lettered = _meter.create_counter(
     "flywheel.consumer.dead_lettered", unit="{event}", description="Events sent to <topic>.dlq"
 )
+dead_letters_stored = _meter.create_counter(
+    "flywheel.dead_letters.stored",
+    unit="{record}",
+    description="Records kept in the dead_letters table because the DLQ or the broker refused them",
+)
+outbox_failed = _meter.create_counter(
+    "flywheel.outbox.failed", unit="{attempt}", description="Outbox events the broker refused (retried later)"
+)
 handler_duration = _meter.create_histogram(
     "flywheel.consumer.handler.duration", unit="s", description="Time to handle one event, retries included"
 )

@@ -19,7 +19,7 @@ from flywheel.logging import get_logger
 from flywheel.retry import Backoff
 from flywheel.telemetry import tracer, untraced
 
-from . import metrics
+from . import dlq, metrics
 from .producer import EventProducer
 from .security import kafka_security
 from .serde import CONTENT_PROTOBUF, event_type_name
@@ -51,6 +51,10 @@ async def enqueue(conn: asyncpg.Connection, topic: str, key: str, event: Message
 
 class OutboxRelay:
     """Publishes unsent outbox rows in id order with acks=all, then marks them sent.
+
+    An event the broker refuses for its own sake (too large, say) is retried on later drains and,
+    after `outbox_max_attempts`, moved to `dead_letters`, so it never blocks the events behind it;
+    refusals that are the broker's (away, timing out) count against no event.
 
     Rows are claimed with FOR UPDATE SKIP LOCKED, so replicas share the work; a crash between
     publish and mark re-publishes, which the consumers' inbox absorbs (at-least-once).
@@ -98,25 +102,80 @@ class OutboxRelay:
         self._wake.set()
 
     async def drain_once(self) -> int:
+        """Publish one batch; returns how many went out. Raises when none did (broker trouble: back off)."""
         async with self._pool.acquire() as conn, conn.transaction():
             with untraced():
                 rows = await conn.fetch(
-                    "SELECT id, topic, key, payload, headers FROM outbox WHERE sent_at IS NULL"
+                    "SELECT id, event_id, topic, key, payload, headers, attempts FROM outbox WHERE sent_at IS NULL"
                     " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                     self._batch,
                 )
             if not rows:
                 return 0
-            acks = [await self._publish(r) for r in rows]
-            await asyncio.wait_for(asyncio.gather(*acks), 30)
+            outcomes = await self._publish_all(rows)
+            sent = [r for r, problem in zip(rows, outcomes, strict=True) if problem is None]
+            failed = [(r, problem) for r, problem in zip(rows, outcomes, strict=True) if problem is not None]
             with untraced():
-                await conn.execute(
-                    "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
-                )
-        self.published += len(rows)
-        for r in rows:
+                if sent:
+                    await conn.execute(
+                        "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", [r["id"] for r in sent]
+                    )
+                for row, problem in failed:
+                    await self._failed(conn, row, problem)
+        self.published += len(sent)
+        for r in sent:
             metrics.outbox_published.add(1, {"topic": r["topic"]})
-        return len(rows)
+        if failed and not sent:
+            raise failed[0][1]
+        return len(sent)
+
+    async def _publish_all(self, rows: list[asyncpg.Record]) -> list[BaseException | None]:
+        """Each row's outcome: None once the broker acked it, else why not."""
+        outcomes: list[BaseException | None] = [None] * len(rows)
+        acks: dict[int, asyncio.Future] = {}
+        for i, row in enumerate(rows):
+            try:
+                acks[i] = await self._publish(row)
+            except Exception as exc:  # refused before sending (e.g. larger than the producer allows)
+                outcomes[i] = exc
+        results = await asyncio.wait_for(asyncio.gather(*acks.values(), return_exceptions=True), 30)
+        for i, result in zip(acks, results, strict=True):
+            if isinstance(result, BaseException):
+                outcomes[i] = result
+        return outcomes
+
+    async def _failed(self, conn: asyncpg.Connection, row: asyncpg.Record, problem: BaseException) -> None:
+        """Count a refusal that is the event's own fault; after outbox_max_attempts move it aside."""
+        metrics.outbox_failed.add(1, {"topic": row["topic"]})
+        if not dlq.refused_for_itself(problem):
+            return  # the broker is away or busy: every event waits alike, nothing is counted
+        attempts = row["attempts"] + 1
+        if attempts < self._settings.outbox_max_attempts:
+            await conn.execute(
+                "UPDATE outbox SET attempts = $2, last_error = $3 WHERE id = $1", row["id"], attempts, repr(problem)
+            )
+            log.warning("outbox relay: broker refused an event", event_id=row["event_id"], error=repr(problem))
+            return
+        stored: dict[str, str] = json.loads(row["headers"])
+        await dlq.store(
+            conn,
+            origin="outbox",
+            topic=row["topic"],
+            key=bytes(row["key"]) if row["key"] is not None else None,
+            payload=bytes(row["payload"]),
+            headers=[(k, v.encode()) for k, v in stored.items()],
+            error=problem,
+            attempts=attempts,
+            event_id=row["event_id"],
+        )
+        await conn.execute("DELETE FROM outbox WHERE id = $1", row["id"])
+        log.error(
+            "outbox relay: event moved to dead_letters; later events go on",
+            event_id=row["event_id"],
+            topic=row["topic"],
+            attempts=attempts,
+            error=repr(problem),
+        )
 
     async def _publish(self, row: asyncpg.Record) -> asyncio.Future:
         stored: dict[str, str] = json.loads(row["headers"])
