@@ -17,7 +17,6 @@ neither skipped nor taken for ones already processed.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from flywheel.logging import get_logger
 from flywheel.retry import Backoff
 
 from . import metrics
-from .consumer import NOT_RETRIED
+from .consumer import NOT_RETRIED, fingerprint
 from .dlq import DeadLetters
 from .groups import fetch, group_consumer, join
 from .producer import EventProducer
@@ -67,7 +66,13 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         self._batcher._drop_pending()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._batcher._seek_to_stored(assigned)
+        # Paused first: while the stored offsets are looked up, the fetcher would otherwise start the
+        # new partitions from the reset position and hand over records the seek then cannot take back.
+        self._batcher._consumer.pause(*assigned)
+        try:
+            await self._batcher._seek_to_stored(assigned)
+        finally:
+            self._batcher._consumer.resume(*assigned)
 
 
 class BatchConsumer:
@@ -254,12 +259,3 @@ class BatchConsumer:
         log.info("batch consumer: record sent to DLQ", error=str(exc)[:500], offset=record.offset)
         await self._dead_letters.park(record, exc, attempts, conn)
         self.dead_lettered += 1
-
-
-def fingerprint(record: ConsumerRecord) -> str:
-    """Enough of a record to tell it from another at the same offset of a different log."""
-    digest = hashlib.blake2b(digest_size=12)
-    digest.update(record.key or b"")
-    digest.update(b"\0")
-    digest.update(record.value or b"")
-    return f"{record.timestamp}:{digest.hexdigest()}"

@@ -9,6 +9,7 @@ Offsets are committed only after the handler's transaction committed.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -202,9 +203,19 @@ def _event_id(event: Message, record: ConsumerRecord) -> str:
     if meta is not None and meta.event_id:
         return str(meta.event_id)
     if header(record.headers, "content-type") == CONTENT_JSON:
-        # Outside JSON producers may omit meta; the record's position identifies it.
-        return f"{record.topic}:{record.partition}:{record.offset}"
+        # Outside JSON producers may omit meta; the record's position identifies it, with its
+        # fingerprint so that a new record at a reused offset (a reset log) is not taken for a duplicate.
+        return f"{record.topic}:{record.partition}:{record.offset}:{fingerprint(record)}"
     raise MalformedEvent("event has no meta.event_id")
+
+
+def fingerprint(record: ConsumerRecord) -> str:
+    """Enough of a record to tell it from another at the same offset of a different log."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(record.key or b"")
+    digest.update(b"\0")
+    digest.update(record.value or b"")
+    return f"{record.timestamp}:{digest.hexdigest()}"
 
 
 def acknowledge_only(reaction: str) -> Handler[Message]:
