@@ -17,7 +17,9 @@ from services.monitoring.references import load_reference
 log = get_logger(__name__)
 KEEP_PREDICTIONS = "7 days"  # long enough for late labels to join; older rows are deleted
 PRUNE_EVERY_S = 600.0
-ticker_failures = meter("flywheel.monitoring").create_counter("flywheel.monitoring.ticker_failures", unit="{failure}")
+_meter = meter("flywheel.monitoring")
+ticker_failures = _meter.create_counter("flywheel.monitoring.ticker_failures", unit="{failure}")
+reconcile_failures = _meter.create_counter("flywheel.monitoring.reconcile_failures", unit="{model}")
 
 
 async def reconcile(ctx: ServiceContext) -> None:
@@ -33,14 +35,19 @@ async def _load_production_references(ctx: ServiceContext) -> None:
         what="registry: production models",
     )
     for model in models:
-        version = model.aliases.get("production")
-        async with ctx.pool.acquire() as conn:
-            known = await conn.fetchval("SELECT version FROM model_refs WHERE model = $1", model.name)
-            if version and known != version:
-                try:
-                    await load_reference(ctx, conn, model.name, version)
-                except Exception as exc:
-                    log.warning("reconcile: reference not loaded", model=model.name, error=repr(exc))
+        # One model's trouble (the registry, ingestion or its profile) must not keep the others unmonitored.
+        try:
+            await _reconcile_one(ctx, model.name, model.aliases.get("production"))
+        except Exception as exc:
+            log.warning("reconcile: reference not loaded", model=model.name, error=repr(exc)[:300])
+            reconcile_failures.add(1, {"model": model.name})
+
+
+async def _reconcile_one(ctx: ServiceContext, model: str, version: int | None) -> None:
+    async with ctx.pool.acquire() as conn:
+        known = await conn.fetchval("SELECT version FROM model_refs WHERE model = $1", model)
+        if version and known != version:
+            await load_reference(ctx, conn, model, version)
 
 
 async def close_due_windows(ctx: ServiceContext) -> None:

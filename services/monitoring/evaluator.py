@@ -2,20 +2,27 @@
 
 A window's rows are decoded and judged off the event loop (JSON, NumPy and the statistics are CPU
 work); its results, alerts and drift.detected commit together in the caller's transaction.
+
+Stored rows are read defensively (a row that is not what monitoring writes today counts as empty
+or as a mismatch, never as an error), and a window that still cannot be judged is set aside (its
+rows get a window id starting "x-", with a log line and flywheel.monitoring.windows_set_aside), so
+one bad row can never keep a model's later windows from closing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC
 from typing import Any
 
 import asyncpg
 import numpy as np
 
+from flywheel.errors import InvalidArgument
 from flywheel.logging import get_logger
 from flywheel.telemetry import meter
 from flywheel.v1 import common_pb2, monitoring_pb2
@@ -32,6 +39,9 @@ M = monitoring_pb2
 QUALITY_WINDOW_MAX_ROWS = 10_000
 _meter = meter("flywheel.monitoring")
 windows_evaluated = _meter.create_counter("flywheel.monitoring.windows", unit="{window}")
+windows_set_aside = _meter.create_counter(
+    "flywheel.monitoring.windows_set_aside", unit="{window}", description="Windows whose rows could not be judged"
+)
 integrity_issues = _meter.create_counter("flywheel.monitoring.integrity_issues", unit="{value}")
 _last_scores: dict[tuple[str, str, str], float] = {}
 
@@ -48,31 +58,60 @@ _meter.create_observable_gauge("flywheel.monitoring.drift_score", callbacks=[_ob
 
 async def load_policy(conn: asyncpg.Connection, model: str) -> monitoring_pb2.MonitoringPolicy:
     raw = await conn.fetchval("SELECT policy FROM policies WHERE model = $1", model)
-    return policies.effective(M.MonitoringPolicy.FromString(raw) if raw else None, model)
+    stored = M.MonitoringPolicy.FromString(raw) if raw else None
+    if stored is not None:
+        try:
+            policies.check(stored)
+        except InvalidArgument as exc:
+            # Stored before today's limits (a NaN threshold, an absurd cooldown): every window would
+            # trip on it, so the defaults stand in until the policy is set again.
+            log.warning("stored monitoring policy is invalid; defaults used", model=model, error=str(exc))
+            stored = None
+    return policies.effective(stored, model)
+
+
+def _object(text: Any) -> dict[str, Any]:
+    """A stored inputs/outputs column as a dict; anything else (not written by today's code) is empty."""
+    value = json.loads(text) if isinstance(text, str | bytes) else text
+    return value if isinstance(value, dict) else {}
 
 
 def _window_input(rows: Sequence[asyncpg.Record], schema: common_pb2.Schema) -> WindowInput:
-    inputs = [json.loads(r["inputs"]) for r in rows]
-    outputs = [json.loads(r["outputs"]) for r in rows]
+    inputs = [_object(r["inputs"]) for r in rows]
+    outputs = [_object(r["outputs"]) for r in rows]
     counts: dict[str, int] = {}
     for row in inputs:
         for key in row:
             counts[key] = counts.get(key, 0) + 1
     names = set(counts) | {f.name for f in schema.fields}
-    features = {name: np.array([row.get(name) for row in inputs], dtype=object) for name in names}
+    features = {name: _column(row.get(name) for row in inputs) for name in names}
     outs: dict[str, np.ndarray] = {}
     if any("class" in o for o in outputs):
-        outs["class"] = np.array([o.get("class") for o in outputs], dtype=object)
+        outs["class"] = _column(o.get("class") for o in outputs)
     if any("variable" in o for o in outputs):
         outs["variable"] = np.array([_scalar(o.get("variable")) for o in outputs], dtype=np.float64)
     latency = np.array([r["latency_ms"] for r in rows], dtype=np.float64)
     return WindowInput(features=features, outputs=outs, latency_ms=latency, field_counts=counts)
 
 
+def _column(values: Iterable[Any]) -> np.ndarray:
+    """One value per row, as a 1-D object array (np.array would make rows of equal-length lists 2-D)."""
+    items = list(values)
+    return np.fromiter(items, dtype=object, count=len(items))
+
+
 def _scalar(v: Any) -> float:
+    """A numeric output (or label) as a float: the first element of a list, NaN for anything that is
+    not a finite number or numeric text (bools included: they are not numbers here)."""
     while isinstance(v, list):
         v = v[0] if v else None
-    return float("nan") if v is None else float(v)
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        return math.nan
+    try:
+        x = float(v)
+    except (ValueError, OverflowError):
+        return math.nan
+    return x if math.isfinite(x) else math.nan
 
 
 def _judge_drift(
@@ -103,7 +142,11 @@ async def close_drift_window(conn: asyncpg.Connection, model: str) -> M.WindowRe
     if not rows:
         return None
     schema = common_pb2.Schema.FromString(ref["schema"])
-    report = await asyncio.to_thread(_judge_drift, rows, ref["profile"], schema, policy, Task(ref["task"]))
+    try:
+        report = await asyncio.to_thread(_judge_drift, rows, ref["profile"], schema, policy, Task(ref["task"]))
+    except Exception as exc:
+        await _set_aside(conn, "predictions", model, rows, "drift", exc)
+        return None
     window_id = f"w-{uuid.uuid4().hex[:12]}"
     report.window_id = window_id
     report.model.CopyFrom(common_pb2.ModelRef(name=model, version=ref["version"]))
@@ -129,6 +172,26 @@ async def close_drift_window(conn: asyncpg.Connection, model: str) -> M.WindowRe
     await raise_alerts(conn, report, policy, set(report.breached) & tracked, tracked, scores)
     log.info("drift window closed", model=model, window=window_id, rows=len(rows), breached=list(report.breached))
     return report
+
+
+async def _set_aside(
+    conn: asyncpg.Connection, table: str, model: str, rows: Sequence[asyncpg.Record], kind: str, exc: Exception
+) -> None:
+    """A window that cannot be judged: its rows leave the open window (kept for label joins), so the
+    next window starts after them instead of failing on them again."""
+    window_id = f"x-{uuid.uuid4().hex[:12]}"
+    await conn.execute(
+        f"UPDATE {table} SET window_id = $2 WHERE id = ANY($1::bigint[])", [r["id"] for r in rows], window_id
+    )
+    windows_set_aside.add(1, {"model": model, "kind": kind})
+    log.error(
+        f"{kind} window could not be judged; its rows were set aside",
+        model=model,
+        window=window_id,
+        rows=len(rows),
+        error=type(exc).__name__,
+        detail=str(exc)[:300],
+    )
 
 
 async def _save_window(
@@ -160,10 +223,10 @@ def _judge_quality(
 ) -> tuple[M.QualityReport, list[M.SegmentStats], list[M.SegmentGap]]:
     """Decode a quality window's labelled rows; its quality and segment analysis (CPU only)."""
     labels = [json.loads(r["label"]) for r in rows]
-    predicted = [json.loads(r["predicted"]) for r in rows]
-    inputs = [json.loads(r["inputs"]) for r in rows]
+    predicted = [_object(r["predicted"]) for r in rows]
+    inputs = [_object(r["inputs"]) for r in rows]
     if task == common_pb2.TASK_REGRESSION:
-        y_true = np.array(labels, dtype=np.float64)
+        y_true = np.array([_scalar(v) for v in labels], dtype=np.float64)
         y_pred = np.array([_scalar(p.get("variable")) for p in predicted], dtype=np.float64)
     else:
         index = {c: i for i, c in enumerate(class_labels)}
@@ -173,7 +236,7 @@ def _judge_quality(
         y_true, y_pred = y_true[keep], y_pred[keep]
         inputs = [row for row, k in zip(inputs, keep, strict=True) if k]
     quality = quality_report(task, metric, y_true, y_pred, None, class_labels, reference_value, policy.quality)
-    values = {seg.field: np.array([row.get(seg.field) for row in inputs], dtype=object) for seg in policy.segments}
+    values = {seg.field: _column(row.get(seg.field) for row in inputs) for seg in policy.segments}
     seg_stats, gaps = segment_report(list(policy.segments), values, y_true, y_pred, task, class_labels)
     return quality, seg_stats, gaps
 
@@ -204,9 +267,13 @@ async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.Window
     task, class_labels = Task(ref["task"]), list(ref["class_labels"])
     recorded = json.loads(ref["recorded"])
     metric = policy.quality.metric or ("accuracy" if task != common_pb2.TASK_REGRESSION else "mae")
-    quality, seg_stats, gaps = await asyncio.to_thread(
-        _judge_quality, rows, task, class_labels, metric, recorded.get(metric, float("nan")), policy
-    )
+    try:
+        quality, seg_stats, gaps = await asyncio.to_thread(
+            _judge_quality, rows, task, class_labels, metric, _reference(recorded, metric), policy
+        )
+    except Exception as exc:
+        await _set_aside(conn, "labels", model, rows, "quality", exc)
+        return None
     window_id = f"q-{uuid.uuid4().hex[:12]}"
     report = M.WindowReport(
         window_id=window_id,
@@ -259,6 +326,11 @@ async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.Window
         )  # fmt: skip
     log.info("quality window closed", model=model, window=window_id, rows=len(rows), breached=list(report.breached))
     return report
+
+
+def _reference(recorded: Any, metric: str) -> float:
+    value = recorded.get(metric) if isinstance(recorded, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
 
 
 def _label_str(v: Any) -> str:

@@ -13,6 +13,7 @@ from flywheel.app import ServiceContext
 from flywheel.bus import EventContext, Handler, Topics
 from flywheel.logging import get_logger
 from flywheel.v1 import events_pb2, monitoring_pb2
+from services.monitoring import limits
 from services.monitoring.records import record_labels, record_predictions
 from services.monitoring.references import load_reference
 
@@ -33,6 +34,10 @@ def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
         await record_predictions(conn, event)
 
     async def on_feedback(conn: asyncpg.Connection, event: events_pb2.Feedback, ectx: EventContext) -> None:
+        # Anyone may produce feedback: a label that is not a finite number, bool or short text is
+        # refused here (InvalidArgument: dead-lettered at once), before it reaches a quality window.
+        limits.text(event.model_name, "model_name", required=True)
+        limits.feedback(event.request_id, event.row_index, event.label, "")
         label = monitoring_pb2.FeedbackLabel(request_id=event.request_id, row_index=event.row_index, label=event.label)
         await record_labels(conn, event.model_name, [label])
 

@@ -8,6 +8,7 @@ from typing import TypeAlias
 
 from flywheel.errors import InvalidArgument
 from flywheel.v1 import common_pb2, monitoring_pb2
+from services.monitoring import limits
 
 M = monitoring_pb2
 DriftKind: TypeAlias = common_pb2.DriftKind.ValueType
@@ -43,17 +44,62 @@ def effective(policy: monitoring_pb2.MonitoringPolicy | None, model: str) -> mon
 
 
 def check(policy: monitoring_pb2.MonitoringPolicy) -> None:
-    if not policy.model_name:
-        raise InvalidArgument("names the model it applies to", field="policy.model_name")
-    if policy.window.size_rows < 0 or policy.window.min_rows < 0:
-        raise InvalidArgument("must be >= 0", field="policy.window")
-    if policy.consecutive_breaches < 0:
-        raise InvalidArgument("must be >= 0", field="policy.consecutive_breaches")
+    """Every knob within its range (limits.py): a stored policy is read by every later window, so a
+    NaN threshold or an absurd duration would break (or silently disable) all of them."""
+    limits.text(policy.model_name, "policy.model_name", required=True)
+    w = policy.window
+    limits.count(w.size_rows, "policy.window.size_rows", limits.MAX_WINDOW_ROWS)
+    limits.count(w.min_rows, "policy.window.min_rows", limits.MAX_WINDOW_ROWS)
+    if w.HasField("duration"):
+        limits.duration(w.duration, "policy.window.duration")
+    if policy.HasField("default_thresholds"):
+        _thresholds(policy.default_thresholds, "policy.default_thresholds")
+    if len(policy.feature_thresholds) > limits.MAX_THRESHOLD_FEATURES:
+        raise InvalidArgument(f"at most {limits.MAX_THRESHOLD_FEATURES} features", field="policy.feature_thresholds")
+    for name, t in policy.feature_thresholds.items():
+        limits.text(name, "policy.feature_thresholds", required=True)
+        _thresholds(t, f"policy.feature_thresholds[{name!r}]")  # a checked name: short, printable by repr
+    if policy.HasField("prediction_thresholds"):
+        _thresholds(policy.prediction_thresholds, "policy.prediction_thresholds")
+    for rate in ("max_null_rate", "max_out_of_range_rate", "max_unseen_category_rate", "max_type_mismatch_rate"):
+        if policy.integrity.HasField(rate):
+            limits.number(getattr(policy.integrity, rate), f"policy.integrity.{rate}", 0.0, 1.0)
+    q = policy.quality
+    limits.text(q.metric, "policy.quality.metric", limits.MAX_METRIC_CHARS)
+    limits.number(q.max_drop, "policy.quality.max_drop", 0.0, limits.MAX_SCORE)
+    limits.count(q.min_labelled_rows, "policy.quality.min_labelled_rows", limits.MAX_WINDOW_ROWS)
+    if len(policy.segments) > limits.MAX_SEGMENTS:
+        raise InvalidArgument(f"at most {limits.MAX_SEGMENTS} segments", field="policy.segments")
     for i, seg in enumerate(policy.segments):
-        if not seg.field:
-            raise InvalidArgument("a segment needs a field", field=f"policy.segments[{i}].field")
-        if list(seg.bucket_edges) != sorted(seg.bucket_edges):
-            raise InvalidArgument("bucket edges must be increasing", field=f"policy.segments[{i}].bucket_edges")
+        _segment(seg, f"policy.segments[{i}]")
+    limits.count(policy.consecutive_breaches, "policy.consecutive_breaches", limits.MAX_CONSECUTIVE)
+    if policy.HasField("cooldown"):
+        limits.duration(policy.cooldown, "policy.cooldown")
+
+
+def _thresholds(t: monitoring_pb2.FeatureThresholds, where: str) -> None:
+    if t.HasField("psi"):
+        limits.number(t.psi, f"{where}.psi", 0.0, limits.MAX_SCORE)
+    if t.HasField("ks_statistic"):
+        limits.number(t.ks_statistic, f"{where}.ks_statistic", 0.0, 1.0)
+    if t.HasField("chi2_p_value"):
+        limits.number(t.chi2_p_value, f"{where}.chi2_p_value", 0.0, 1.0)
+
+
+def _segment(seg: monitoring_pb2.SegmentConfig, where: str) -> None:
+    limits.text(seg.field, f"{where}.field", required=True)
+    limits.text(seg.metric, f"{where}.metric", limits.MAX_METRIC_CHARS)
+    if len(seg.bucket_edges) > limits.MAX_BUCKET_EDGES:
+        raise InvalidArgument(f"at most {limits.MAX_BUCKET_EDGES} edges", field=f"{where}.bucket_edges")
+    for edge in seg.bucket_edges:
+        limits.number(edge, f"{where}.bucket_edges", -limits.MAX_SCORE, limits.MAX_SCORE)
+    if list(seg.bucket_edges) != sorted(seg.bucket_edges):
+        raise InvalidArgument("bucket edges must be increasing", field=f"{where}.bucket_edges")
+    if seg.HasField("min_value"):
+        limits.number(seg.min_value, f"{where}.min_value", -limits.MAX_SCORE, limits.MAX_SCORE)
+    if seg.HasField("max_gap"):
+        limits.number(seg.max_gap, f"{where}.max_gap", 0.0, limits.MAX_SCORE)
+    limits.count(seg.min_rows, f"{where}.min_rows", limits.MAX_WINDOW_ROWS)
 
 
 @dataclass(frozen=True)

@@ -4,34 +4,35 @@ RecordFeedback call alike, inside the caller's transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from google.protobuf import json_format
 
+from flywheel.db import CONNECTION_ERRORS
 from flywheel.errors import InvalidArgument
-from flywheel.predictions import logged_rows
+from flywheel.logging import get_logger
+from flywheel.telemetry import meter
 from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2
 from services.monitoring import evaluator
+from services.monitoring.logged import stored_rows
+
+log = get_logger(__name__)
+window_failures = meter("flywheel.monitoring").create_counter(
+    "flywheel.monitoring.window_failures", unit="{failure}", description="Window closings that failed and rolled back"
+)
 
 
 async def record_predictions(conn: asyncpg.Connection, event: events_pb2.PredictionsLogged) -> None:
+    """Store the event's rows (checked first: InvalidArgument for a malformed or hostile event) and
+    close the drift windows they fill. A window that fails to close leaves the rows stored."""
     model = event.model.name
-    logged = logged_rows(event)
-    if not logged:
-        raise InvalidArgument("a predictions.logged event without records or columns", field="records")
+    logged = await asyncio.to_thread(stored_rows, event)  # checks and JSON: CPU work, off the loop
     ref_version = await conn.fetchval("SELECT version FROM model_refs WHERE model = $1", model)
     rows = [
-        (
-            model,
-            event.model.version,
-            r.request_id,
-            r.row_index,
-            json.dumps(r.inputs),
-            json.dumps(r.outputs),
-            r.latency_ms,
-            r.occurred_at,
-        )
+        (model, event.model.version, r.request_id, r.row_index, r.inputs, r.outputs, r.latency_ms, r.at)
         for r in logged
         # Shadow and canary traffic is not production's; its drift would be misattributed.
         if r.role in (common_pb2.SERVING_ROLE_PRODUCTION, common_pb2.SERVING_ROLE_UNSPECIFIED)
@@ -45,13 +46,32 @@ async def record_predictions(conn: asyncpg.Connection, event: events_pb2.Predict
     )
     if ref_version is None or ref_version != event.model.version:
         return  # no reference for this version (yet): kept for feedback joins, not windowed
+    await _closing_windows(conn, model, "drift", lambda: _close_full_drift_windows(conn, model, ref_version))
+
+
+async def _close_full_drift_windows(conn: asyncpg.Connection, model: str, version: int) -> None:
     policy = await evaluator.load_policy(conn, model)
     if not policy.enabled:
         return
-    pending = await _open_rows(conn, model, ref_version)
+    pending = await _open_rows(conn, model, version)
     while pending >= policy.window.size_rows:
         await evaluator.close_drift_window(conn, model)
-        pending = await _open_rows(conn, model, ref_version)
+        pending = await _open_rows(conn, model, version)
+
+
+async def _closing_windows(
+    conn: asyncpg.Connection, model: str, kind: str, closing: Callable[[], Awaitable[object]]
+) -> None:
+    """Close windows in a savepoint: if that fails, what the caller stored stays stored (the ticker or
+    the next event tries again), unless the connection itself is gone."""
+    try:
+        async with conn.transaction():
+            await closing()
+    except CONNECTION_ERRORS:
+        raise
+    except Exception as exc:
+        window_failures.add(1, {"model": model, "kind": kind})
+        log.error("window not closed; the rows stay open", model=model, kind=kind, error=repr(exc)[:300])
 
 
 async def _open_rows(conn: asyncpg.Connection, model: str, version: int) -> int:
@@ -64,7 +84,8 @@ async def _open_rows(conn: asyncpg.Connection, model: str, version: int) -> int:
 async def record_labels(
     conn: asyncpg.Connection, model: str, labels: list[monitoring_pb2.FeedbackLabel]
 ) -> tuple[int, int]:
-    """Join labels to logged predictions; returns (accepted, matched)."""
+    """Join labels to logged predictions; returns (accepted, matched). Callers check the labels
+    (limits.feedback): only finite numbers, bools and bounded text reach the labels table."""
     matched = 0
     for i, label in enumerate(labels):
         if not label.request_id:
@@ -86,11 +107,11 @@ async def record_labels(
             row["version"],
             label.request_id,
             label.row_index,
-            json.dumps(value),
+            json.dumps(value, allow_nan=False),
             row["outputs"],
             row["inputs"],
         )
         matched += bool(inserted)
     if matched:
-        await evaluator.close_quality_windows(conn, model)
+        await _closing_windows(conn, model, "quality", lambda: evaluator.close_quality_windows(conn, model))
     return len(labels), matched

@@ -10,13 +10,13 @@ from typing import Any
 import grpc
 
 from flywheel.app import ServiceContext
-from flywheel.errors import InvalidArgument, NotFound
+from flywheel.errors import NotFound
 from flywheel.grpc import GrpcServer
 from flywheel.grpc.context import actor
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.retry import Backoff
 from flywheel.v1 import monitoring_pb2, monitoring_pb2_grpc
-from services.monitoring import evaluator
+from services.monitoring import evaluator, limits
 from services.monitoring import policy as policies
 from services.monitoring.alerts import alerts_after
 from services.monitoring.records import record_labels
@@ -24,6 +24,7 @@ from services.monitoring.watch import AlertFeed
 
 M = monitoring_pb2
 Context = grpc.aio.ServicerContext[Any, Any]
+DEFAULT_WINDOW_COUNT = 10
 
 
 class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
@@ -33,9 +34,8 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
         self._feed = AlertFeed(ctx.pool, ctx.tasks, Backoff.from_settings(ctx.settings))
 
     async def GetDriftReport(self, request: M.GetDriftReportRequest, context: Context) -> M.GetDriftReportResponse:
-        if not request.model_name:
-            raise InvalidArgument("name the model", field="model_name")
-        count = request.window_count or 10
+        limits.drift_report_request(request)
+        count = request.window_count or DEFAULT_WINDOW_COUNT
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT report FROM windows WHERE model = $1 AND ($2 = 0 OR version = $2)"
@@ -50,6 +50,7 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
         return M.GetDriftReportResponse(windows=[M.WindowReport.FromString(r["report"]) for r in rows])
 
     async def ListAlerts(self, request: M.ListAlertsRequest, context: Context) -> M.ListAlertsResponse:
+        limits.alerts_request(request)
         size, offset = page_size(request.page_size), decode_token(request.page_token)
         since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
         async with self._pool.acquire() as conn:
@@ -69,6 +70,7 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
     async def GetSegmentReport(
         self, request: M.GetSegmentReportRequest, context: Context
     ) -> M.GetSegmentReportResponse:
+        limits.segment_report_request(request)
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT segments FROM windows WHERE model = $1 AND kind = 'quality' AND segments IS NOT NULL"
@@ -93,6 +95,7 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
         self, request: M.SetMonitoringPolicyRequest, context: Context
     ) -> M.SetMonitoringPolicyResponse:
         policies.check(request.policy)
+        limits.text(request.actor, "actor")
         async with self._pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO policies (model, policy, updated_by) VALUES ($1, $2, $3)"
@@ -106,12 +109,12 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
     async def GetMonitoringPolicy(
         self, request: M.GetMonitoringPolicyRequest, context: Context
     ) -> M.GetMonitoringPolicyResponse:
+        limits.text(request.model_name, "model_name")
         async with self._pool.acquire() as conn:
             return M.GetMonitoringPolicyResponse(policy=await evaluator.load_policy(conn, request.model_name))
 
     async def RecordFeedback(self, request: M.RecordFeedbackRequest, context: Context) -> M.RecordFeedbackResponse:
-        if not request.model_name:
-            raise InvalidArgument("name the model", field="model_name")
+        limits.feedback_request(request)
         async with self._pool.acquire() as conn, conn.transaction():
             accepted, matched = await record_labels(conn, request.model_name, list(request.labels))
         return M.RecordFeedbackResponse(accepted=accepted, matched=matched)
@@ -119,6 +122,7 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
     async def WatchAlerts(
         self, request: M.WatchAlertsRequest, context: Context
     ) -> AsyncIterator[M.WatchAlertsResponse]:
+        limits.watch_request(request)
         async with self._pool.acquire() as conn:
             since = await conn.fetchval("SELECT now()")
         # Tells the caller the stream is open: every alert committed from here on will be sent, so a
