@@ -6,6 +6,7 @@ Every automatic decision is recorded (trigger_decisions) with its reason. Both e
 from __future__ import annotations
 
 import json
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,14 +15,18 @@ from opentelemetry import propagate
 
 from flywheel.app import ServiceContext
 from flywheel.bus import EventContext, Handler, Topics
-from flywheel.errors import NotFound
+from flywheel.errors import NotFound, Unavailable
 from flywheel.logging import get_logger
 from flywheel.v1 import events_pb2, training_pb2
-from services.training import hints, ingestion_client, store, triggers
-from services.training.queue import covering_run, enqueue_run
+from services.training import hints, ingestion_client, metrics, store, triggers
+from services.training.queue import DataVersion, covering_run, enqueue_run
+from services.training.store import DB_ERRORS
 
 log = get_logger(__name__)
 T = training_pb2
+ERROR = "error"  # the decision recorded when a spec's reaction failed
+MAX_REASON_CHARS = 2000
+_RETRYABLE: tuple[type[BaseException], ...] = (Unavailable, *DB_ERRORS)
 
 
 def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
@@ -70,30 +75,36 @@ async def on_data_versioned(
                     reason=why, event_id=ectx.event_id)  # fmt: skip
         return
     for spec in specs:
-        pending = await conn.fetchrow("DELETE FROM pending_retrains WHERE spec_name = $1 RETURNING *", spec.name)
-        if pending is not None:
-            # The retraining drift asked for, now that there is new data; it continues the drift's trace.
-            run_id, created = await enqueue_run(
-                conn, spec, data, trigger=T.RUN_TRIGGER_DRIFT_DETECTED, trigger_event_id=pending["event_id"],
-                trace_carrier=json.loads(pending["trace_context"]),
-            )  # fmt: skip
-            reason = f"new data arrived (dataset {data.name} v{data.version}) for the waiting retraining"
-            await decide(conn, spec, T.RUN_TRIGGER_DRIFT_DETECTED, pending["event_id"], triggers.QUEUE, reason, run_id)
-            continue
-        if not spec.triggers.on_data_versioned:
-            continue
-        covered = await covering_run(conn, spec, data)
-        if covered:  # e.g. a manual run got there first; one run per spec version and data version
-            reason = f"run {covered} already covers spec v{spec.version} on {data.name} v{data.version}"
-            await decide(conn, spec, T.RUN_TRIGGER_DATA_VERSIONED, ectx.event_id, "duplicate", reason, covered)
-            continue
+        await _isolated(conn, spec, T.RUN_TRIGGER_DATA_VERSIONED, ectx.event_id, _data_for_spec(conn, spec, data, ectx))
+
+
+async def _data_for_spec(
+    conn: asyncpg.Connection, spec: training_pb2.TrainingSpec, data: DataVersion, ectx: EventContext
+) -> None:
+    pending = await conn.fetchrow("DELETE FROM pending_retrains WHERE spec_name = $1 RETURNING *", spec.name)
+    if pending is not None:
+        # The retraining drift asked for, now that there is new data; it continues the drift's trace.
         run_id, created = await enqueue_run(
-            conn, spec, data, trigger=T.RUN_TRIGGER_DATA_VERSIONED, trigger_event_id=ectx.event_id
-        )
-        await decide(
-            conn, spec, T.RUN_TRIGGER_DATA_VERSIONED, ectx.event_id, triggers.QUEUE if created else "duplicate",
-            f"dataset {data.name} v{data.version}", run_id,
+            conn, spec, data, trigger=T.RUN_TRIGGER_DRIFT_DETECTED, trigger_event_id=pending["event_id"],
+            trace_carrier=json.loads(pending["trace_context"]),
         )  # fmt: skip
+        reason = f"new data arrived (dataset {data.name} v{data.version}) for the waiting retraining"
+        await decide(conn, spec, T.RUN_TRIGGER_DRIFT_DETECTED, pending["event_id"], triggers.QUEUE, reason, run_id)
+        return
+    if not spec.triggers.on_data_versioned:
+        return
+    covered = await covering_run(conn, spec, data)
+    if covered:  # e.g. a manual run got there first; one run per spec version and data version
+        reason = f"run {covered} already covers spec v{spec.version} on {data.name} v{data.version}"
+        await decide(conn, spec, T.RUN_TRIGGER_DATA_VERSIONED, ectx.event_id, "duplicate", reason, covered)
+        return
+    run_id, created = await enqueue_run(
+        conn, spec, data, trigger=T.RUN_TRIGGER_DATA_VERSIONED, trigger_event_id=ectx.event_id
+    )
+    await decide(
+        conn, spec, T.RUN_TRIGGER_DATA_VERSIONED, ectx.event_id, triggers.QUEUE if created else "duplicate",
+        f"dataset {data.name} v{data.version}", run_id,
+    )  # fmt: skip
 
 
 async def on_drift_detected(
@@ -114,52 +125,81 @@ async def on_drift_detected(
         spec = store.to_spec(row)
         if not spec.triggers.on_drift_detected:
             continue
-        open_run = await conn.fetchval(
-            "SELECT run_id FROM runs WHERE spec_name = $1 AND status IN ($2, $3) LIMIT 1",
+        await _isolated(conn, spec, T.RUN_TRIGGER_DRIFT_DETECTED, ectx.event_id, _drift_for_spec(ctx, conn, spec, ectx))
+
+
+async def _drift_for_spec(
+    ctx: ServiceContext, conn: asyncpg.Connection, spec: training_pb2.TrainingSpec, ectx: EventContext
+) -> None:
+    open_run = await conn.fetchval(
+        "SELECT run_id FROM runs WHERE spec_name = $1 AND status IN ($2, $3) LIMIT 1",
+        spec.name,
+        T.RUN_STATUS_QUEUED,
+        T.RUN_STATUS_RUNNING,
+    )
+    last = await conn.fetchval(
+        "SELECT max(created_at) FROM runs WHERE spec_name = $1 AND trigger = $2",
+        spec.name,
+        T.RUN_TRIGGER_DRIFT_DETECTED,
+    )
+    waiting = await conn.fetchval("SELECT event_id FROM pending_retrains WHERE spec_name = $1", spec.name)
+    if waiting:
+        reason = f"a retraining is already waiting for new data (drift event {waiting})"
+        await decide(conn, spec, T.RUN_TRIGGER_DRIFT_DETECTED, ectx.event_id, triggers.SKIP_OPEN, reason)
+        return
+    try:
+        data = await ingestion_client.get_data_version(ctx.settings, spec.dataset)
+    except NotFound:
+        return
+    trained = await conn.fetchval(
+        "SELECT max(dataset_version) FROM runs WHERE spec_name = $1 AND status = $2",
+        spec.name,
+        T.RUN_STATUS_SUCCEEDED,
+    )
+    verdict = triggers.on_drift(
+        spec,
+        now=datetime.now(UTC),
+        last_drift_run_at=last,
+        open_run_id=open_run,
+        newest_version=data.version,
+        trained_version=trained or 0,
+    )
+    run_id = ""
+    if verdict.decision == triggers.QUEUE:
+        run_id, _ = await enqueue_run(
+            conn, spec, data, trigger=T.RUN_TRIGGER_DRIFT_DETECTED, trigger_event_id=ectx.event_id
+        )
+    elif verdict.decision == triggers.WAIT:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        await conn.execute(
+            "INSERT INTO pending_retrains (spec_name, event_id, trace_context) VALUES ($1, $2, $3::jsonb)"
+            " ON CONFLICT (spec_name) DO NOTHING",
             spec.name,
-            T.RUN_STATUS_QUEUED,
-            T.RUN_STATUS_RUNNING,
+            ectx.event_id,
+            json.dumps(carrier),
         )
-        last = await conn.fetchval(
-            "SELECT max(created_at) FROM runs WHERE spec_name = $1 AND trigger = $2",
-            spec.name,
-            T.RUN_TRIGGER_DRIFT_DETECTED,
-        )
-        waiting = await conn.fetchval("SELECT event_id FROM pending_retrains WHERE spec_name = $1", spec.name)
-        if waiting:
-            reason = f"a retraining is already waiting for new data (drift event {waiting})"
-            await decide(conn, spec, T.RUN_TRIGGER_DRIFT_DETECTED, ectx.event_id, triggers.SKIP_OPEN, reason)
-            continue
-        try:
-            data = await ingestion_client.get_data_version(ctx.settings, spec.dataset)
-        except NotFound:
-            continue
-        trained = await conn.fetchval(
-            "SELECT max(dataset_version) FROM runs WHERE spec_name = $1 AND status = $2",
-            spec.name,
-            T.RUN_STATUS_SUCCEEDED,
-        )
-        verdict = triggers.on_drift(
-            spec,
-            now=datetime.now(UTC),
-            last_drift_run_at=last,
-            open_run_id=open_run,
-            newest_version=data.version,
-            trained_version=trained or 0,
-        )
-        run_id = ""
-        if verdict.decision == triggers.QUEUE:
-            run_id, _ = await enqueue_run(
-                conn, spec, data, trigger=T.RUN_TRIGGER_DRIFT_DETECTED, trigger_event_id=ectx.event_id
-            )
-        elif verdict.decision == triggers.WAIT:
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            await conn.execute(
-                "INSERT INTO pending_retrains (spec_name, event_id, trace_context) VALUES ($1, $2, $3::jsonb)"
-                " ON CONFLICT (spec_name) DO NOTHING",
-                spec.name,
-                ectx.event_id,
-                json.dumps(carrier),
-            )
-        await decide(conn, spec, T.RUN_TRIGGER_DRIFT_DETECTED, ectx.event_id, verdict.decision, verdict.reason, run_id)
+    await decide(conn, spec, T.RUN_TRIGGER_DRIFT_DETECTED, ectx.event_id, verdict.decision, verdict.reason, run_id)
+
+
+async def _isolated(
+    conn: asyncpg.Connection,
+    spec: training_pb2.TrainingSpec,
+    trigger: training_pb2.RunTrigger.ValueType,
+    event_id: str,
+    work: Coroutine[Any, Any, None],
+) -> None:
+    """One spec's reaction to an event, in a savepoint of its own. One the handler cannot take (a bug, a
+    stored spec that no longer fits) is rolled back, recorded as an "error" decision, logged and counted,
+    and the event's other specs still get theirs. An outage (the database, ingestion) fails the whole
+    event instead, which the consumer retries."""
+    try:
+        async with conn.transaction():
+            await work
+    except _RETRYABLE:
+        raise
+    except Exception as exc:
+        log.exception("trigger: a spec's reaction failed; skipped", spec=spec.name, event_id=event_id)
+        metrics.loop_errors.add(1, {"loop": "triggers"})
+        reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
+        await decide(conn, spec, trigger, event_id, ERROR, reason)

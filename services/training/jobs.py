@@ -7,6 +7,13 @@ claims. A worker whose lease is lost (its database was away for longer than the 
 worker reclaimed the run) abandons the attempt without registering or finishing it. Registration
 is idempotent on the run id, so a run retried after its model was registered does not register a
 second version. See docs/architecture.md, 'Services and what each owns'.
+
+Bounds: the training process's address space is capped at `training_memory_mb` (services/training/
+child.py; a run past it fails "out of memory"), and a run still loading data or training
+`training_run_timeout_s` after its first claim is stopped and failed. CancelRun reaches the worker
+through the database (services/training/cancel.py). Either way the training process is killed and
+replaced, and the worker goes on with the next run; one that cannot be handled at all is logged,
+counted (flywheel.training.loop_errors) and skipped, never the end of the worker.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any
 
 import asyncpg
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 
 from flywheel import clients
 from flywheel.app import ServiceContext
@@ -36,16 +44,26 @@ from flywheel.logging import get_logger
 from flywheel.retry import Backoff, retry
 from flywheel.telemetry import tracer, untraced
 from flywheel.v1 import common_pb2, registry_pb2, training_pb2
-from services.training import child, store
+from services.training import child, metrics, store
 from services.training.codeversion import code_version
-from services.training.lease import Lease, LeaseLost
+from services.training.lease import Lease, LeaseLost, RunCancelled
 from services.training.store import DB_ERRORS
-from services.training.trainer import TrainingFailed, TrainJob, TrainResult, resolve_feature_fields
+from services.training.trainer import (
+    OUT_OF_MEMORY,
+    TrainingFailed,
+    TrainJob,
+    TrainResult,
+    resolve_feature_fields,
+)
 
 log = get_logger(__name__)
 T = training_pb2
 REGISTER_ATTEMPTS = 7
 IDLE_POLL_S = 2.0  # a claim attempt this often even without a notification (one may be missed)
+
+
+class RunTimedOut(Exception):
+    """The run was still loading data or training when its timeout came."""
 
 
 class TrainingWorker:
@@ -61,13 +79,19 @@ class TrainingWorker:
     def _new_executor(self) -> ProcessPoolExecutor:
         # spawn: forking a process that runs an event loop and gRPC threads is unsafe.
         return ProcessPoolExecutor(
-            max_workers=1, mp_context=self._mp, initializer=child.init_worker, initargs=(self._progress,)
+            max_workers=1,
+            mp_context=self._mp,
+            initializer=child.init_worker,
+            initargs=(self._progress, self._settings.training_memory_mb),
         )
+
+    def _pool_processes(self) -> list[Any]:
+        # The pool has no public way to stop a job that is running; its process table is the only handle.
+        return list((self._executor._processes or {}).values())
 
     def _restart_pool(self) -> None:
         """A new training process and progress queue; the old process is killed if it still runs."""
-        # The pool has no public way to stop a job that is running; its process table is the only handle.
-        for process in list((self._executor._processes or {}).values()):
+        for process in self._pool_processes():
             process.kill()
         self._executor.shutdown(wait=False, cancel_futures=True)
         # A process killed while writing progress may leave the old queue's lock held: start afresh.
@@ -77,19 +101,33 @@ class TrainingWorker:
     async def run(self) -> None:
         await asyncio.to_thread(code_version)  # warm the cache (runs git once)
         listener: asyncpg.Connection | None = None
+        errors = Backoff.from_settings(self._settings)
         try:
             while True:
-                if listener is None or not _alive(listener):  # a dropped connection stops notifications
-                    listener = await self._listen(listener)
-                claimed = await retry(
-                    self._claim, backoff=Backoff.from_settings(self._settings), what="claim a run", retry_on=DB_ERRORS
-                )
-                if claimed is None:
+                try:
+                    if listener is None or not _alive(listener):  # a dropped connection stops notifications
+                        listener = await self._listen(listener)
+                    # Cleared before the claim: a run queued while claiming wakes the wait below at once.
                     self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                    claimed = await retry(
+                        self._claim,
+                        backoff=Backoff.from_settings(self._settings),
+                        what="claim a run",
+                        retry_on=DB_ERRORS,
+                    )
+                    if claimed is None:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                        continue
+                    await self._execute(*claimed)
+                except Exception:
+                    # One run the worker cannot handle must not end it: log, count, back off, go on. A run
+                    # left RUNNING is reclaimed when its lease lapses (and fails after its attempts).
+                    log.exception("training worker: a run could not be handled; carrying on")
+                    metrics.loop_errors.add(1, {"loop": "worker"})
+                    await errors.wait()
                     continue
-                await self._execute(*claimed)
+                errors.reset()
         finally:
             if listener is not None:
                 await self._unlisten(listener)
@@ -124,30 +162,40 @@ class TrainingWorker:
         sent_at = time.monotonic()
         async with self._ctx.pool.acquire() as conn, conn.transaction():
             with untraced():
-                run_id = await conn.fetchval(
-                    "SELECT run_id FROM runs WHERE status = $1 OR (status = $2 AND lease_until < now())"
+                found = await conn.fetchrow(
+                    "SELECT run_id, error, cancel_requested_at IS NOT NULL AS cancelling FROM runs"
+                    " WHERE status = $1 OR (status = $2 AND lease_until < now())"
                     " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED",
                     T.RUN_STATUS_QUEUED,
                     T.RUN_STATUS_RUNNING,
                 )
-            if run_id is None:
+            if found is None:
+                return None
+            run_id = found["run_id"]
+            if found["cancelling"]:
+                # Cancelled while running on a worker that is gone (its lease lapsed): nothing trains it.
+                await conn.execute(f"UPDATE runs SET {store.CANCELLED} WHERE run_id = $1", run_id)
+                log.info("run cancelled (its worker had stopped)", run_id=run_id)
+                metrics.runs_stopped.add(1, {"reason": "cancelled"})
+                self._wake.set()  # claim again at once
                 return None
             row = await conn.fetchrow(
                 "UPDATE runs SET status = $2, stage = $3, attempt = attempt + 1, error = '',"
                 " lease_until = now() + make_interval(secs => $4), started_at = coalesce(started_at, now()),"
-                " code_version = $5 WHERE run_id = $1 RETURNING *",
+                " code_version = $5 WHERE run_id = $1"
+                " RETURNING *, extract(epoch FROM now() - started_at)::float8 AS elapsed_s, $6::text AS previous_error",
                 run_id,
                 T.RUN_STATUS_RUNNING,
                 T.RUN_STAGE_LOADING_DATA,
                 self._settings.training_lease_s,
                 code_version(),
+                found["error"],
             )
         return row, Lease(self._ctx.pool, self._settings, run_id, row["attempt"], sent_at)
 
     async def _execute(self, row: asyncpg.Record, lease: Lease) -> None:
         run_id = row["run_id"]
-        parent = propagate.extract(json.loads(row["trace_context"]))
-        with tracer().start_as_current_span("training run", context=parent) as span:
+        with tracer().start_as_current_span("training run", context=_parent(row)) as span:
             span.set_attribute("flywheel.run_id", run_id)
             span.set_attribute("flywheel.attempt", lease.attempt)
             try:
@@ -156,8 +204,21 @@ class TrainingWorker:
             except LeaseLost:
                 span.set_status(trace.StatusCode.ERROR, f"lease lost: {lease.lost_reason}")
                 return  # not ours any more: whoever claims it next records its outcome
+            except RunCancelled:
+                span.set_status(trace.StatusCode.ERROR, "cancelled")
+                metrics.runs_stopped.add(1, {"reason": "cancelled"})
+                if await lease.update(store.CANCELLED):
+                    log.info("run cancelled", run_id=run_id)
+                return
+            except RunTimedOut as exc:
+                span.set_status(trace.StatusCode.ERROR, str(exc))
+                metrics.runs_stopped.add(1, {"reason": "timeout"})
+                await self._fail(lease, None, str(exc))
+                return
             except TrainingFailed as exc:
                 span.set_status(trace.StatusCode.ERROR, exc.reason)
+                if exc.reason.startswith(OUT_OF_MEMORY):
+                    metrics.runs_stopped.add(1, {"reason": "memory"})
                 await self._fail(lease, exc.stage, exc.reason)
                 return
             except InvalidArgument as exc:  # the data does not fit the spec (missing column, bad label)
@@ -165,11 +226,16 @@ class TrainingWorker:
                 await self._fail(lease, T.RUN_STAGE_LOADING_DATA, str(exc))
                 return
             except BrokenProcessPool:
-                # The training process died under us: requeue (attempts are counted on claim).
-                log.error("training process died; run requeued", run_id=run_id)
+                # The training process died under us: requeue (attempts are counted on claim), saying how
+                # it died, which the run's error shows if its last attempt goes the same way.
+                died = f"the training process died ({_exit(self._pool_processes())})"
+                log.error("training process died; run requeued", run_id=run_id, reason=died)
                 self._restart_pool()
                 await lease.update(
-                    "status = $3, stage = $4, lease_until = NULL", T.RUN_STATUS_QUEUED, T.RUN_STAGE_QUEUED
+                    "status = $3, stage = $4, lease_until = NULL, error = $5",
+                    T.RUN_STATUS_QUEUED,
+                    T.RUN_STAGE_QUEUED,
+                    died,
                 )
                 return
             except Exception as exc:
@@ -192,7 +258,12 @@ class TrainingWorker:
         """Trains and registers; returns the run's summary and the registered model. Runs under the lease."""
         max_attempts = self._settings.training_max_attempts
         if lease.attempt > max_attempts:
-            raise TrainingFailed(row["stage"], f"gave up after {max_attempts} attempts")
+            last = f"; the last: {row['previous_error']}" if row["previous_error"] else ""
+            raise TrainingFailed(row["stage"], f"gave up after {max_attempts} attempts{last}")
+        timeout_s = self._settings.training_run_timeout_s  # 0 or less: no timeout
+        remaining_s = timeout_s - row["elapsed_s"] if timeout_s > 0 else None
+        if remaining_s is not None and remaining_s <= 0:  # claimed again after its time ran out elsewhere
+            raise RunTimedOut(_timed_out(timeout_s))
 
         async def get_spec() -> training_pb2.TrainingSpec:
             async with self._ctx.pool.acquire() as conn:
@@ -201,20 +272,28 @@ class TrainingWorker:
         backoff = Backoff.from_settings(self._settings)
         spec = await retry(get_spec, backoff=backoff, what=f"read the spec of run {lease.run_id}", retry_on=DB_ERRORS)
         schema = common_pb2.Schema.FromString(row["schema"])
-        async with self._data_file(row["data_uri"]) as data_path:
-            job = TrainJob(
-                run_id=lease.run_id,
-                spec=spec,
-                data_path=str(data_path),
-                label_field=schema.label_field,
-                feature_fields=resolve_feature_fields(spec, schema),
-                seed=row["seed"],
-            )
-            result = await self._train(job)
+        # The timeout covers reading the data and training, never a registration under way (stopping
+        # that could leave a model registered for a run recorded as failed).
+        deadline = asyncio.timeout(remaining_s)
+        try:
+            async with deadline, self._data_file(row["data_uri"]) as data_path:
+                job = TrainJob(
+                    run_id=lease.run_id,
+                    spec=spec,
+                    data_path=str(data_path),
+                    label_field=schema.label_field,
+                    feature_fields=resolve_feature_fields(spec, schema),
+                    seed=row["seed"],
+                )
+                result = await self._train(job)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise RunTimedOut(_timed_out(timeout_s)) from None
         await self._drain(lease)
-        # Owning the run is checked here, just before the model is registered.
-        if not await lease.update("stage = $3", T.RUN_STAGE_REGISTERING):
-            raise LeaseLost(lease.lost_reason)
+        # Owning the run, and no cancellation asked for, are checked here, just before the model is
+        # registered: past this point CancelRun refuses the run.
+        await lease.advance(T.RUN_STAGE_REGISTERING)
         model = await self._register(row, spec, result)
         summary = training_pb2.Run(
             trials=result.trials,
@@ -262,8 +341,10 @@ class TrainingWorker:
         try:
             async with self._ctx.pool.acquire() as conn:
                 with untraced():
+                    # Never back from registering: CancelRun reads that stage as too late to cancel.
                     await conn.execute(
-                        "UPDATE runs SET progress = $3::jsonb, stage = $4 WHERE run_id = $1 AND attempt = $2",
+                        "UPDATE runs SET progress = $3::jsonb, stage = $4 WHERE run_id = $1 AND attempt = $2"
+                        f" AND stage < {T.RUN_STAGE_REGISTERING}",
                         lease.run_id,
                         lease.attempt,
                         json.dumps(stored),
@@ -315,14 +396,38 @@ class TrainingWorker:
         except FlywheelError as exc:  # the registry refused the model: retrying cannot help
             raise TrainingFailed(T.RUN_STAGE_REGISTERING, f"registry: {type(exc).__name__}: {exc}") from exc
 
-    async def _fail(self, lease: Lease, stage: training_pb2.RunStage.ValueType, error: str) -> None:
+    async def _fail(self, lease: Lease, stage: training_pb2.RunStage.ValueType | None, error: str) -> None:
+        """Ends the run FAILED at `stage` (None: the stage it reached) with `error` as its reason."""
         if await lease.update(
-            "status = $3, stage = $4, error = $5, ended_at = now(), lease_until = NULL",
+            "status = $3, stage = coalesce($4, stage), error = $5, ended_at = now(), lease_until = NULL",
             T.RUN_STATUS_FAILED,
             stage,
             error,
         ):
             log.warning("run failed", run_id=lease.run_id, error=error)
+
+
+def _parent(row: asyncpg.Record) -> Context | None:
+    """The trace the run continues: whatever queued it, when its stored context is one."""
+    try:
+        carrier = json.loads(row["trace_context"])
+    except (TypeError, ValueError):
+        return None
+    return propagate.extract(carrier) if isinstance(carrier, dict) else None
+
+
+def _timed_out(timeout_s: float) -> str:
+    return f"timed out: stopped after {timeout_s:g} s (FLYWHEEL_TRAINING_RUN_TIMEOUT_S)"
+
+
+def _exit(processes: list[Any]) -> str:
+    codes = [p.exitcode for p in processes if p.exitcode is not None]
+    if not codes:
+        return "exit status unknown"
+    code = codes[0]
+    if code < 0:
+        return f"killed by signal {-code}; a process over its memory limit can end this way"
+    return f"exit code {code}"
 
 
 def _alive(conn: asyncpg.Connection) -> bool:

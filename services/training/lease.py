@@ -14,6 +14,12 @@ it runs and raises LeaseLost, and the worker abandons the attempt: it stops the 
 registers nothing and writes no outcome. Whichever worker claims the run next (perhaps the same
 one, once the database is back) trains it as a new attempt. A registration in flight when the
 lease was lost cannot make a second version either: the registry is idempotent on the run id.
+
+Every renewal also reads the run's cancel flag (set by CancelRun on whichever replica received the
+call): once it is set, `Lease.hold` cancels the work and raises RunCancelled, and the worker ends the
+run CANCELLED. `Lease.advance` is the last point a cancellation can take effect: it moves the run to
+the registering stage only while no cancellation was asked for, and CancelRun refuses a run already
+there, so a cancelled run never registers a model.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ class LeaseLost(Exception):
     """This worker no longer owns the run: it must neither register a model nor finish the run."""
 
 
+class RunCancelled(Exception):
+    """CancelRun asked for the run to stop: the worker stops it and ends it CANCELLED."""
+
+
 class Lease:
     """One claimed attempt of one run: `kept` runs its heartbeat, `hold` runs work under it."""
 
@@ -54,6 +64,8 @@ class Lease:
         self._settings = settings
         self._valid_until = sent_at + settings.training_lease_s
         self._lost = asyncio.Event()
+        self._cancel = asyncio.Event()
+        self._past_cancelling = False  # set once `advance` moved the run to where it may not be cancelled
         self._stopping = False  # set when the block holding the lease ends
 
     def remaining_s(self) -> float:
@@ -62,6 +74,10 @@ class Lease:
     @property
     def lost(self) -> bool:
         return self._lost.is_set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
 
     def lose(self, reason: str) -> None:
         if self.lost:
@@ -94,22 +110,51 @@ class Lease:
             self.lose(f"attempt {self.attempt} is no longer the run's current attempt")
         return owned
 
+    async def advance(self, stage: int) -> None:
+        """Moves the run to `stage` unless a cancellation was asked for (RunCancelled) or another attempt
+        owns the run (LeaseLost). Serialised with CancelRun by the row's lock, so exactly one wins."""
+
+        async def once() -> bool | None:
+            async with self._pool.acquire() as conn:
+                moved: bool | None = await conn.fetchval(
+                    "UPDATE runs SET stage = CASE WHEN cancel_requested_at IS NULL THEN $3 ELSE stage END"
+                    " WHERE run_id = $1 AND attempt = $2 RETURNING cancel_requested_at IS NULL",
+                    self.run_id,
+                    self.attempt,
+                    stage,
+                )
+            return moved
+
+        moved = await retry(once, backoff=self._backoff(), what=f"update run {self.run_id}", retry_on=DB_ERRORS)
+        if moved is None:
+            self.lose(f"attempt {self.attempt} is no longer the run's current attempt")
+            raise LeaseLost(self.lost_reason)
+        if not moved:
+            self._cancel.set()
+            raise RunCancelled()
+        self._past_cancelling = True
+
     async def renew(self) -> None:
-        """Extends the lease by training_lease_s, or raises LeaseLost when the run is no longer ours."""
+        """Extends the lease by training_lease_s, or raises LeaseLost when the run is no longer ours.
+        Notes a cancellation asked for since the last renewal (`hold` then stops the work)."""
         sent_at = time.monotonic()
         async with self._pool.acquire() as conn:
             with untraced():
-                owned = await conn.fetchval(
+                # None: not ours any more; False: ours, but CancelRun asked for it to stop.
+                not_cancelled = await conn.fetchval(
                     "UPDATE runs SET lease_until = now() + make_interval(secs => $3)"
-                    " WHERE run_id = $1 AND attempt = $2 AND status = $4 RETURNING true",
+                    " WHERE run_id = $1 AND attempt = $2 AND status = $4 RETURNING cancel_requested_at IS NULL",
                     self.run_id,
                     self.attempt,
                     self._settings.training_lease_s,
                     _RUNNING,
                 )
-        if not owned:
+        if not_cancelled is None:
             raise LeaseLost(f"the run was claimed again (attempt {self.attempt} is no longer current)")
         self._valid_until = sent_at + self._settings.training_lease_s
+        if not not_cancelled and not self._cancel.is_set() and not self._past_cancelling:
+            log.info("cancellation asked for; stopping the run", run_id=self.run_id, attempt=self.attempt)
+            self._cancel.set()
 
     @contextlib.asynccontextmanager
     async def kept(self, on_beat: Callable[[], Awaitable[None]]) -> AsyncIterator[Lease]:
@@ -127,17 +172,21 @@ class Lease:
                 await heartbeat
 
     async def hold(self, work: Coroutine[Any, Any, T]) -> T:
-        """`work`'s result, unless the lease is lost first: then `work` is cancelled and LeaseLost raised."""
+        """`work`'s result, unless the lease is lost or the run cancelled first: then `work` is cancelled
+        and LeaseLost or RunCancelled raised."""
         task = asyncio.create_task(work, name=f"run {self.run_id}")
         lost = asyncio.create_task(self._lost.wait(), name=f"lease watch {self.run_id}")
+        cancel = asyncio.create_task(self._cancel.wait(), name=f"cancel watch {self.run_id}")
         try:
-            await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
-        finally:  # both tasks are this call's: cancelled and awaited before it returns
-            task.cancel()
-            lost.cancel()
-            await asyncio.gather(task, lost, return_exceptions=True)
+            await asyncio.wait((task, lost, cancel), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # the tasks are this call's: cancelled and awaited before it returns
+            for t in (task, lost, cancel):
+                t.cancel()
+            await asyncio.gather(task, lost, cancel, return_exceptions=True)
         if task.cancelled() and self.lost:
             raise LeaseLost(self.lost_reason)
+        if task.cancelled() and self.cancel_requested:
+            raise RunCancelled()
         return task.result()
 
     async def _heartbeat(self, on_beat: Callable[[], Awaitable[None]]) -> None:

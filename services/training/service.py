@@ -13,10 +13,12 @@ from google.protobuf import struct_pb2
 from flywheel.app import ServiceContext
 from flywheel.errors import InvalidArgument
 from flywheel.grpc import GrpcServer
+from flywheel.grpc.context import actor
+from flywheel.logging import get_logger
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.pbutil import timestamp
 from flywheel.v1 import training_pb2, training_pb2_grpc
-from services.training import ingestion_client, store
+from services.training import cancel, ingestion_client, store
 from services.training.queue import enqueue_run
 from services.training.spec_validation import validate_spec
 from services.training.trainer import resolve_feature_fields
@@ -26,6 +28,13 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 WATCH_POLL_S = 0.3
 LOWER_IS_BETTER = {"mae", "rmse", "mse", "log_loss"}
+MAX_REQUEST_ID_CHARS = 256
+MAX_COMPARED_RUNS = 100  # each is read from the database: a bounded number per call
+MAX_COMPARED_METRICS = 1_000
+# How long CancelRun waits for a running run's worker to stop it (it notices at its next renewal).
+CANCEL_WAIT_S = 10.0
+CANCEL_POLL_S = 0.1
+log = get_logger(__name__)
 
 
 class TrainingService(training_pb2_grpc.TrainingServiceServicer):
@@ -79,6 +88,8 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
         )
 
     async def StartRun(self, request: T.StartRunRequest, context: Context) -> T.StartRunResponse:
+        if len(request.request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidArgument(f"at most {MAX_REQUEST_ID_CHARS} characters", field="request_id")
         async with self._pool.acquire() as conn:
             spec = await store.get_spec(conn, request.spec_name, request.spec_version)
         data = await ingestion_client.get_data_version(self._ctx.settings, spec.dataset, request.dataset_version)
@@ -119,6 +130,10 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
     async def CompareRuns(self, request: T.CompareRunsRequest, context: Context) -> T.CompareRunsResponse:
         if len(request.run_ids) < 2:
             raise InvalidArgument("compare needs at least two runs", field="run_ids")
+        if len(request.run_ids) > MAX_COMPARED_RUNS:
+            raise InvalidArgument(f"at most {MAX_COMPARED_RUNS} runs", field="run_ids")
+        if len(request.metrics) > MAX_COMPARED_METRICS:
+            raise InvalidArgument(f"at most {MAX_COMPARED_METRICS} metrics", field="metrics")
         async with self._pool.acquire() as conn:
             runs = [store.to_run(await store.get_run(conn, rid)) for rid in request.run_ids]
         metric_values = [{m.name: m.value for m in r.evaluation.metrics if not m.class_label} for r in runs]
@@ -143,6 +158,25 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
             if row["status"] in store.TERMINAL:
                 return
             await asyncio.sleep(WATCH_POLL_S)
+
+    async def CancelRun(self, request: T.CancelRunRequest, context: Context) -> T.CancelRunResponse:
+        reason = request.reason.strip()
+        who = actor(context, request.actor)
+        cancel.check_request(reason, who)
+        async with self._pool.acquire() as conn, conn.transaction():
+            running = await cancel.request_cancel(conn, request.run_id, who, reason)
+        log.info("run cancellation asked for", run_id=request.run_id, actor=who, running=running)
+        # A running run ends when its worker, on whichever replica, notices: wait a little for that, so
+        # the caller usually sees it CANCELLED; otherwise it is returned RUNNING with cancelled_by set.
+        remaining = context.time_remaining()
+        wait_s = CANCEL_WAIT_S if remaining is None else min(CANCEL_WAIT_S, remaining - 0.5)
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            async with self._pool.acquire() as conn:
+                row = await store.get_run(conn, request.run_id)
+            if not running or row["status"] in store.TERMINAL or asyncio.get_running_loop().time() >= deadline:
+                return T.CancelRunResponse(run=store.to_run(row))
+            await asyncio.sleep(CANCEL_POLL_S)
 
     async def ListTriggerDecisions(
         self, request: T.ListTriggerDecisionsRequest, context: Context
@@ -172,10 +206,11 @@ def _checked_spec(requested: T.TrainingSpec) -> T.TrainingSpec:
     """A validated copy of the requested spec; InvalidArgument names the field at fault."""
     spec = T.TrainingSpec()
     spec.CopyFrom(requested)
-    if not NAME.match(spec.name):
-        raise InvalidArgument(f"{spec.name!r} is not a valid spec name ([a-z0-9][a-z0-9_.-]*)", field="spec.name")
-    if not NAME.match(spec.model_name):
-        raise InvalidArgument(f"{spec.model_name!r} is not a valid model name", field="spec.model_name")
+    # The names are not echoed: they are the caller's, of any length.
+    if not NAME.fullmatch(spec.name):
+        raise InvalidArgument("not a valid spec name ([a-z0-9][a-z0-9_.-]{0,127})", field="spec.name")
+    if not NAME.fullmatch(spec.model_name):
+        raise InvalidArgument("not a valid model name ([a-z0-9][a-z0-9_.-]{0,127})", field="spec.model_name")
     validate_spec(spec, field_prefix="spec.")
     return spec
 

@@ -26,7 +26,7 @@ async def get_spec(conn: asyncpg.Connection, name: str, version: int = 0) -> tra
         )
     if row is None:
         what = f"version {version}" if version else "any version"
-        raise NotFound(f"no spec {name!r} ({what})", field="spec_name" if not version else "spec_version")
+        raise NotFound(f"no spec {shown(name)} ({what})", field="spec_name" if not version else "spec_version")
     return to_spec(row)
 
 
@@ -46,7 +46,13 @@ async def latest_specs_for(conn: asyncpg.Connection, dataset: str) -> list[train
 RUN_COLUMNS = (
     "run_id, spec_name, spec_version, dataset, dataset_version, dataset_hash, trigger, trigger_event_id, status,"
     " stage, error, seed, code_version, attempt, progress, result, registered_name, registered_version,"
-    " created_at, started_at, ended_at"
+    " created_at, started_at, ended_at, cancelled_by, cancel_reason"
+)
+# The assignments that end a run CANCELLED, its error saying who cancelled it and why (what GetRun,
+# WatchRun's message and the CLI show), from the columns CancelRun set.
+CANCELLED = (
+    f"status = {T.RUN_STATUS_CANCELLED}, ended_at = now(), lease_until = NULL,"
+    " error = 'cancelled by ' || cancelled_by || CASE WHEN cancel_reason = '' THEN '' ELSE ': ' || cancel_reason END"
 )
 
 
@@ -66,6 +72,8 @@ def to_run(row: asyncpg.Record) -> training_pb2.Run:
     run.seed = row["seed"]
     run.code_version = row["code_version"]
     run.attempt = row["attempt"]
+    run.cancelled_by = row["cancelled_by"]
+    run.cancel_reason = row["cancel_reason"]
     for field, column in (("create_time", "created_at"), ("start_time", "started_at"), ("end_time", "ended_at")):
         if row[column] is not None:
             getattr(run, field).CopyFrom(timestamp(row[column]))
@@ -95,5 +103,10 @@ def to_progress(row: asyncpg.Record) -> training_pb2.RunProgress:
 async def get_run(conn: asyncpg.Connection, run_id: str) -> asyncpg.Record:
     row = await conn.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1", run_id)
     if row is None:
-        raise NotFound(f"no run {run_id!r}", field="run_id")
+        raise NotFound(f"no run {shown(run_id)}", field="run_id")
     return row
+
+
+def shown(name: str) -> str:
+    """A caller's name or id as messages show it: as given when it could be one, never a long string."""
+    return repr(name) if len(name) <= 128 else f"of {len(name)} characters"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import resource
 import time
 import warnings
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from services.training import estimators, packaging, search
 from services.training.estimators import Estimator, Task
 from services.training.spec_validation import validate_spec
 
+OUT_OF_MEMORY = "out of memory"
 SPLIT_COLUMN = "__split"
 VALIDATION_FRACTION = 0.2
 MAX_ERROR_CHARS = 2000
@@ -260,12 +262,25 @@ def _stage(stage: StageValue, trials: list[training_pb2.Trial] | None = None) ->
         yield
     except (TrainingFailed, InvalidArgument):
         raise
+    except MemoryError as exc:
+        raise TrainingFailed(stage, out_of_memory(exc), trials) from exc
     except Exception as exc:
         raise TrainingFailed(stage, _describe(exc), trials) from exc
 
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+
+
+def out_of_memory(exc: MemoryError) -> str:
+    """The reason a run that ran out of memory failed, naming this process's limit when it has one."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    limit = (
+        ""
+        if soft == resource.RLIM_INFINITY
+        else f" (its training process may use {soft // 2**20:,} MiB: FLYWHEEL_TRAINING_MEMORY_MB)"
+    )
+    return f"{OUT_OF_MEMORY}{limit}: {_describe(exc)}"[:MAX_ERROR_CHARS]
 
 
 # --- search -----------------------------------------------------------------------------------------
@@ -342,6 +357,8 @@ def _run_trial(
             # validation rows come from the train split (holdout or CV mean)
             trial.metrics.add(name=name, value=value, split=common_pb2.SPLIT_TRAIN)
         trial.status = training_pb2.RUN_STATUS_SUCCEEDED
+    except MemoryError:  # not this trial's parameters alone: the whole run is over its memory limit
+        raise
     except Exception as exc:  # one bad parameter combination must not end the search
         trial.status = training_pb2.RUN_STATUS_FAILED
         trial.error = _describe(exc)

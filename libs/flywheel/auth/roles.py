@@ -65,6 +65,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
             "CompareRuns": READ,
             "WatchRun": READ,
             "ListTriggerDecisions": READ,
+            "CancelRun": _only(TRAINER, ADMIN),
         },
     ),
     **_svc(

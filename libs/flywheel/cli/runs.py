@@ -1,4 +1,4 @@
-"""`flywheel runs start|list|show|watch|compare`: training runs (TrainingService)."""
+"""`flywheel runs start|list|show|watch|compare|cancel`: training runs (TrainingService)."""
 
 from __future__ import annotations
 
@@ -160,8 +160,12 @@ def run_detail(run: training_pb2.Run) -> Group:
         ("ended", fmt_time(run.end_time)),
         ("took", run_duration(run)),
     ]
+    if run.cancelled_by and run.status != training_pb2.RUN_STATUS_CANCELLED:
+        # cancelled, but its worker has not stopped it yet
+        rows.append(("cancelling", f"[yellow]asked by {run.cancelled_by}{_reason(run.cancel_reason)}[/]"))
     if run.error:
-        rows.append(("error", f"[red]{run.error}[/]"))
+        colour = "yellow" if run.status == training_pb2.RUN_STATUS_CANCELLED else "red"
+        rows.append(("error" if colour == "red" else "cancelled", f"[{colour}]{run.error}[/]"))
     if run.best_params.fields:
         rows.append(("best trial", f"{run.best_trial}: {client.fmt_struct(run.best_params)}"))
     rows.append(("parity", fmt_parity(run.parity)))
@@ -171,6 +175,10 @@ def run_detail(run: training_pb2.Run) -> Group:
         parts.append(trials_table(run))
     parts.extend(evaluation_renderables(run.evaluation))
     return Group(*parts)
+
+
+def _reason(reason: str) -> str:
+    return f": {reason}" if reason else ""
 
 
 def _cell(values: Sequence[Any], i: int) -> str:
@@ -374,6 +382,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_cancel(args: argparse.Namespace) -> int:
+    request = training_pb2.CancelRunRequest(run_id=args.run_id, reason=args.reason or "")
+    with client.connect("training") as stub:
+        run = stub.CancelRun(request, timeout=client.RPC_TIMEOUT_S).run  # waits up to 10 s for the worker
+    if args.json:
+        client.print_json(run)
+    elif run.status == training_pb2.RUN_STATUS_CANCELLED:
+        console.print(
+            f"run [bold]{run.run_id}[/] {status_markup(status_text(run.status))} at stage {stage_text(run.stage)}"
+            f" by {run.cancelled_by}{_reason(run.cancel_reason)}",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"run [bold]{run.run_id}[/] is being cancelled: its worker stops it at its next heartbeat"
+            f" (`flywheel runs watch {run.run_id}` to follow)",
+            highlight=False,
+        )
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("runs", help="training runs")
     cmds = group.add_subparsers(dest="runs_command", required=True)
@@ -412,3 +442,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--metric", action="append", metavar="NAME", help="only these metrics (repeatable)")
     client.add_json_flag(compare)
     compare.set_defaults(func=cmd_compare)
+
+    cancel = cmds.add_parser(
+        "cancel",
+        help="stop a queued or running run: it ends cancelled and registers nothing (exit 1 if it already ended)",
+    )
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument("--reason", metavar="TEXT", help="recorded with the run (who cancelled it is recorded too)")
+    client.add_json_flag(cancel)
+    cancel.set_defaults(func=cmd_cancel)

@@ -577,6 +577,8 @@ class Run(_message.Message):
     PARITY_FIELD_NUMBER: _builtins.int
     REGISTERED_MODEL_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    CANCELLED_BY_FIELD_NUMBER: _builtins.int
+    CANCEL_REASON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     spec_name: _builtins.str
     spec_version: _builtins.int
@@ -591,6 +593,9 @@ class Run(_message.Message):
     best_trial: _builtins.int
     attempt: _builtins.int
     """Execution attempt (>1 after a crash and retry)."""
+    cancelled_by: _builtins.str
+    """Who cancelled the run and why (CancelRun). Set on a RUNNING run while its worker is stopping it."""
+    cancel_reason: _builtins.str
     @_builtins.property
     def dataset(self) -> _common_pb2.DatasetRef: ...
     @_builtins.property
@@ -638,10 +643,12 @@ class Run(_message.Message):
         parity: Global___ParityCheck | None = ...,
         registered_model: _common_pb2.ModelRef | None = ...,
         attempt: _builtins.int = ...,
+        cancelled_by: _builtins.str = ...,
+        cancel_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["best_params", b"best_params", "create_time", b"create_time", "dataset", b"dataset", "end_time", b"end_time", "evaluation", b"evaluation", "parity", b"parity", "registered_model", b"registered_model", "signature", b"signature", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "best_params", b"best_params", "best_trial", b"best_trial", "code_version", b"code_version", "create_time", b"create_time", "dataset", b"dataset", "end_time", b"end_time", "error", b"error", "evaluation", b"evaluation", "parity", b"parity", "registered_model", b"registered_model", "run_id", b"run_id", "seed", b"seed", "signature", b"signature", "spec_name", b"spec_name", "spec_version", b"spec_version", "stage", b"stage", "start_time", b"start_time", "status", b"status", "trials", b"trials", "trigger", b"trigger", "trigger_event_id", b"trigger_event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "best_params", b"best_params", "best_trial", b"best_trial", "cancel_reason", b"cancel_reason", "cancelled_by", b"cancelled_by", "code_version", b"code_version", "create_time", b"create_time", "dataset", b"dataset", "end_time", b"end_time", "error", b"error", "evaluation", b"evaluation", "parity", b"parity", "registered_model", b"registered_model", "run_id", b"run_id", "seed", b"seed", "signature", b"signature", "spec_name", b"spec_name", "spec_version", b"spec_version", "stage", b"stage", "start_time", b"start_time", "status", b"status", "trials", b"trials", "trigger", b"trigger", "trigger_event_id", b"trigger_event_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1140,7 +1147,9 @@ class TriggerDecision(_message.Message):
     event_id: _builtins.str
     """The event that triggered (data.versioned or drift.detected event id)."""
     decision: _builtins.str
-    """"queued", "waiting_for_data", "skipped_cooldown", "skipped_open_run", "duplicate"."""
+    """"queued", "waiting_for_data", "skipped_cooldown", "skipped_open_run", "duplicate", or "error" (the
+    spec's reaction failed; reason says why, and the event's other specs were unaffected).
+    """
     reason: _builtins.str
     run_id: _builtins.str
     @_builtins.property
@@ -1216,3 +1225,54 @@ class ListTriggerDecisionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTriggerDecisionsResponse: _TypeAlias = ListTriggerDecisionsResponse  # noqa: Y015
+
+@_typing.final
+class CancelRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    reason: _builtins.str
+    """Recorded with the run (at most 1,024 characters)."""
+    actor: _builtins.str
+    """Honoured only when authentication is off; otherwise the caller's identity is recorded."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "reason", b"reason", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunRequest: _TypeAlias = CancelRunRequest  # noqa: Y015
+
+@_typing.final
+class CancelRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run once its worker stopped it (CANCELLED), or still RUNNING with cancelled_by set when the
+        worker has not stopped it within a few seconds (it will, at its next heartbeat or when reclaimed).
+        """
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015

@@ -79,6 +79,11 @@ class TrainingServiceStub:
                 request_serializer=flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsRequest.SerializeToString,
                 response_deserializer=flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsResponse.FromString,
                 _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/flywheel.v1.TrainingService/CancelRun',
+                request_serializer=flywheel_dot_v1_dot_training__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=flywheel_dot_v1_dot_training__pb2.CancelRunResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -147,6 +152,15 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelRun(self, request, context):
+        """Cancels a queued or running run: its training process is stopped, nothing is registered, and it
+        ends CANCELLED with who cancelled it and why. A finished run is FAILED_PRECONDITION, and so is a
+        run already registering its model (too late to take back).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +208,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.ListTriggerDecisions,
                     request_deserializer=flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsRequest.FromString,
                     response_serializer=flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsResponse.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=flywheel_dot_v1_dot_training__pb2.CancelRunRequest.FromString,
+                    response_serializer=flywheel_dot_v1_dot_training__pb2.CancelRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +458,33 @@ class TrainingService:
             '/flywheel.v1.TrainingService/ListTriggerDecisions',
             flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsRequest.SerializeToString,
             flywheel_dot_v1_dot_training__pb2.ListTriggerDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.v1.TrainingService/CancelRun',
+            flywheel_dot_v1_dot_training__pb2.CancelRunRequest.SerializeToString,
+            flywheel_dot_v1_dot_training__pb2.CancelRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

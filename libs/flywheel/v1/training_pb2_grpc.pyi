@@ -52,6 +52,11 @@ class TrainingServiceStub:
     """Streams a run's progress until it ends (first message = current state)."""
     ListTriggerDecisions: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListTriggerDecisionsRequest, _training_pb2.ListTriggerDecisionsResponse]
     """Lists the automatic decisions taken on triggers (what triggered, what was decided, why)."""
+    CancelRun: _grpc.UnaryUnaryMultiCallable[_training_pb2.CancelRunRequest, _training_pb2.CancelRunResponse]
+    """Cancels a queued or running run: its training process is stopped, nothing is registered, and it
+    ends CANCELLED with who cancelled it and why. A finished run is FAILED_PRECONDITION, and so is a
+    run already registering its model (too late to take back).
+    """
 
 @_typing.type_check_only
 class TrainingServiceAsyncStub(TrainingServiceStub):
@@ -74,6 +79,11 @@ class TrainingServiceAsyncStub(TrainingServiceStub):
     """Streams a run's progress until it ends (first message = current state)."""
     ListTriggerDecisions: _aio.UnaryUnaryMultiCallable[_training_pb2.ListTriggerDecisionsRequest, _training_pb2.ListTriggerDecisionsResponse]  # type: ignore[assignment]
     """Lists the automatic decisions taken on triggers (what triggered, what was decided, why)."""
+    CancelRun: _aio.UnaryUnaryMultiCallable[_training_pb2.CancelRunRequest, _training_pb2.CancelRunResponse]  # type: ignore[assignment]
+    """Cancels a queued or running run: its training process is stopped, nothing is registered, and it
+    ends CANCELLED with who cancelled it and why. A finished run is FAILED_PRECONDITION, and so is a
+    run already registering its model (too late to take back).
+    """
 
 class TrainingServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -147,5 +157,16 @@ class TrainingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.ListTriggerDecisionsResponse, _abc.Awaitable[_training_pb2.ListTriggerDecisionsResponse]]:
         """Lists the automatic decisions taken on triggers (what triggered, what was decided, why)."""
+
+    @_abc_1.abstractmethod
+    def CancelRun(
+        self,
+        request: _training_pb2.CancelRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.CancelRunResponse, _abc.Awaitable[_training_pb2.CancelRunResponse]]:
+        """Cancels a queued or running run: its training process is stopped, nothing is registered, and it
+        ends CANCELLED with who cancelled it and why. A finished run is FAILED_PRECONDITION, and so is a
+        run already registering its model (too late to take back).
+        """
 
 def add_TrainingServiceServicer_to_server(servicer: TrainingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
