@@ -135,8 +135,8 @@ class Settings(BaseSettings):
     training_lease_s: float = 15.0  # a run whose worker stops heartbeating is reclaimed after this
     training_heartbeat_s: float = 1.0
     training_max_attempts: int = 3  # a run reclaimed this many times fails
-    training_run_timeout_s: float = 3600.0  # a run still training after this is stopped and failed
-    training_memory_mb: int = 8192  # address-space limit of a run's training process
+    training_run_timeout_s: float = 3600.0  # a run still training after this is stopped and failed (0: none)
+    training_memory_mb: int = 8192  # address-space limit of a run's training process (0: none)
 
     # Monitoring.
     monitoring_tick_s: float = 1.0  # how often time-based windows are checked for closing
