@@ -58,7 +58,9 @@ class DynamicBatcher:
     """Coalesces concurrent `infer` calls; each caller gets exactly its own rows back.
 
     One event loop per batcher. `max_batch_size <= 1` disables coalescing: each request runs alone
-    in the executor. `max_queue_size` > 0 bounds the waiting requests (ResourceExhausted beyond).
+    in the executor. `max_queue_size` > 0 bounds the requests waiting for a worker thread, coalesced
+    or alone (ResourceExhausted beyond, at once): nothing queues without bound behind a slow model.
+    Requests run on the event loop (`inline_max_rows`) never wait in a queue.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class DynamicBatcher:
         self._forming = threading.Lock()  # one runner forms a batch at a time
         self._pending: deque[_Request] = deque()
         self._pending_rows = 0
+        self._waiting_alone = 0  # requests submitted to run alone, not started yet
         self._runners = 0
         self._executing = 0  # batches computing right now; 0 means a new request need not wait
         self._inflight: set[concurrent.futures.Future] = set()
@@ -115,7 +118,7 @@ class DynamicBatcher:
         elif self.coalescing:
             self._enqueue(request)
         else:
-            self._submit(self._run_alone, request)
+            self._submit_alone(request)
         return await request.future
 
     async def close(self) -> None:
@@ -139,12 +142,39 @@ class DynamicBatcher:
 
     # -- loop side ------------------------------------------------------------------------------
 
+    @property
+    def waiting(self) -> int:
+        """Requests accepted and not yet running."""
+        with self._cond:
+            return len(self._pending) + self._waiting_alone
+
+    def _admit(self) -> None:
+        """Refuses a request when the queue is full (call holding the condition)."""
+        if self._closed:
+            raise Unavailable("the model is being unloaded")
+        if not self._max_queue_size or len(self._pending) + self._waiting_alone < self._max_queue_size:
+            return
+        if any(r.future.done() for r in self._pending):  # callers that gave up hold no place
+            self._remove([])
+        if len(self._pending) + self._waiting_alone >= self._max_queue_size:
+            raise ResourceExhausted(
+                f"the model's inference queue is full ({self._max_queue_size} requests waiting); retry later"
+            )
+
+    def _submit_alone(self, request: _Request) -> None:
+        with self._cond:
+            self._admit()
+            self._waiting_alone += 1
+        try:
+            self._submit(self._run_alone, request)
+        except BaseException:
+            with self._cond:
+                self._waiting_alone -= 1
+            raise
+
     def _enqueue(self, request: _Request) -> None:
         with self._cond:
-            if self._closed:
-                raise Unavailable("the model is being unloaded")
-            if self._max_queue_size and len(self._pending) >= self._max_queue_size:
-                raise ResourceExhausted(f"inference queue is full ({self._max_queue_size} requests waiting)")
+            self._admit()
             self._pending.append(request)
             self._pending_rows += request.rows
             start_runner = self._runners < self._max_inflight
@@ -199,6 +229,8 @@ class DynamicBatcher:
     # -- worker threads -------------------------------------------------------------------------
 
     def _run_alone(self, request: _Request) -> None:
+        with self._cond:
+            self._waiting_alone -= 1
         self._count(1)
         self._execute([request])
 

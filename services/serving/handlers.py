@@ -26,7 +26,8 @@ from flywheel.errors import Unavailable
 from flywheel.logging import get_logger
 from flywheel.retry import Backoff, retry
 from flywheel.v1 import events_pb2
-from services.serving import hints, staging
+from services.serving import hints, metrics, staging
+from services.serving.runtime import ModelLoadError
 from services.serving.runtime_state import runtime
 
 log = get_logger(__name__)
@@ -75,13 +76,21 @@ async def swap_if_production(ctx: ServiceContext, name: str, version: int, event
     if production is None or why:
         log.warning("model.promoted ignored", model=name, version=version, reason=why, event_id=event_id)
         return False
-    await runtime(ctx).manager.promote(name, version, production)
+    try:
+        await runtime(ctx).manager.promote(name, version, production)
+    except ModelLoadError as exc:
+        # The file's own fault: another try of this event would fail alike. The failure is on the
+        # deployment for operators, and the reconciler tries the version again after a backoff.
+        log.error("production version failed to load", model=name, version=version, error=str(exc),
+                  event_id=event_id)  # fmt: skip
+        return False
     return True
 
 
 async def reconcile(ctx: ServiceContext) -> None:
     """Load every model the registry has in production before reporting SERVING (waiting out a
-    registry that is not up yet)."""
+    registry that is not up yet). Models load one by one; one that fails is reported and skipped,
+    never holding serving back from starting."""
     await retry(
         lambda: reconcile_once(ctx),
         backoff=Backoff.from_settings(ctx.settings),
@@ -91,13 +100,26 @@ async def reconcile(ctx: ServiceContext) -> None:
 
 
 async def reconcile_once(ctx: ServiceContext) -> None:
+    """One pass: the registry's list of production models (its failure is the caller's), then each
+    model on its own; a model that fails to load is recorded on its deployment, counted and logged."""
     manager = runtime(ctx).manager
     for model in await clients.production_models(ctx.settings):
         version = model.aliases.get("production")
         current = manager.production(model.name)
-        if version and (current is None or current.version != version):
-            log.info("reconcile: loading production", model=model.name, version=version)
-            await manager.promote(model.name, version)
+        if not version or (current is not None and current.version == version):
+            continue
+        failure = manager.failure(model.name)
+        if failure is not None and not failure.due(version):
+            continue  # failed before: waiting out its backoff
+        log.info("reconcile: loading production", model=model.name, version=version)
+        try:
+            await manager.promote_when_due(model.name, version)
+        except Exception as exc:
+            failure = manager.failure(model.name)
+            metrics.reconcile_failures.add(1, {"model": model.name})
+            log.error("reconcile: production version failed to load", model=model.name, version=version,
+                      error=str(exc), error_type=type(exc).__name__,
+                      retry_in_s=failure.retry_in_s() if failure else None)  # fmt: skip
 
 
 async def reconcile_forever(ctx: ServiceContext) -> None:
@@ -107,7 +129,8 @@ async def reconcile_forever(ctx: ServiceContext) -> None:
         await asyncio.sleep(ctx.settings.serving_reconcile_s)
         try:
             await reconcile_once(ctx)
-        except Exception as exc:
+        except Exception as exc:  # the registry's list is unreachable: the next pass asks again
+            metrics.background_failures.add(1, {"loop": "reconcile"})
             log.warning("reconcile: failed, will retry", error=repr(exc))
 
 

@@ -4,6 +4,11 @@ A `Deployment` holds a model's production slot, an optional challenger (canary o
 staging slots for candidates under check. Swapping production is one reference assignment:
 requests already running keep the slot they resolved and finish on it; the old slot is released
 only after its in-flight count drops to zero.
+
+Every load goes through the load guard (a trial load in a memory-capped child process) first, so a
+hostile model file fails its load instead of taking serving down. A production version that fails
+is recorded on its deployment (shown as a FAILED slot) and the model's other slots, and every other
+model, carry on. Versions pinned by `model_version` live in a bounded LRU (services/serving/pins.py).
 """
 
 from __future__ import annotations
@@ -22,13 +27,17 @@ import numpy as np
 
 from flywheel import clients
 from flywheel.config import Settings
-from flywheel.errors import InvalidArgument, NotFound
+from flywheel.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from flywheel.logging import get_logger
 from flywheel.tasks import TaskSet
 from flywheel.v1 import common_pb2, registry_pb2, serving_pb2
+from services.serving import load_failures, metrics
 from services.serving.batching import DynamicBatcher, Timing
 from services.serving.batching_policy import BatchingPolicy, policy_for
-from services.serving.runtime import OnnxModel, execution_providers
+from services.serving.load_failures import LoadFailure
+from services.serving.load_guard import LoadGuard
+from services.serving.pins import PinnedLru, pin_refusal
+from services.serving.runtime import ModelLoadError, OnnxModel, execution_providers
 from services.serving.stats import ModelStats
 
 log = get_logger(__name__)
@@ -71,6 +80,10 @@ class Slot:
         self._idle.clear()
         try:
             return await self.batcher.infer(feeds)
+        except ResourceExhausted:
+            self.errors += 1
+            metrics.queue_rejected.add(1, {"model": self.name})
+            raise
         except Exception:
             self.errors += 1
             raise
@@ -116,6 +129,7 @@ class Deployment:
     updated_by: str = ""
     updated_at: datetime | None = None
     staging: dict[int, Slot] = field(default_factory=dict)
+    failure: LoadFailure | None = None  # the production version that last failed to load, until one loads
 
     def slots(self) -> Iterator[Slot]:
         for slot in (self.production, self.challenger, *self.staging.values()):
@@ -129,7 +143,8 @@ class ModelManager:
         self.providers = execution_providers(settings.serving_provider)
         self.batching = BatchingPolicy.from_settings(settings)  # the server's; a version's tags may override it
         self.deployments: dict[str, Deployment] = {}
-        self._pinned: dict[tuple[str, int], Slot] = {}  # versions asked for explicitly
+        self.guard = LoadGuard.from_settings(settings)
+        self._pinned: PinnedLru[Slot] = PinnedLru(settings.serving_pinned_max)  # versions asked for explicitly
         self._locks: dict[str, asyncio.Lock] = {}
         # Retirements run as owned tasks (the service's set, awaited at stop); without one, our own.
         self._tasks = tasks if tasks is not None else TaskSet()
@@ -150,17 +165,23 @@ class ModelManager:
         if mv is None or mv.ref.name != name or mv.ref.version != version:
             mv = await clients.model_version(self._settings, name, version)
         policy = self._policy(name, version, mv.tags)
-        data = await self._artifact(name, version, mv.checksum)
-        s = self._settings
-        model = await asyncio.to_thread(
-            OnnxModel,
-            data,
-            providers=self.providers,
-            intra_op_threads=s.serving_intra_op_threads,
-            inter_op_threads=s.serving_inter_op_threads,
-        )
-        await asyncio.to_thread(model.warm_up)  # the first real request should not pay for initialisation
+        data, path = await self._artifact(name, version, mv.checksum)
         batch_rows = max(1, policy.max_batch_size)
+        s = self._settings
+        try:
+            # The file is untrusted: it must load, and run a full batch, in a capped child process first.
+            await self.guard.check(path, batch_rows, model=name, version=version)
+            model = await asyncio.to_thread(
+                OnnxModel,
+                data,
+                providers=self.providers,
+                intra_op_threads=s.serving_intra_op_threads,
+                inter_op_threads=s.serving_inter_op_threads,
+            )
+        except ModelLoadError:
+            metrics.load_failures.add(1, {"model": name})
+            raise
+        await asyncio.to_thread(model.warm_up)  # the first real request should not pay for initialisation
         inline, cost_us = False, None
         if policy.inline_max_us > 0:  # timed only when it decides something
             limit = policy.inline_max_us
@@ -171,6 +192,7 @@ class ModelManager:
             max_batch_size=policy.max_batch_size,
             max_queue_delay_us=policy.max_queue_delay_us,
             executor=self._executor,
+            max_queue_size=max(1, s.serving_queue_max),
             inline_max_rows=batch_rows if inline else 0,
         )
         log.info("model loaded", model=name, version=version, role=role, provider=model.provider,
@@ -186,36 +208,82 @@ class ModelManager:
                         tag=bad.tag, value=bad.value, reason=bad.reason)  # fmt: skip
         return policy
 
-    async def _artifact(self, name: str, version: int, checksum: str) -> bytes:
+    async def _artifact(self, name: str, version: int, checksum: str) -> tuple[bytes, Path]:
+        """The artifact's bytes and its cached file (which the trial load reads)."""
         path = self._cache / f"{checksum}.onnx"
         data = await asyncio.to_thread(_cached, path, checksum)
         if data is not None:
-            return data
+            return data, path
         data, _ = await clients.download(self._settings, name, version)
         await asyncio.to_thread(_write_atomic, path, data)
-        return data
+        return data, path
 
     # -- production and traffic -------------------------------------------------------------------
 
     async def promote(self, name: str, version: int, mv: registry_pb2.ModelVersion | None = None) -> Slot:
+        """Makes `version` production. A load that fails is recorded on the deployment (and raised):
+        the model's current production, if any, keeps answering."""
         async with self._lock(name):
-            dep = self.deployments.setdefault(name, Deployment(name))
-            if dep.production is not None and dep.production.version == version:
-                return dep.production
-            slot = dep.staging.pop(version, None) or await self.load(name, version, PRODUCTION, mv)
-            slot.role = PRODUCTION
-            old, dep.production = dep.production, slot  # the swap: new requests resolve to `slot`
-            if dep.challenger is not None and dep.challenger.version == version:
-                dep.challenger, dep.mode, dep.percent = None, S.TRAFFIC_MODE_PRODUCTION_ONLY, 0.0
-        if old is not None:
-            # Retires in the background: the swap must not wait for the old version's last calls.
-            self._retiring[id(old)] = old
-            self._tasks.spawn(self._retire(old), name=f"retire {name} v{old.version}")
-        log.info("production swapped", model=name, version=version, previous=old.version if old else 0)
+            slot, old, swapped = await self._swap_in(name, version, mv)
+        if swapped:
+            self._swapped(slot, old)
         return slot
 
+    async def promote_when_due(self, name: str, version: int) -> bool:
+        """The reconciler's promote: False, loading nothing, while `version` waits out the backoff of
+        its last failed load (checked under the model's lock, so a swap failing meanwhile counts)."""
+        async with self._lock(name):
+            failure = self.failure(name)
+            if failure is not None and not failure.due(version):
+                return False
+            slot, old, swapped = await self._swap_in(name, version, None)
+        if swapped:
+            self._swapped(slot, old)
+        return True
+
+    async def _swap_in(
+        self, name: str, version: int, mv: registry_pb2.ModelVersion | None
+    ) -> tuple[Slot, Slot | None, bool]:
+        """Under the model's lock: the production slot, the one it replaced, and whether it swapped
+        (not when `version` already was production)."""
+        dep = self.deployments.setdefault(name, Deployment(name))
+        if dep.production is not None and dep.production.version == version:
+            dep.failure = None
+            return dep.production, None, False
+        try:
+            slot = dep.staging.pop(version, None) or await self.load(name, version, PRODUCTION, mv)
+        except Exception as exc:
+            dep.failure = load_failures.record(
+                dep.failure, version, PRODUCTION, _describe(exc), permanent=isinstance(exc, ModelLoadError)
+            )
+            raise
+        dep.failure = None
+        slot.role = PRODUCTION
+        old, dep.production = dep.production, slot  # the swap: new requests resolve to `slot`
+        if dep.challenger is not None and dep.challenger.version == version:
+            dep.challenger, dep.mode, dep.percent = None, S.TRAFFIC_MODE_PRODUCTION_ONLY, 0.0
+        return slot, old, True
+
+    def _swapped(self, slot: Slot, old: Slot | None) -> None:
+        if old is not None:
+            # Retires in the background: the swap must not wait for the old version's last calls.
+            self._retire_later(old)
+        log.info("production swapped", model=slot.name, version=slot.version, previous=old.version if old else 0)
+
+    def failure(self, name: str) -> LoadFailure | None:
+        dep = self.deployments.get(name)
+        return dep.failure if dep else None
+
+    def _retire_later(self, slot: Slot) -> None:
+        self._retiring[id(slot)] = slot
+        self._tasks.spawn(self._retire(slot), name=f"retire {slot.name} v{slot.version}")
+
     async def _retire(self, slot: Slot) -> None:
-        await slot.retire()
+        try:
+            await slot.retire()
+        except Exception as exc:  # one slot that fails to close must not stop the next retirement
+            metrics.background_failures.add(1, {"loop": "retire"})
+            log.error("retiring a model version failed", model=slot.name, version=slot.version, error=repr(exc))
         self._retiring.pop(id(slot), None)  # not on cancellation: close() then closes what is left
 
     async def stage(self, name: str, version: int, mv: registry_pb2.ModelVersion | None = None) -> Slot:
@@ -267,8 +335,8 @@ class ModelManager:
         dep = self.deployments.pop(name, None)
         for slot in dep.slots() if dep else ():
             await slot.retire()
-        for key in [k for k in self._pinned if k[0] == name]:
-            await self._pinned.pop(key).retire()
+        for slot in self._pinned.pop_model(name):
+            await slot.retire()
 
     # -- request routing ----------------------------------------------------------------------------
 
@@ -291,6 +359,12 @@ class ModelManager:
                     if slot.version == v and slot.role != STAGING:
                         return slot, None
             return await self._pinned_slot(name, v), None
+        if dep is not None and dep.production is None and dep.failure is not None:
+            raise FailedPrecondition(
+                f"model {name!r} is unavailable: its production version {dep.failure.version} failed to load "
+                "(see its deployment)",
+                field="model_name",
+            )
         if dep is None or dep.production is None:
             raise NotFound(f"model {name!r} has no production version loaded", field="model_name")
         if dep.challenger is not None and dep.percent and random.random() * 100 < dep.percent:
@@ -300,15 +374,41 @@ class ModelManager:
         return dep.production, None
 
     async def _pinned_slot(self, name: str, version: int) -> Slot:
+        """A version pinned by `model_version`: from the LRU, or loaded into it when the registry says
+        it may be served (the least recently used pin is retired, after its calls, to make room)."""
         key = (name, version)
-        if key not in self._pinned:
-            async with self._lock(name):
-                if key not in self._pinned:
-                    try:
-                        self._pinned[key] = await self.load(name, version, common_pb2.SERVING_ROLE_UNSPECIFIED)
-                    except NotFound:
-                        raise NotFound(f"model {name!r} has no version {version}", field="model_version") from None
-        return self._pinned[key]
+        slot = self._pinned.get(key)
+        if slot is not None:
+            return slot
+        if self._pinned.capacity == 0:
+            raise FailedPrecondition("pinning a version is turned off on this server", field="model_version")
+        async with self._lock(name):
+            slot = self._pinned.get(key)
+            if slot is not None:
+                return slot
+            try:
+                mv = await clients.model_version(self._settings, name, version)
+            except NotFound:
+                raise NotFound(f"model {name!r} has no version {version}", field="model_version") from None
+            why = pin_refusal(mv)
+            if why:
+                raise FailedPrecondition(
+                    f"model {name!r} version {version} cannot be pinned: it {why}; only versions that passed "
+                    "staging checks, or serve as production, canary or shadow, can be",
+                    field="model_version",
+                )
+            slot = await self.load(name, version, common_pb2.SERVING_ROLE_UNSPECIFIED, mv)
+            evicted = self._pinned.put(key, slot)
+        for old in evicted:
+            metrics.pin_evictions.add(1, {"model": old.name})
+            log.info("pinned version unloaded to make room", model=old.name, version=old.version,
+                     pinned_max=self._pinned.capacity)  # fmt: skip
+            self._retire_later(old)  # after the calls it is still answering
+        return slot
+
+    def pinned(self) -> list[Slot]:
+        """Pinned slots, least recently used first."""
+        return self._pinned.values()
 
     def production(self, name: str) -> Slot | None:
         dep = self.deployments.get(name)
@@ -316,9 +416,18 @@ class ModelManager:
 
     def to_proto(self, dep: Deployment, log_sample_rate: float, log_dropped: int) -> serving_pb2.Deployment:
         batching = dep.production.batching if dep.production is not None else self.batching
+        slots = [slot.to_proto() for slot in dep.slots()]
+        if dep.failure is not None:
+            failed = S.ModelSlot(
+                role=dep.failure.role,
+                model=common_pb2.ModelRef(name=dep.name, version=dep.failure.version),
+                state=S.SLOT_STATE_FAILED,
+                error=dep.failure.error,
+            )
+            slots.append(failed)
         out = S.Deployment(
             model_name=dep.name,
-            slots=[slot.to_proto() for slot in dep.slots()],
+            slots=slots,
             batching=S.BatchingConfig(
                 enabled=batching.coalescing,
                 max_batch_size=batching.max_batch_size,
@@ -342,10 +451,18 @@ class ModelManager:
             await self._tasks.close()
         for name in list(self.deployments):
             await self.unload(name)
+        for slot in self._pinned.pop_all():
+            await slot.retire()
         retiring, self._retiring = list(self._retiring.values()), {}
         for slot in retiring:  # their retirement was cancelled at stop, or is still waiting
             await slot.batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _describe(exc: Exception) -> str:
+    """What a failed load shows in the deployment: our own message (they never quote the file)."""
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {text}"
 
 
 def _cached(path: Path, checksum: str) -> bytes | None:

@@ -5,6 +5,9 @@ counts a drop). Every `flush_s` (setting serving_log_flush_s) a background task 
 accumulated into events, column-wise (PredictionColumns: one concatenation per tensor, not one
 Struct per row, which used to cost more than the prediction), and publishes them, so a slow or
 absent broker never slows a prediction. At stop, one last flush publishes what is left.
+
+Each group of entries and each event stands alone: one that cannot be encoded or published (a
+record the broker refuses as too large, say) is dropped and counted, and the others go out.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from flywheel.bus.serde import CONTENT_PROTOBUF, event_type_name, new_meta
 from flywheel.logging import get_logger
 from flywheel.predictions import json_value, tensor
 from flywheel.v1 import common_pb2, events_pb2
+from services.serving import metrics
 
 log = get_logger(__name__)
 MAX_RECORDS_PER_EVENT = 500
@@ -102,6 +106,7 @@ class PredictionLogger:
             try:
                 await self.flush()
             except Exception as exc:  # the broker may be away: the records are dropped, and counted
+                metrics.background_failures.add(1, {"loop": "prediction_log"})
                 log.warning("prediction log: publish failed", error=repr(exc))
 
     async def close(self, timeout_s: float) -> None:
@@ -118,21 +123,32 @@ class PredictionLogger:
         if not entries:
             return
         events = self._events(entries)  # on the loop: a few concatenations, cheaper than a thread hop
-        acks = []
+        acks: list[tuple[int, asyncio.Future[Any]]] = []
         for key, event in events:
             headers = [("content-type", CONTENT_PROTOBUF.encode()), ("event-type", event_type_name(event).encode())]
-            acks.append(
-                await self._producer.send(
+            try:
+                ack = await self._producer.send(
                     Topics.PREDICTIONS_LOGGED, event.SerializeToString(), key=key.encode(), headers=headers
                 )
-            )
-        logged = sum(_rows(e) for _, e in events)
-        try:
-            await asyncio.gather(*acks)
-            self.published += logged
-        except Exception:
-            self.dropped += logged
-            raise
+            except Exception as exc:  # refused before it left (too large, producer closed): this event only
+                self._skip(_rows(event), "publish", exc)
+                continue
+            acks.append((_rows(event), ack))
+        results = await asyncio.gather(*(ack for _, ack in acks), return_exceptions=True)
+        failed: BaseException | None = None
+        for (rows, _), result in zip(acks, results, strict=True):
+            if isinstance(result, BaseException):
+                self.dropped += rows
+                failed = result
+            else:
+                self.published += rows
+        if failed is not None:
+            raise failed
+
+    def _skip(self, rows: int, stage: str, exc: Exception) -> None:
+        self.dropped += rows
+        metrics.background_failures.add(1, {"loop": "prediction_log"})
+        log.warning("prediction log: records dropped", stage=stage, rows=rows, error=repr(exc))
 
     def _events(self, entries: list[_Entry]) -> list[tuple[str, events_pb2.PredictionsLogged]]:
         groups: dict[tuple, list[_Entry]] = {}
@@ -148,10 +164,14 @@ class PredictionLogger:
                     model=common_pb2.ModelRef(name=first.model, version=first.version),
                     dropped=dropped,
                 )
-                if first.inputs.dtype.kind in "biuf":
-                    event.columns.CopyFrom(_columns(chunk))
-                else:  # text inputs have no column form here: one record per row
-                    event.records.extend(r for e in chunk for r in _records(e))
+                try:
+                    if first.inputs.dtype.kind in "biuf":
+                        event.columns.CopyFrom(_columns(chunk))
+                    else:  # text inputs have no column form here: one record per row
+                        event.records.extend(r for e in chunk for r in _records(e))
+                except Exception as exc:  # outputs this encoding cannot carry: this chunk only
+                    self._skip(sum(e.rows for e in chunk), "encode", exc)
+                    continue
                 dropped = 0
                 out.append((first.model, event))
         return out

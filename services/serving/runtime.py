@@ -41,6 +41,11 @@ _ORT_DATATYPES: dict[str, str] = {
 _ORT_DEFAULT_LOG_SEVERITY = 2  # warning: ONNX Runtime's own default
 
 
+class ModelLoadError(FailedPrecondition):
+    """The model file itself cannot be served (ONNX Runtime refuses it, or its trial load failed):
+    loading it again gives the same answer, unlike a registry that cannot be reached."""
+
+
 @functools.cache
 def execution_providers(preference: str = "auto") -> list[str]:
     """Providers to give every session, decided once per process (and per preference).
@@ -119,7 +124,7 @@ class OnnxModel:
         try:
             self._session = ort.InferenceSession(onnx_bytes, sess_options=options, providers=providers)
         except Exception as exc:
-            raise FailedPrecondition(f"ONNX Runtime cannot load the model: {exc}") from exc
+            raise ModelLoadError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
         self._inputs = tuple(_spec(arg, "input") for arg in self._session.get_inputs())
         self._outputs = tuple(_spec(arg, "output") for arg in self._session.get_outputs())
         self._output_names = [spec.name for spec in self._outputs]
@@ -172,12 +177,19 @@ def _spec(arg: ort.NodeArg, kind: str) -> common_pb2.TensorSpec:
     datatype = _ORT_DATATYPES.get(arg.type)
     if datatype is None:
         # e.g. skl2onnx's ZipMap output (a sequence of maps): not a tensor the protocol can carry.
-        raise FailedPrecondition(
-            f"model {kind} {arg.name!r} has type {arg.type}, not a tensor; export classifiers with zipmap disabled"
+        raise ModelLoadError(
+            f"model {kind} {arg.name[:128]!r} has type {arg.type[:64]}, not a tensor; "
+            "export classifiers with zipmap disabled"
         )
     # Symbolic ("N", "batch") and unknown (None) dimensions are dynamic.
     shape = [d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or [])]
     return common_pb2.TensorSpec(name=arg.name, datatype=datatype, shape=shape)
+
+
+def _first_line(exc: BaseException, chars: int = 300) -> str:
+    """ONNX Runtime's messages can quote a hostile model's node names at any length: one line, capped."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:chars]
 
 
 def _zeros(spec: common_pb2.TensorSpec, rows: int = 1) -> np.ndarray:

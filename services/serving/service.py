@@ -3,9 +3,10 @@ tritonclient ships, so tritonclient and KServe clients work unchanged, and Servi
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any, TypeAlias
 
 import grpc
@@ -25,6 +26,7 @@ from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import serving_pb2, serving_pb2_grpc
 from services.serving.models import ModelManager, Slot, feature_rows
 from services.serving.prediction_log import PredictionLogger
+from services.serving.shadow import ShadowMirror
 from services.serving.tensors import decode_inputs, encode_outputs
 
 log = get_logger(__name__)
@@ -48,6 +50,11 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self._server = server
         self._manager = manager
         self._logger = logger
+        self.shadow = ShadowMirror(self._spawn, ctx.settings.serving_shadow_max_inflight)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # Owned by the service: cancelled and awaited at stop. A constant name keeps this cheap.
+        self._ctx.tasks.spawn(coro, name="shadow inference")
 
     async def ServerLive(self, request: oip.ServerLiveRequest, context: Context) -> oip.ServerLiveResponse:
         return oip.ServerLiveResponse(live=True)
@@ -117,6 +124,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                     name=dep.name,
                     version=str(dep.production.version) if dep.production else "",
                     state="READY" if dep.production else "UNAVAILABLE",
+                    reason=dep.failure.error if dep.failure and not dep.production else "",
                 )
                 for dep in self._manager.deployments.values()
                 if dep.production is not None or not request.ready
@@ -171,8 +179,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         request_id = request.id
         if shadow is not None:
             request_id = request_id or str(uuid.uuid4())  # both logged answers share it
-            # Owned by the service: cancelled and awaited at stop. A constant name keeps this cheap.
-            self._ctx.tasks.spawn(self._shadow(shadow, request_id, feeds), name="shadow inference")
+            self.shadow.offer(shadow.name, shadow.version, functools.partial(self._shadow, shadow, request_id, feeds))
         self._log(slot, request_id, feeds, outputs, total / 1e6)
         return oip.ModelInferResponse(
             model_name=request.model_name,
@@ -185,11 +192,15 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def _shadow(self, slot: Slot, request_id: str, feeds: dict[str, np.ndarray]) -> None:
         started = time.perf_counter_ns()
         try:
-            outputs, _ = await slot.infer(feeds)
+            outputs, timing = await slot.infer(feeds)
         except Exception as exc:  # a failing shadow never affects the caller
+            slot.stats.record_failure(time.perf_counter_ns() - started)
             log.warning("shadow inference failed", model=slot.name, version=slot.version, error=repr(exc))
             return
-        self._log(slot, request_id, feeds, outputs, (time.perf_counter_ns() - started) / 1e6)
+        total = time.perf_counter_ns() - started
+        slot.stats.record_success(total, timing.queue_ns, timing.compute_ns, rows=len(next(iter(feeds.values()))),
+                                  batch_rows=timing.batch_rows)  # fmt: skip
+        self._log(slot, request_id, feeds, outputs, total / 1e6)
 
     def _log(
         self,

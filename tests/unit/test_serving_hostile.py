@@ -1,0 +1,568 @@
+"""Serving under hostile and broken input: model files whose load would blow memory (trial load in a
+capped child process), production versions that cannot load (reported, never stopping the others),
+pins by `model_version` (staging-checked, a bounded LRU), and the bounded batch queue, shadow
+mirroring and prediction-log flushes."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import psutil
+import pytest
+import structlog
+from onnx import TensorProto, helper, numpy_helper
+from skl2onnx import to_onnx
+from sklearn.linear_model import LogisticRegression
+
+from flywheel import clients
+from flywheel.config import Settings
+from flywheel.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from flywheel.tasks import TaskSet
+from flywheel.v1 import common_pb2, events_pb2, registry_pb2, serving_pb2
+from services.registry.model_check import validate_onnx
+from services.serving import handlers, staging
+from services.serving.batching import DynamicBatcher
+from services.serving.load_failures import RETRY_BASE_S
+from services.serving.load_guard import LoadGuard
+from services.serving.models import PRODUCTION, ModelManager
+from services.serving.pins import pin_refusal
+from services.serving.prediction_log import PredictionLogger
+from services.serving.runtime import ModelLoadError
+from services.serving.shadow import ShadowMirror
+
+R = registry_pb2
+N_FEATURES = 4
+MB = 1 << 20
+
+# -- hostile and test models ----------------------------------------------------------------------
+
+
+def folding_bomb(branches: int = 8, elems: int = (1 << 28) - 1024) -> bytes:
+    """A few hundred bytes of valid ONNX (it passes onnx.checker and the registry's validation) whose
+    session creation makes ONNX Runtime allocate about `branches` x `elems` x 4 bytes: each branch is
+    a ConstantOfShape just under ONNX Runtime's 1 GiB folding limit, sliced to one value, and every
+    one of them is folded at session creation. Eight branches: about 9 GB of peak memory."""
+    nodes, previous = [], "x"
+    for i in range(branches):
+        value = helper.make_tensor("v", TensorProto.FLOAT, [1], [float(i + 1)])
+        nodes += [
+            helper.make_node("ConstantOfShape", ["shape"], [f"c{i}"], value=value),
+            helper.make_node("Slice", [f"c{i}", "start", "end"], [f"s{i}"]),
+            helper.make_node("Add", [previous, f"s{i}"], [f"a{i}"]),
+        ]
+        previous = f"a{i}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        initializer=[
+            numpy_helper.from_array(np.array([elems], np.int64), "shape"),
+            numpy_helper.from_array(np.array([0], np.int64), "start"),
+            numpy_helper.from_array(np.array([1], np.int64), "end"),
+        ],
+    )
+    return _serialized(graph)
+
+
+def slow_model(scale: float) -> bytes:
+    """y = x, computed after a Loop of max(x) * scale empty iterations (about 1 s per million):
+    cheap on the zeros a load runs, as slow as a caller asks on real input."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["acc", "one"], ["acc_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
+        ],
+        initializer=[numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+            helper.make_node("Mul", ["m", "scale"], ["k"]),
+            helper.make_node("Cast", ["k"], ["trips"], to=TensorProto.INT64),
+            helper.make_node("Loop", ["trips", "true", "zero"], ["acc_final"], body=body),
+            helper.make_node("Mul", ["acc_final", "zero"], ["nothing"]),
+            helper.make_node("Add", ["x", "nothing"], ["y"]),
+        ],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        initializer=[
+            numpy_helper.from_array(np.array(scale, np.float32), "scale"),
+            numpy_helper.from_array(np.array(True), "true"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ],
+    )
+    return _serialized(graph)
+
+
+def _serialized(graph: onnx.GraphProto) -> bytes:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def lr_onnx() -> bytes:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, N_FEATURES)).astype(np.float32)
+    clf = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    return to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}).SerializeToString()
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+# -- the trial load -------------------------------------------------------------------------------
+
+
+async def test_a_normal_model_passes_its_trial_load_quickly(tmp_path, lr_onnx):
+    path = tmp_path / "lr.onnx"
+    path.write_bytes(lr_onnx)
+    result = await LoadGuard(memory_mb=1024, timeout_s=60).check(path, rows=32)
+    assert 0 < result.wall_s < 10 and 0 < result.peak_rss_mb < 1024
+
+
+async def test_a_model_whose_folding_needs_gigabytes_fails_in_the_child_not_here(tmp_path):
+    bomb = folding_bomb(branches=6, elems=(1 << 26) - 1024)  # about 1.5 GB at session creation
+    assert len(bomb) < 2048 and validate_onnx(bomb)  # the registry accepts it: it is valid ONNX
+    path = tmp_path / "bomb.onnx"
+    path.write_bytes(bomb)
+    before = _peak_rss_mb()
+    with pytest.raises(ModelLoadError, match=r"needs more than 768 MB of memory \(serving_load_memory_mb\)"):
+        await LoadGuard(memory_mb=768, timeout_s=60).check(path, rows=1)
+    assert _peak_rss_mb() - before < 100  # none of it was allocated in this process
+    assert psutil.Process().children() == []
+
+
+async def test_a_load_over_the_timeout_is_killed(tmp_path, lr_onnx):
+    path = tmp_path / "lr.onnx"
+    path.write_bytes(lr_onnx)
+    with pytest.raises(ModelLoadError, match=r"longer than 0.01 s \(serving_load_timeout_s\)"):
+        await LoadGuard(memory_mb=1024, timeout_s=0.01).check(path, rows=1)
+    assert psutil.Process().children() == []  # the child was killed and reaped
+
+
+async def test_a_file_onnx_runtime_refuses_and_a_model_that_fails_on_zeros(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model" * 10)
+    with pytest.raises(ModelLoadError, match="ONNX Runtime cannot load the model"):
+        await LoadGuard(1024, 60).check(garbage, rows=1)
+
+    graph = helper.make_graph(  # reshaping 4 values per row into 3 fails on every batch
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "bad_reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+        initializer=[numpy_helper.from_array(np.array([-1, 3], np.int64), "shape")],
+    )
+    reshape = tmp_path / "reshape.onnx"
+    reshape.write_bytes(_serialized(graph))
+    with pytest.raises(ModelLoadError, match="fails on a batch of zeros"):
+        await LoadGuard(1024, 60).check(reshape, rows=1)
+
+
+def test_a_child_killed_or_crashed_is_named():
+    guard = LoadGuard(memory_mb=512, timeout_s=5)
+    assert "killed (SIGKILL)" in guard._reason(-9, {}) and "stopped (SIGXCPU)" in guard._reason(-24, {})
+    assert "crashed (SIGSEGV)" in guard._reason(-11, {}) and "512 MB" in guard._reason(-11, {})
+    assert guard._reason(1, {}) == "the trial load exited with status 1"
+
+
+# -- the model manager ----------------------------------------------------------------------------
+
+
+class _Registry:
+    """The registry calls serving makes: versions (with promotion state), artifacts, production list."""
+
+    def __init__(self) -> None:
+        self.versions: dict[tuple[str, int], tuple[bytes, R.PromotionState.ValueType, list[str]]] = {}
+        self.downloads = 0
+
+    def add(self, name: str, version: int, data: bytes, state: int = R.PROMOTION_STATE_NOT_PROMOTED,
+            aliases: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self.versions[(name, version)] = (data, state, list(aliases))  # type: ignore[assignment]
+
+    async def model_version(self, settings, name, version=0, alias=""):
+        if (name, version) not in self.versions:
+            raise NotFound(f"no {name} v{version}")
+        data, state, aliases = self.versions[(name, version)]
+        mv = R.ModelVersion(
+            ref=common_pb2.ModelRef(name=name, version=version),
+            checksum=hashlib.sha256(data).hexdigest(),
+            aliases=aliases,
+            signature=common_pb2.ModelSignature(feature_names=[f"f{i}" for i in range(N_FEATURES)]),
+        )
+        mv.promotion.state = state
+        return mv
+
+    async def download(self, settings, name, version):
+        self.downloads += 1
+        data = self.versions[(name, version)][0]
+        return data, hashlib.sha256(data).hexdigest()
+
+    async def production_models(self, settings):
+        return [
+            R.Model(name=name, aliases={"production": version})
+            for (name, version), (_, _, aliases) in self.versions.items()
+            if "production" in aliases
+        ]
+
+
+@pytest.fixture
+def registry(monkeypatch) -> _Registry:
+    fake = _Registry()
+    monkeypatch.setattr(clients, "model_version", fake.model_version)
+    monkeypatch.setattr(clients, "download", fake.download)
+    monkeypatch.setattr(clients, "production_models", fake.production_models)
+    return fake
+
+
+def _settings(tmp_path: Path, **overrides: object) -> Settings:
+    base: dict[str, object] = dict(home=tmp_path, serving_inline_max_us=0, serving_executor_threads=2,
+                                   serving_load_memory_mb=768, serving_load_timeout_s=60)  # fmt: skip
+    return Settings(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+BOMB = folding_bomb(branches=6, elems=(1 << 26) - 1024)  # 1.5 GB: over the 768 MB these tests allow
+
+
+async def test_a_hostile_candidate_fails_its_loads_check(tmp_path, registry):
+    registry.add("m", 2, BOMB, R.PROMOTION_STATE_PENDING_CHECKS)
+    manager = ModelManager(_settings(tmp_path))
+    try:
+        event = events_pb2.ModelRegistered(model=common_pb2.ModelRef(name="m", version=2))
+        report = await staging.run_checks(manager, manager._settings, event)
+    finally:
+        await manager.close()
+    assert not report.passed
+    (loads,) = report.checks
+    assert loads.name == "loads" and not loads.passed
+    assert "needs more than 768 MB of memory (serving_load_memory_mb)" in loads.detail
+    assert manager.deployments.get("m") is None or not manager.deployments["m"].staging
+
+
+async def test_a_production_version_that_fails_to_load_is_shown_and_the_old_one_keeps_answering(
+    tmp_path, registry, lr_onnx
+):
+    registry.add("m", 1, lr_onnx)
+    registry.add("m", 2, BOMB)
+    registry.add("m", 3, lr_onnx)
+    manager = ModelManager(_settings(tmp_path), TaskSet())
+    try:
+        await manager.promote("m", 1)
+        with pytest.raises(ModelLoadError):
+            await manager.promote("m", 2)
+        slot, _ = await manager.resolve("m", "")
+        assert slot.version == 1  # still answering
+        shown = manager.to_proto(manager.deployment("m"), 1.0, 0)
+        failed = [s for s in shown.slots if s.state == serving_pb2.SLOT_STATE_FAILED]
+        assert [(s.model.version, s.role) for s in failed] == [(2, PRODUCTION)]
+        assert "serving_load_memory_mb" in failed[0].error
+        failure = manager.failure("m")
+        assert failure is not None and failure.permanent and failure.retry_in_s() == RETRY_BASE_S
+        assert not failure.due(2) and failure.due(3)  # the same file waits; another version does not
+        await manager.promote("m", 3)
+        assert manager.failure("m") is None and manager.production("m").version == 3  # type: ignore[union-attr]
+    finally:
+        await manager.close()
+
+
+async def test_reconcile_loads_models_one_by_one_and_a_bad_one_waits_out_its_backoff(
+    tmp_path, registry, lr_onnx, monkeypatch
+):
+    registry.add("a", 1, lr_onnx, aliases=("production",))
+    registry.add("bad", 4, BOMB, aliases=("production",))
+    registry.add("c", 2, lr_onnx, aliases=("production",))
+    manager = ModelManager(_settings(tmp_path))
+    monkeypatch.setattr(handlers, "runtime", lambda ctx: SimpleNamespace(manager=manager))
+    ctx = SimpleNamespace(settings=manager._settings)
+    trials: list[str] = []
+    check = manager.guard.check
+
+    async def counted(path, rows, *, model="", version=0):
+        trials.append(model)
+        return await check(path, rows, model=model, version=version)
+
+    monkeypatch.setattr(manager.guard, "check", counted)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await handlers.reconcile(ctx)  # what start-up runs: it returns, with the others loaded
+        assert sorted(trials) == ["a", "bad", "c"]
+        assert manager.production("a") is not None and manager.production("c") is not None
+        assert manager.production("bad") is None and manager.failure("bad").version == 4  # type: ignore[union-attr]
+        errors = [e for e in logs if e["event"] == "reconcile: production version failed to load"]
+        assert [(e["model"], e["version"], e["retry_in_s"]) for e in errors] == [("bad", 4, RETRY_BASE_S)]
+        with pytest.raises(FailedPrecondition, match="production version 4 failed to load"):
+            await manager.resolve("bad", "")
+
+        await handlers.reconcile_once(ctx)  # the next pass: nothing to do, the bad file is not tried again
+        assert len(trials) == 3
+    finally:
+        await manager.close()
+
+
+def test_pin_refusal_follows_the_registrys_staging_verdict():
+    def mv(state: int, aliases: tuple[str, ...] = (), archived: bool = False) -> R.ModelVersion:
+        out = R.ModelVersion(aliases=aliases, archived=archived)
+        out.promotion.state = state  # type: ignore[assignment]
+        return out
+
+    for ok in (R.PROMOTION_STATE_NOT_PROMOTED, R.PROMOTION_STATE_PENDING_APPROVAL, R.PROMOTION_STATE_PROMOTED):
+        assert pin_refusal(mv(ok)) == ""
+    assert pin_refusal(mv(R.PROMOTION_STATE_CHECKS_FAILED, ("production",))) == ""  # production, however it got there
+    assert "CHECKS_FAILED" in pin_refusal(mv(R.PROMOTION_STATE_CHECKS_FAILED))
+    assert "PENDING_CHECKS" in pin_refusal(mv(R.PROMOTION_STATE_PENDING_CHECKS))
+    assert pin_refusal(mv(R.PROMOTION_STATE_REJECTED)) == "was rejected"
+    assert pin_refusal(mv(R.PROMOTION_STATE_NOT_PROMOTED, archived=True)) == "is archived"
+
+
+async def test_only_versions_that_passed_staging_can_be_pinned(tmp_path, registry, lr_onnx):
+    registry.add("m", 1, lr_onnx, R.PROMOTION_STATE_PROMOTED, ("production",))
+    registry.add("m", 2, lr_onnx, R.PROMOTION_STATE_CHECKS_FAILED)
+    registry.add("m", 3, lr_onnx, R.PROMOTION_STATE_PENDING_CHECKS)
+    registry.add("m", 4, lr_onnx, R.PROMOTION_STATE_NOT_PROMOTED)
+    manager = ModelManager(_settings(tmp_path))
+    try:
+        await manager.promote("m", 1)
+        for refused in ("2", "3"):
+            with pytest.raises(FailedPrecondition, match=r"model_version: .* cannot be pinned: it has not passed"):
+                await manager.resolve("m", refused)
+        with pytest.raises(NotFound, match="no version 9"):
+            await manager.resolve("m", "9")
+        assert registry.downloads == 1  # nothing refused was downloaded, let alone loaded
+        slot, _ = await manager.resolve("m", "4")
+        assert slot.version == 4 and (await manager.resolve("m", "4"))[0] is slot
+    finally:
+        await manager.close()
+
+
+async def test_pins_are_a_bounded_lru_and_an_evicted_one_retires_after_its_calls(tmp_path, registry, lr_onnx):
+    for v in (5, 6, 7):
+        registry.add("m", v, lr_onnx)
+    tasks = TaskSet()
+    manager = ModelManager(_settings(tmp_path, serving_pinned_max=2), tasks)
+    x = {"X": np.ones((1, N_FEATURES), np.float32)}
+    try:
+        await manager.resolve("m", "5")
+        six, _ = await manager.resolve("m", "6")
+        await manager.resolve("m", "5")  # 5 used last: 6 is the least recently used
+        six.inflight += 1  # a call still running on 6
+        six._idle.clear()
+        await manager.resolve("m", "7")
+        assert [s.version for s in manager.pinned()] == [5, 7]
+        await asyncio.sleep(0)  # the retirement starts ...
+        assert six.state == serving_pb2.SLOT_STATE_DRAINING
+        await six.batcher.infer(x)  # ... but does not close the slot while its call runs
+        six.inflight -= 1
+        six._idle.set()
+        await tasks.join(timeout_s=5)
+        with pytest.raises(Unavailable, match="being unloaded"):
+            await six.batcher.infer(x)
+        again, _ = await manager.resolve("m", "6")  # loaded afresh when asked for again
+        assert again is not six and [s.version for s in manager.pinned()] == [7, 6]
+    finally:
+        await tasks.close()
+        await manager.close()
+
+
+async def test_pinning_can_be_turned_off(tmp_path, registry, lr_onnx):
+    registry.add("m", 4, lr_onnx)
+    manager = ModelManager(_settings(tmp_path, serving_pinned_max=0))
+    try:
+        with pytest.raises(FailedPrecondition, match="turned off"):
+            await manager.resolve("m", "4")
+    finally:
+        await manager.close()
+
+
+async def test_a_retirement_that_fails_is_logged_and_counted(tmp_path, registry, lr_onnx):
+    registry.add("m", 1, lr_onnx)
+    manager = ModelManager(_settings(tmp_path))
+    try:
+        slot = await manager.load("m", 1, PRODUCTION)
+
+        async def broken() -> None:
+            raise OSError("cannot close")
+
+        slot.batcher.close = broken  # type: ignore[method-assign]
+        manager._retiring[id(slot)] = slot
+        with structlog.testing.capture_logs() as logs:
+            await manager._retire(slot)  # does not raise
+        assert manager._retiring == {}
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["retiring a model version failed"]
+    finally:
+        await manager.close()
+
+
+# -- the batcher's queue --------------------------------------------------------------------------
+
+
+class _Gate:
+    """A run function that blocks until opened, and says when a run has started."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.started = threading.Event()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.started.set()
+        self.open.wait(10)
+        return {"y": feeds["x"] * 2}
+
+
+async def _wait_for(event: threading.Event) -> None:
+    deadline = time.monotonic() + 5
+    while not event.is_set():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("max_batch_size", [8, 1], ids=["coalescing", "alone"])
+async def test_a_full_queue_refuses_at_once_and_the_accepted_requests_all_run(max_batch_size):
+    gate = _Gate()
+    one_thread = concurrent.futures.ThreadPoolExecutor(1)
+    batcher = DynamicBatcher(gate.run, max_batch_size=max_batch_size, max_queue_delay_us=0, max_inflight=1,
+                             max_queue_size=3, executor=one_thread)  # fmt: skip
+    x = {"x": np.ones((1, 2), np.float32)}
+    try:
+        running = asyncio.ensure_future(batcher.infer(x))
+        await _wait_for(gate.started)  # one request holds the only worker
+        waiting = [asyncio.ensure_future(batcher.infer(x)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        assert batcher.waiting == 3
+        started = time.perf_counter()
+        with pytest.raises(ResourceExhausted, match="inference queue is full \\(3 requests waiting\\)"):
+            await batcher.infer(x)
+        assert time.perf_counter() - started < 0.5  # refused at once, not after the queue moved
+        gate.open.set()
+        for outputs, _ in await asyncio.gather(running, *waiting):
+            np.testing.assert_array_equal(outputs["y"], x["x"] * 2)
+        assert batcher.waiting == 0
+        await batcher.infer(x)  # room again
+    finally:
+        gate.open.set()
+        await batcher.close()
+        one_thread.shutdown()
+
+
+async def test_callers_that_gave_up_free_their_place_in_a_full_queue():
+    gate = _Gate()
+    batcher = DynamicBatcher(gate.run, max_batch_size=8, max_queue_delay_us=0, max_inflight=1, max_queue_size=2)
+    x = {"x": np.ones((1, 2), np.float32)}
+    try:
+        running = asyncio.ensure_future(batcher.infer(x))
+        await _wait_for(gate.started)
+        waiting = [asyncio.ensure_future(batcher.infer(x)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        for w in waiting:
+            w.cancel()
+        await asyncio.sleep(0.01)
+        later = asyncio.ensure_future(batcher.infer(x))  # admitted: the cancelled ones held no place
+        gate.open.set()
+        await asyncio.gather(running, later)
+    finally:
+        gate.open.set()
+        await batcher.close()
+
+
+# -- shadow mirroring -----------------------------------------------------------------------------
+
+
+async def test_shadow_mirroring_is_bounded_and_skips_are_counted():
+    tasks = TaskSet()
+    mirror = ShadowMirror(lambda coro: tasks.spawn(coro, name="shadow inference"), max_inflight=1)
+    release = asyncio.Event()
+    ran: list[int] = []
+
+    async def slow_shadow() -> None:
+        await release.wait()
+        ran.append(1)
+
+    try:
+        with structlog.testing.capture_logs() as logs:
+            assert mirror.offer("m", 2, slow_shadow)
+            assert not mirror.offer("m", 2, slow_shadow) and not mirror.offer("m", 2, slow_shadow)
+        assert (mirror.inflight, mirror.skipped) == (1, 2)
+        warned = [e for e in logs if e["event"] == "shadow mirroring skipped"]
+        assert len(warned) == 1 and warned[0]["max_inflight"] == 1  # rate-limited, not one per request
+        release.set()
+        await tasks.join(timeout_s=5)
+        assert ran == [1] and mirror.inflight == 0
+        assert mirror.offer("m", 2, slow_shadow)  # room again
+        await tasks.join(timeout_s=5)
+    finally:
+        await tasks.close()
+
+
+async def test_a_stopping_service_mirrors_nothing():
+    tasks = TaskSet()
+    await tasks.close()
+    mirror = ShadowMirror(lambda coro: tasks.spawn(coro, name="shadow inference"), max_inflight=4)
+
+    async def shadow() -> None:
+        raise AssertionError("never runs")
+
+    assert not mirror.offer("m", 2, shadow) and mirror.inflight == 0
+
+
+# -- the prediction logger's flush ----------------------------------------------------------------
+
+
+class _PickyProducer:
+    """Refuses (at send, as aiokafka does for a record over its size limit) events of one model."""
+
+    def __init__(self, refuse: str) -> None:
+        self.refuse = refuse
+        self.sent: list[events_pb2.PredictionsLogged] = []
+
+    async def send(self, topic, value, *, key, headers):
+        event = events_pb2.PredictionsLogged.FromString(value)
+        if event.model.name == self.refuse:
+            raise ValueError("message too large")
+        self.sent.append(event)
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def _log(logger: PredictionLogger, model: str, rows: int, outputs: dict[str, np.ndarray] | None = None) -> None:
+    logger.log(model=model, version=1, request_id="r", features=("f0",), inputs=np.ones((rows, 1), np.float32),
+               outputs=outputs or {"y": np.ones((rows,), np.float32)}, class_labels=(), latency_ms=1.0,
+               role=PRODUCTION)  # fmt: skip
+
+
+async def test_an_event_the_broker_refuses_or_that_cannot_be_encoded_is_dropped_alone():
+    producer = _PickyProducer(refuse="big")
+    logger = PredictionLogger(producer, 1.0, 100, 0.5)  # type: ignore[arg-type]
+    _log(logger, "big", 3)
+    _log(logger, "ok", 2)
+    _log(logger, "odd", 4, {"y": np.array([object()] * 4, dtype=object)})  # no tensor form
+    _log(logger, "ok2", 1)
+    with structlog.testing.capture_logs() as logs:
+        await logger.flush()
+    assert sorted(e.model.name for e in producer.sent) == ["ok", "ok2"]
+    assert (logger.published, logger.dropped) == (3, 7)
+    dropped = [(e["stage"], e["rows"]) for e in logs if e["event"] == "prediction log: records dropped"]
+    assert sorted(dropped) == [("encode", 4), ("publish", 3)]
