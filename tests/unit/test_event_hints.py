@@ -259,9 +259,20 @@ async def test_a_confirmed_data_version_is_ingestions_record(monkeypatch, tmp_pa
     )  # fmt: skip
 
 
+class _Savepoint:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
 class _Conn:
     async def fetchrow(self, *args: Any) -> None:  # no pending retraining
         return None
+
+    def transaction(self) -> _Savepoint:  # each spec's reaction runs in a savepoint
+        return _Savepoint()
 
 
 async def test_training_queues_nothing_for_a_forged_data_version(monkeypatch, tmp_path):
