@@ -28,6 +28,7 @@ class Settings(BaseSettings):
 
     home: Path = Path("./var")
     database_url: str = "postgresql://postgres@127.0.0.1:55432/flywheel"
+    migrate_on_start: bool = True  # false: apply no DDL at start, only check (run `flywheel migrate` first)
     db_pool_min: int = 1
     db_pool_max: int = 10
     connect_timeout_s: float = 5.0
