@@ -22,6 +22,7 @@ from flywheel.stack.broker import EmbeddedBroker
 from flywheel.stack.postgres import EmbeddedPostgres
 from flywheel.stack.procs import free_port
 from tests.integration.identities import mint
+from tests.s3_server import AWS_ENV, S3Server
 
 
 @dataclass
@@ -69,3 +70,22 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
 def unique() -> str:
     """A short unique suffix for schemas, topics and consumer groups of one test."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory, monkeypatch_session: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """A real S3-compatible server (moto in server mode) for the session; the AWS chain finds its
+    credentials in this process's environment."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    for key, value in AWS_ENV.items():
+        monkeypatch_session.setenv(key, value)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def monkeypatch_session() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp

@@ -1,7 +1,8 @@
 """Content-addressed artifact store: objects are named by their sha256 and verified on read.
 
-`ArtifactStore` is the interface (an S3 store implements the same four methods);
-`LocalArtifactStore` keeps objects under a directory, fanned out by hash prefix. Hashing and file
+`ArtifactStore` is the interface; `LocalArtifactStore` keeps objects under a directory, fanned out
+by hash prefix; `flywheel.s3_artifacts.S3ArtifactStore` keeps them in a bucket; `open_store`
+picks one from FLYWHEEL_ARTIFACT_ROOT. Hashing and file
 IO run in threads (both release the GIL), so a large upload or download never stalls the event loop.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from flywheel.config import Settings
 from flywheel.errors import DataLoss, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -44,6 +46,35 @@ class ArtifactStore(Protocol):
 
     def uri(self, sha256: str) -> str: ...
 
+    async def put_bytes(self, data: bytes) -> tuple[str, int]: ...
+
+    async def get_bytes(self, sha256: str) -> bytes: ...
+
+    async def delete(self, sha256: str) -> None:
+        """Remove an object (one nothing refers to, e.g. an upload that was refused); absent is fine."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def check_sha256(sha256: str) -> None:
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise InvalidArgument("not a sha256 hex digest", field="sha256")
+
+
+def open_store(settings: Settings) -> ArtifactStore:
+    """The store FLYWHEEL_ARTIFACT_ROOT names: s3://bucket/prefix, or a local directory."""
+    if settings.artifacts_on_s3:
+        from flywheel.s3_artifacts import S3ArtifactStore  # botocore is only imported where S3 is used
+
+        return S3ArtifactStore(
+            settings.artifact_location,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            path_style=settings.s3_path_style,
+        )
+    return LocalArtifactStore(settings.artifacts_dir)
+
 
 class LocalArtifactStore:
     def __init__(self, root: Path) -> None:
@@ -51,9 +82,14 @@ class LocalArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise InvalidArgument("not a sha256 hex digest", field="sha256")
+        check_sha256(sha256)
         return self.root / sha256[:2] / sha256
+
+    async def delete(self, sha256: str) -> None:
+        await asyncio.to_thread(self._path(sha256).unlink, missing_ok=True)
+
+    async def close(self) -> None:
+        return None
 
     def uri(self, sha256: str) -> str:
         return f"sha256:{sha256}"

@@ -143,7 +143,10 @@ class Settings(BaseSettings):
     # Monitoring.
     monitoring_tick_s: float = 1.0  # how often time-based windows are checked for closing
 
-    artifact_root: Path | None = None
+    artifact_root: str | None = None  # a directory, or s3://bucket/prefix (default: <home>/artifacts)
+    s3_endpoint_url: str | None = None  # an S3-compatible store (MinIO, Ceph...): path-style addressing then
+    s3_region: str | None = None  # else the AWS chain's (AWS_REGION, ~/.aws/config)
+    s3_path_style: bool | None = None  # force path-style (true) or virtual-host (false) addressing
     spans_file: Path | None = None
     trace_inference: bool = False  # one span per ModelInfer call: opt-in, it costs throughput
     metrics_port: int = 0  # 0: no Prometheus endpoint
@@ -174,9 +177,26 @@ class Settings(BaseSettings):
         """Where `flywheel up` leaves the admin credential (and TLS files) for the CLI and the tests."""
         return self.home / "credentials"
 
+    @field_validator("artifact_root", mode="before")
+    @classmethod
+    def _artifact_root_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
+    @property
+    def artifacts_on_s3(self) -> bool:
+        return bool(self.artifact_root and self.artifact_root.startswith("s3://"))
+
     @property
     def artifacts_dir(self) -> Path:
-        return self.artifact_root or self.home / "artifacts"
+        """The local store's directory (not meaningful when artifacts live on S3)."""
+        if self.artifacts_on_s3:
+            raise ValueError("artifacts live on S3 (FLYWHEEL_ARTIFACT_ROOT); there is no local artifact directory")
+        return Path(self.artifact_root) if self.artifact_root else self.home / "artifacts"
+
+    @property
+    def artifact_location(self) -> str:
+        """Where artifacts live, as FLYWHEEL_ARTIFACT_ROOT would say it: an s3:// URI or an absolute path."""
+        return self.artifact_root if self.artifact_root and self.artifacts_on_s3 else str(self.artifacts_dir.resolve())
 
 
 @lru_cache(maxsize=1)

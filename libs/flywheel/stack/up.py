@@ -70,7 +70,7 @@ class Stack:
                 "FLYWHEEL_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
                 "FLYWHEEL_KAFKA_ENABLE_IDEMPOTENCE": "false",
                 "FLYWHEEL_SPANS_FILE": str(self.home / "spans.jsonl"),
-                "FLYWHEEL_ARTIFACT_ROOT": str(s.artifacts_dir.resolve()),
+                "FLYWHEEL_ARTIFACT_ROOT": s.artifact_location,
                 **{f"FLYWHEEL_{n.upper()}_PORT": str(s.port_for(n)) for n in SERVICES},
                 **{f"FLYWHEEL_{n.upper()}_ADDR": s.addr_for(n) for n in SERVICES},
             }
