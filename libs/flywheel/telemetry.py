@@ -17,6 +17,7 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.propagators import textmap
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -117,8 +118,27 @@ def meter(name: str = "flywheel") -> metrics.Meter:
     return metrics.get_meter(name)
 
 
+class KafkaHeadersGetter(textmap.Getter[Sequence[tuple[str, bytes | None]]]):
+    """Trace context from Kafka record headers. Headers come from any producer: a value that is not
+    UTF-8 is read with replacement characters (and then ignored as an invalid traceparent) instead of
+    raising, which in aiokafka's own getter killed the consumer on every redelivery of that record."""
+
+    def get(self, carrier: Sequence[tuple[str, bytes | None]], key: str) -> list[str] | None:
+        for item_key, value in carrier:
+            if item_key == key and value is not None:
+                return [value.decode("utf-8", "replace")]
+        return None
+
+    def keys(self, carrier: Sequence[tuple[str, bytes | None]]) -> list[str]:
+        return [key for key, _ in carrier]
+
+
+kafka_headers_getter = KafkaHeadersGetter()
+
+
 def _instrument() -> None:
     from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+    from opentelemetry.instrumentation.aiokafka import utils as aiokafka_utils
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
     from opentelemetry.instrumentation.grpc.filters import health_check, negate
@@ -126,6 +146,8 @@ def _instrument() -> None:
     # Server spans come from our own method wrapping (flywheel.grpc.methods), which leaves health
     # probes and, unless FLYWHEEL_TRACE_INFERENCE is set, inference calls untraced.
     GrpcAioInstrumentorClient(filter_=negate(health_check())).instrument()
+    # The instrumentation's consume wrappers look this getter up at call time: use the tolerant one.
+    aiokafka_utils._aiokafka_getter = kafka_headers_getter  # type: ignore[assignment]
     AIOKafkaInstrumentor().instrument()
     AsyncPGInstrumentor().instrument()
 

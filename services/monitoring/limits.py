@@ -91,7 +91,7 @@ def feedback(request_id: str, row_index: int, value: Value, where: str) -> None:
 
 def drift_report_request(request: M.GetDriftReportRequest) -> None:
     text(request.model_name, "model_name", required=True)
-    count(request.model_version, "model_version", 2**63 - 1)
+    count(request.model_version, "model_version", 2**31 - 1)  # versions are int4 in PostgreSQL
     text(request.window_id, "window_id")
     count(request.window_count, "window_count", MAX_WINDOW_COUNT)
 
@@ -106,7 +106,7 @@ def alerts_request(request: M.ListAlertsRequest) -> None:
 
 def segment_report_request(request: M.GetSegmentReportRequest) -> None:
     text(request.model_name, "model_name", required=True)
-    count(request.model_version, "model_version", 2**63 - 1)
+    count(request.model_version, "model_version", 2**31 - 1)  # versions are int4 in PostgreSQL
     text(request.window_id, "window_id")
     text(request.field, "field")
 

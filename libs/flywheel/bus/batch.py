@@ -124,8 +124,28 @@ class BatchConsumer:
                     await self._add(record)
                 if records:
                     self._next[tp] = (records[-1].offset + 1, fingerprint(records[-1]))
+            await self._check_past_end(batch)
             if self._due():
                 await self._flush()
+
+    async def _check_past_end(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """A partition still waiting to read back its last record, whose log ends before that record
+        (a fetch's high watermark says so), is a shorter, new log: read it from its start."""
+        for tp, (offset, _) in list(self._verify.items()):
+            if tp in batch:
+                continue
+            high = self._consumer.highwater(tp)
+            if high is not None and high <= offset:
+                del self._verify[tp]
+                self.resets += 1
+                log.warning(
+                    "batch consumer: the log was reset (it ends before the stored offset); reading it from the start",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    stored_offset=offset + 1,
+                    log_end=high,
+                )
+                await self._consumer.seek_to_beginning(tp)
 
     async def _verified(self, tp: TopicPartition, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
         """Drop the re-read last record if it is the one we took; on a reset log, go back to its start."""
@@ -235,23 +255,16 @@ class BatchConsumer:
                 continue
             next_offset, last = stored[tp]
             start = (await self._consumer.beginning_offsets([tp]))[tp]
-            end = (await self._consumer.end_offsets([tp]))[tp]
-            if not start <= next_offset <= end:
-                # Shorter than what we took (or trimmed past it): a new log; every record in it is new.
-                log.warning(
-                    "batch consumer: the log was reset (stored offset outside it); reading it from the start",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    stored_offset=next_offset,
-                    log_end=end,
-                )
-                self.resets += 1
-                self._consumer.seek(tp, start)
-            elif last and next_offset > start:
+            if next_offset <= start or not last:
+                # Everything before the log's start is gone: what it holds is all unread. (Or an offset
+                # stored before fingerprints were kept: taken as it is.)
+                self._consumer.seek(tp, max(next_offset, start))
+            else:
+                # Read back the record we took last. The log's end offset is not asked here: a broker
+                # may report it short (tansu 0.6 answers ListOffsets with the last batch's first
+                # offset + 1); the high watermark of a fetch is right, and _check_past_end uses it.
                 self._verify[tp] = (next_offset - 1, last)
                 self._consumer.seek(tp, next_offset - 1)
-            else:
-                self._consumer.seek(tp, next_offset)
 
     async def _dead_letter(
         self, record: ConsumerRecord, exc: BaseException, attempts: int, conn: asyncpg.Connection | None = None

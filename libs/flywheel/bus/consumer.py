@@ -22,14 +22,13 @@ from aiokafka.errors import KafkaError
 from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.aiokafka.utils import _aiokafka_getter
 
 from flywheel.config import Settings
 from flywheel.db import CONNECTION_ERRORS
 from flywheel.errors import DataLoss, InvalidArgument
 from flywheel.logging import get_logger
 from flywheel.retry import Backoff
-from flywheel.telemetry import tracer
+from flywheel.telemetry import kafka_headers_getter, tracer
 
 from . import metrics
 from .dlq import DeadLetters
@@ -117,7 +116,7 @@ class EventConsumer:
             log.warning("consumer: offset commit failed", error=repr(exc), topic=tp.topic, partition=tp.partition)
 
     async def _process(self, record: ConsumerRecord) -> None:
-        parent = propagate.extract(record.headers, getter=_aiokafka_getter)
+        parent = propagate.extract(record.headers, getter=kafka_headers_getter)
         started = time.perf_counter()
         try:
             await self._attempts(record, parent)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import grpc
 
 from flywheel import errors
@@ -28,6 +29,10 @@ _CODES: list[tuple[type[errors.FlywheelError], grpc.StatusCode]] = [
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, NotImplementedError):  # generated base servicers' methods we do not offer
         return grpc.StatusCode.UNIMPLEMENTED, "not implemented"
+    if isinstance(exc, asyncpg.DataError):
+        # A request value PostgreSQL (or asyncpg's encoder) cannot take, e.g. a number past a column's
+        # range: the caller's input. The database's message may quote the value, so it is not repeated.
+        return grpc.StatusCode.INVALID_ARGUMENT, "a value in the request does not fit the field it is stored in"
     for cls, code in _CODES:
         if isinstance(exc, cls):
             return code, str(exc)

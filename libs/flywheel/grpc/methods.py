@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, overload
 
 import grpc
+from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -21,6 +22,7 @@ from flywheel.auth.guard import Guard
 from flywheel.logging import get_logger
 
 from .errors import status_for
+from .request_checks import check_request, checked_stream
 
 log = get_logger(__name__)
 Behavior = Callable[..., Any]
@@ -81,7 +83,7 @@ class MethodWrapper:
                 try:
                     if guard is not None:
                         await guard.check(method, context.invocation_metadata())
-                    return await behavior(request, context)
+                    return await behavior(_checked(request), context)
                 except Exception as exc:
                     await _fail(context, exc, method, span)
 
@@ -95,7 +97,7 @@ class MethodWrapper:
                 try:
                     if guard is not None:
                         await guard.check(method, context.invocation_metadata())
-                    result = behavior(request, context)
+                    result = behavior(_checked(request), context)
                     if inspect.isasyncgen(result):
                         async for item in result:
                             yield item
@@ -105,6 +107,16 @@ class MethodWrapper:
                     await _fail(context, exc, method, span)
 
         return stream
+
+
+def _checked(request: Any) -> Any:
+    """The request after the checks every method gets; a client stream is checked message by message."""
+    if isinstance(request, Message):
+        check_request(request)
+        return request
+    if hasattr(request, "__aiter__"):
+        return checked_stream(request)
+    return request
 
 
 async def _fail(context: grpc.aio.ServicerContext, exc: Exception, method: str, span: trace.Span | None) -> None:
