@@ -12,9 +12,15 @@ It needs only `cryptography`, a Flywheel dependency. What it writes (see deploy/
     kafka/                             the broker's PKCS#12 keystore and truststore with their password
                                        files, as the apache/kafka image expects them, and the kafka-admin
                                        client keystore (mTLS on the admin listener) with admin.properties
-    env/postgres.env                   the superuser's and every service role's database password
+    compose.env                        what docker-compose.yml interpolates (POSTGRES_PASSWORD, the
+                                       superuser's; GRAFANA_ADMIN_PASSWORD): export
+                                       COMPOSE_ENV_FILES=deploy/secrets/compose.env
+    env/postgres.env                   the database password of the migration owner (flywheel_migrator)
+                                       and of every service role, for deploy/postgres/init-roles.sh
+    env/migrate.env                    the migration owner's DSN, for `flywheel migrate` (service migrate)
     env/kafka-users.env                the SCRAM-SHA-512 password of every Kafka user
-    env/<service>.env                  the service's DSN (sslmode=verify-full) and its Kafka user
+    env/<service>.env                  the service's DSN (its DML-only role, sslmode=verify-full) and its
+                                       Kafka user
     env/producer.env                   Kafka settings for an outside producer on the host
     tokens/<service>.env               FLYWHEEL_AUTH_TOKEN, filled by deploy/mint-tokens.sh
 
@@ -40,6 +46,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SERVICES = ("ingestion", "training", "registry", "serving", "monitoring")
 KAFKA_USERS = (*(f"svc-{s}" for s in SERVICES), "producer")  # producer: an outside team's producer
+# The one role with DDL rights (deploy/postgres/roles.sql): only `flywheel migrate` connects as it.
+MIGRATOR = "migrator"
 DATABASE = "flywheel"
 CA_DAYS, LEAF_DAYS = 3650, 825
 DEFAULT_OUT = Path(__file__).resolve().parent / "secrets"
@@ -55,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out} already holds secrets; nothing to do (--force replaces them all)", file=sys.stderr)
         return 0
     generate(args.out)
-    print(f"secrets written to {args.out}; next: docker compose up -d postgres, then deploy/mint-tokens.sh")
+    print(
+        f"secrets written to {args.out}; next: export COMPOSE_ENV_FILES={args.out / 'compose.env'},"
+        " docker compose up -d postgres, then deploy/mint-tokens.sh"
+    )
     return 0
 
 
@@ -173,29 +184,25 @@ ssl.truststore.password={password}
 
 
 def env_files(out: Path) -> None:
-    db_passwords = {s: secrets.token_hex(24) for s in SERVICES}
+    db_passwords = {r: secrets.token_hex(24) for r in (MIGRATOR, *SERVICES)}
     kafka_passwords = {u: secrets.token_hex(24) for u in KAFKA_USERS}
+    # Compose interpolates these (${POSTGRES_PASSWORD:?...}): required, with no default in the file.
     _env(
-        out / "env" / "postgres.env",
-        {
-            "POSTGRES_PASSWORD": secrets.token_hex(24),
-            **{f"FLYWHEEL_DB_PASSWORD_{s.upper()}": pw for s, pw in db_passwords.items()},
-        },
+        out / "compose.env",
+        {"POSTGRES_PASSWORD": secrets.token_hex(24), "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16)},
     )
+    _env(out / "env" / "postgres.env", {f"FLYWHEEL_DB_PASSWORD_{r.upper()}": pw for r, pw in db_passwords.items()})
+    _env(out / "env" / "migrate.env", {"FLYWHEEL_DATABASE_URL": _dsn(MIGRATOR, db_passwords[MIGRATOR])})
     _env(
         out / "env" / "kafka-users.env",
         {f"SCRAM_PASSWORD_{u.upper().replace('-', '_')}": pw for u, pw in kafka_passwords.items()},
     )
     for service in SERVICES:
         user = f"svc-{service}"
-        dsn = (
-            f"postgresql://flywheel_{service}:{db_passwords[service]}@postgres:5432/{DATABASE}"
-            "?sslmode=verify-full&sslrootcert=/certs/ca.crt"
-        )
         _env(
             out / "env" / f"{service}.env",
             {
-                "FLYWHEEL_DATABASE_URL": dsn,
+                "FLYWHEEL_DATABASE_URL": _dsn(service, db_passwords[service]),
                 "FLYWHEEL_KAFKA_SASL_USERNAME": user,
                 "FLYWHEEL_KAFKA_SASL_PASSWORD": kafka_passwords[user],
             },
@@ -217,6 +224,14 @@ def env_files(out: Path) -> None:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
+
+def _dsn(role: str, password: str) -> str:
+    """The Compose network's PostgreSQL as flywheel_<role>, over TLS with the host name checked."""
+    return (
+        f"postgresql://flywheel_{role}:{password}@postgres:5432/{DATABASE}"
+        "?sslmode=verify-full&sslrootcert=/certs/ca.crt"
+    )
 
 
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
