@@ -254,6 +254,13 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 width=8,
             ),
             Panel(
+                "Training runs ended",
+                [(f"sum by (outcome) (increase(flywheel_training_runs_total[{RATE}]))", "{{outcome}}")],
+                "Runs that ended: succeeded (a model registered) or failed (the reason is in `flywheel runs show`).",
+                kind="bars",
+                width=8,
+            ),
+            Panel(
                 "Training runs stopped",
                 [(f"sum by (reason) (increase(flywheel_training_runs_stopped_total[{RATE}]))", "{{reason}}")],
                 "Runs stopped before they finished: timeout, memory limit, cancelled.",
@@ -309,6 +316,13 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Outbox rows published to Kafka, and attempts the broker refused (retried later; after "
                 "FLYWHEEL_OUTBOX_MAX_ATTEMPTS they move to dead_letters). Refusals that persist mean a backlog.",
                 unit="ops",
+            ),
+            Panel(
+                "Outbox backlog",
+                [(f"sum by (service) (flywheel_outbox_pending{{{SVC}}})", "{{service}}")],
+                "Outbox rows each service has committed but not yet published. It should stay near zero; "
+                "growth means the broker is away or refusing events (see the refused series).",
+                width=12,
             ),
             Panel(
                 "Dead letters",

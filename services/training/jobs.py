@@ -253,6 +253,7 @@ class TrainingWorker:
                 model.version,
             ):
                 log.info("run succeeded", run_id=run_id, model=model.name, version=model.version)
+                metrics.runs_finished.add(1, {"outcome": "succeeded"})
 
     async def _attempt(self, row: asyncpg.Record, lease: Lease) -> tuple[training_pb2.Run, common_pb2.ModelRef]:
         """Trains and registers; returns the run's summary and the registered model. Runs under the lease."""
@@ -405,6 +406,7 @@ class TrainingWorker:
             error,
         ):
             log.warning("run failed", run_id=lease.run_id, error=error)
+            metrics.runs_finished.add(1, {"outcome": "failed"})
 
 
 def _parent(row: asyncpg.Record) -> Context | None:

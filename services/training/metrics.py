@@ -16,3 +16,8 @@ runs_stopped = _meter.create_counter(
     unit="{run}",
     description="Runs stopped before they finished, by reason: timeout, memory, cancelled",
 )
+runs_finished = _meter.create_counter(
+    "flywheel.training.runs",
+    unit="{run}",
+    description="Runs that ended, by outcome: succeeded, failed (cancelled runs count in runs_stopped)",
+)

@@ -34,7 +34,11 @@ outbox_failed = _meter.create_counter(
     "flywheel.outbox.failed", unit="{attempt}", description="Outbox events the broker refused (retried later)"
 )
 handler_duration = _meter.create_histogram(
-    "flywheel.consumer.handler.duration", unit="s", description="Time to handle one event, retries included"
+    "flywheel.consumer.handler.duration",
+    unit="s",
+    description="Time to handle one event, retries included",
+    # Seconds, not the SDK's default buckets (sized for milliseconds, where every event lands in the first).
+    explicit_bucket_boundaries_advisory=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
 )
 
 _lag_sources: list[Callable[[], Iterable[tuple[dict[str, str | int], int]]]] = []
@@ -55,4 +59,27 @@ _meter.create_observable_gauge(
     callbacks=[_observe_lag],
     unit="{message}",
     description="High-water mark minus position",
+)
+
+
+_outbox_sources: list[Callable[[], int | None]] = []
+
+
+def register_outbox_source(source: Callable[[], int | None]) -> None:
+    """A relay's view of its unsent rows (None until it has looked)."""
+    _outbox_sources.append(source)
+
+
+def _observe_outbox(_: CallbackOptions) -> Iterable[Observation]:
+    for source in _outbox_sources:
+        pending = source()
+        if pending is not None:
+            yield Observation(pending)
+
+
+_meter.create_observable_gauge(
+    "flywheel.outbox.pending",
+    callbacks=[_observe_outbox],
+    unit="{event}",
+    description="Outbox rows not yet published (the backlog the relay still has to send)",
 )

@@ -67,6 +67,8 @@ class OutboxRelay:
         self._batch = batch
         self._wake = asyncio.Event()
         self.published = 0
+        self.pending: int | None = None  # unsent rows when last counted (the flywheel.outbox.pending gauge)
+        metrics.register_outbox_source(lambda: self.pending)
 
     async def run(self) -> None:
         listener = await self._pool.acquire()
@@ -111,6 +113,7 @@ class OutboxRelay:
                     self._batch,
                 )
             if not rows:
+                self.pending = 0
                 return 0
             outcomes = await self._publish_all(rows)
             sent = [r for r, problem in zip(rows, outcomes, strict=True) if problem is None]
@@ -125,6 +128,8 @@ class OutboxRelay:
         self.published += len(sent)
         for r in sent:
             metrics.outbox_published.add(1, {"topic": r["topic"]})
+        with untraced():
+            self.pending = await self._pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
         if failed and not sent:
             raise failed[0][1]
         return len(sent)
