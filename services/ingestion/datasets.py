@@ -17,7 +17,8 @@ RESERVED_PREFIX = "__"
 MAX_FIELDS = 1000
 MAX_NAME_CHARS = 256
 MAX_ALLOWED_VALUES = 10_000
-MAX_DESCRIPTION_CHARS = 4096
+MAX_DESCRIPTION_CHARS = 4096  # the dataset's, and each field's
+MAX_SPEC_BYTES = 1024 * 1024  # the whole definition, serialized
 MAX_MICRO_BATCH_ROWS = 1_000_000
 MAX_MICRO_BATCH_WAIT_S = 3600
 
@@ -25,7 +26,9 @@ MAX_MICRO_BATCH_WAIT_S = 3600
 def check_dataset(ds: ingestion_pb2.Dataset) -> ingestion_pb2.Dataset:
     """Validate and fill defaults; returns the dataset as it will be stored."""
     if not NAME.match(ds.name):
-        raise InvalidArgument(f"{ds.name!r} is not a valid dataset name ([a-z0-9][a-z0-9_.-]*)", field="dataset.name")
+        raise InvalidArgument(
+            "not a valid dataset name ([a-z0-9][a-z0-9_.-]*, at most 128 characters)", field="dataset.name"
+        )
     schema = ds.schema
     if not schema.fields:
         raise InvalidArgument("a schema needs at least one field", field="dataset.schema.fields")
@@ -44,6 +47,8 @@ def check_dataset(ds: ingestion_pb2.Dataset) -> ingestion_pb2.Dataset:
         for bound in ("min", "max"):
             if f.HasField(bound) and not math.isfinite(getattr(f, bound)):
                 raise InvalidArgument("must be a finite number", field=f"{where}.{bound}")
+        if len(f.description) > MAX_DESCRIPTION_CHARS:
+            raise InvalidArgument(f"at most {MAX_DESCRIPTION_CHARS} characters", field=f"{where}.description")
         if len(f.allowed_values) > MAX_ALLOWED_VALUES:
             raise InvalidArgument(f"at most {MAX_ALLOWED_VALUES} values", field=f"{where}.allowed_values")
         if any(len(v) > MAX_NAME_CHARS for v in f.allowed_values):
@@ -57,11 +62,11 @@ def check_dataset(ds: ingestion_pb2.Dataset) -> ingestion_pb2.Dataset:
         if f.allowed_values and f.type != common_pb2.FIELD_TYPE_CATEGORICAL:
             raise InvalidArgument("allowed_values is for categorical fields", field=f"{where}.allowed_values")
     if schema.label_field and schema.label_field not in names:
-        raise InvalidArgument(f"{schema.label_field!r} is not a schema field", field="dataset.schema.label_field")
+        raise InvalidArgument("must name a schema field", field="dataset.schema.label_field")
     if not schema.key_field:
         raise InvalidArgument("the split is hashed on a key field; name one", field="dataset.schema.key_field")
     if schema.key_field not in names:
-        raise InvalidArgument(f"{schema.key_field!r} is not a schema field", field="dataset.schema.key_field")
+        raise InvalidArgument("must name a schema field", field="dataset.schema.key_field")
     key = next(f for f in schema.fields if f.name == schema.key_field)
     if key.nullable:
         raise InvalidArgument("the key field cannot be nullable", field="dataset.schema.key_field")
@@ -81,6 +86,11 @@ def check_dataset(ds: ingestion_pb2.Dataset) -> ingestion_pb2.Dataset:
             )
     if len(ds.description) > MAX_DESCRIPTION_CHARS:
         raise InvalidArgument(f"at most {MAX_DESCRIPTION_CHARS} characters", field="dataset.description")
+    if ds.ByteSize() > MAX_SPEC_BYTES:
+        # Each part may be within its own cap while the whole is not (1,000 fields of 10,000 values).
+        raise InvalidArgument(
+            f"the definition is {ds.ByteSize()} bytes serialized; at most {MAX_SPEC_BYTES}", field="dataset"
+        )
     return ds
 
 

@@ -22,11 +22,12 @@ from flywheel.bus import BatchConsumer, Handler, RejectBatch, Topics
 from flywheel.bus.dlq import DeadLetters
 from flywheel.bus.serde import CONTENT_PROTOBUF, MalformedEvent, decode, header
 from flywheel.db import CONNECTION_ERRORS
-from flywheel.errors import FlywheelError
+from flywheel.errors import FlywheelError, NotFound
 from flywheel.logging import get_logger
 from flywheel.telemetry import meter
 from flywheel.v1 import common_pb2, events_pb2, ingestion_pb2
 from services.ingestion import datasets, store
+from services.ingestion.policies import MicroBatchPolicies
 from services.ingestion.tables import rows_to_table
 from services.ingestion.writer import write_version
 
@@ -44,8 +45,10 @@ def decode_rows(record: ConsumerRecord) -> list[dict[str, Any]]:
     if not (header(record.headers, "content-type") or "").startswith(CONTENT_PROTOBUF):
         try:
             value = json.loads(record.value or b"")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MalformedEvent(f"not JSON: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise MalformedEvent(f"not JSON (at byte {exc.pos})") from None
+        except UnicodeDecodeError as exc:  # its message would quote the bytes
+            raise MalformedEvent(f"not UTF-8 (at byte {exc.start})") from None
         rows = value.get("rows") if isinstance(value, dict) and "rows" in value else value
         rows = [rows] if isinstance(rows, dict) else rows
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -63,23 +66,30 @@ def _struct_row(struct: Any) -> dict[str, Any]:
 
 
 def records_consumer(ctx: ServiceContext) -> BatchConsumer:
-    policies: dict[str, tuple[int, float]] = {}
+    async def lookup(dataset: str) -> ingestion_pb2.Dataset | None:
+        if not datasets.NAME.match(dataset):  # a key no dataset can have: no query
+            return None
+        async with ctx.pool.acquire() as conn:
+            try:
+                return await store.get_dataset(conn, dataset)
+            except NotFound:
+                return None
+
+    # Each dataset's own policy from its first record on (the defaults only while it is looked up).
+    policies = MicroBatchPolicies(lookup)
 
     async def on_batch(conn: asyncpg.Connection, dataset: str, batches: list[list[dict[str, Any]]]) -> None:
         rows = [row for batch in batches for row in batch]
         try:
             ds = await store.get_dataset(conn, dataset)
-            policies[dataset] = datasets.micro_batch(ds)
+            policies.remember(dataset, ds)
             raw = rows_to_table(rows, ds.schema)
             await write_version(ctx, dataset, raw, common_pb2.WRITE_MODE_APPEND, "kafka", conn=conn)
         except FlywheelError as exc:
             raise RejectBatch(str(exc)) from exc
 
-    def policy(dataset: str) -> tuple[int, float]:
-        return policies.get(dataset, (datasets.DEFAULT_MAX_ROWS, datasets.DEFAULT_MAX_WAIT_S))
-
     return BatchConsumer(
-        ctx.settings, ctx.name, ctx.pool, ctx.producer, Topics.INGEST_RECORDS, decode_rows, on_batch, policy
+        ctx.settings, ctx.name, ctx.pool, ctx.producer, Topics.INGEST_RECORDS, decode_rows, on_batch, policies
     )
 
 

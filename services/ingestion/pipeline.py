@@ -51,7 +51,8 @@ def _apply_policy(result: ValidationResult, policy: int) -> None:
         raise InvalidArgument(f"unknown invalid-row policy {policy}", field="invalid_row_policy")
     if policy != ingestion_pb2.INVALID_ROW_POLICY_QUARANTINE and result.sample_errors:
         e = result.sample_errors[0]
-        raise InvalidArgument(f"row {e.row}: {e.reason} ({e.value!r})", field=e.field)
+        # The value is not repeated: it would travel into gRPC errors, logs and DLQ headers.
+        raise InvalidArgument(f"row {e.row}: {e.reason}", field=e.field)
     if result.rows_accepted == 0:
         raise InvalidArgument("no valid rows", field="records")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,9 @@ from flywheel.grpc import GrpcServer, stream_header
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services.ingestion import datasets, store
+from services.ingestion.decode_guard import BINARY_FORMATS, DecodeGuard
 from services.ingestion.sources import local_path
-from services.ingestion.tables import (
-    ReadLimits,
-    check_table,
-    read_arrow_ipc,
-    read_csv,
-    read_parquet,
-    read_untrusted_parquet,
-    to_text_table,
-)
+from services.ingestion.tables import ReadLimits, field_names, read_csv, read_parquet
 from services.ingestion.versioning import SPLIT_COLUMN
 from services.ingestion.writer import write_version
 
@@ -41,6 +34,8 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
         self._ctx = ctx
         self._pool = ctx.pool
         self._limits = read_limits(ctx.settings)
+        # Arrow and Parquet uploads are decoded in a child process under a memory limit.
+        self._guard = DecodeGuard(ctx.settings.home / "tmp", self._limits)
 
     async def CreateDataset(
         self, request: ingestion_pb2.CreateDatasetRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -96,11 +91,11 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
                     f"upload exceeds {limit} bytes (FLYWHEEL_INGESTION_MAX_UPLOAD_MB)", field="chunk"
                 )
             parts.append(msg.chunk)
-        data = b"".join(parts)
-        if not data:
+        if not received:
             raise InvalidArgument("no data after the header", field="chunk")
         fmt = header.format or ingestion_pb2.DATA_FORMAT_CSV
-        raw = await asyncio.to_thread(_parse, data, fmt, ds.schema, header.csv_delimiter or ",", self._limits)
+        raw = await self._decode(parts, fmt, ds.schema, header.csv_delimiter or ",")
+        del parts
         result = await write_version(self._ctx, header.dataset, raw, header.mode, "stream")
         return ingestion_pb2.IngestDatasetResponse(version=result.version, created=result.created, stats=result.stats)
 
@@ -109,14 +104,16 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
     ) -> ingestion_pb2.IngestFromUriResponse:
         async with self._pool.acquire() as conn:
             ds = await store.get_dataset(conn, request.dataset)
+        source: Sequence[bytes] | Path
+        limit = self._ctx.settings.ingestion_max_upload_mb * 1024 * 1024
         if request.uri.startswith("sha256:"):
-            data = await self._ctx.artifacts.get_bytes(request.uri.removeprefix("sha256:"))
+            source = await self._artifact(request.uri.removeprefix("sha256:"), limit)
             path = Path(request.uri)
         else:
-            path = local_path(request.uri, self._ctx.settings.ingest_roots)
-            data = await asyncio.to_thread(_read_file, path, self._ctx.settings.ingestion_max_upload_mb * 1024 * 1024)
+            path = source = local_path(request.uri, self._ctx.settings.ingest_roots)
+            await asyncio.to_thread(_check_file, path, limit)
         fmt = request.format or _format_from_suffix(path.suffix)
-        raw = await asyncio.to_thread(_parse, data, fmt, ds.schema, ",", self._limits)
+        raw = await self._decode(source, fmt, ds.schema, ",")
         result = await write_version(self._ctx, request.dataset, raw, request.mode, f"uri:{request.uri}")
         return ingestion_pb2.IngestFromUriResponse(version=result.version, created=result.created, stats=result.stats)
 
@@ -167,17 +164,30 @@ class IngestionService(ingestion_pb2_grpc.IngestionServiceServicer):
                 first = False
             yield msg
 
+    async def _artifact(self, sha256: str, limit: int) -> list[bytes]:
+        """A stored artifact's chunks, refused as soon as they pass the upload cap (it may be any
+        artifact: a model of a gigabyte, say)."""
+        chunks, size = [], 0
+        async for chunk in self._ctx.artifacts.get(sha256):
+            size += len(chunk)
+            if size > limit:
+                raise ResourceExhausted(
+                    f"artifact exceeds {limit} bytes (FLYWHEEL_INGESTION_MAX_UPLOAD_MB)", field="uri"
+                )
+            chunks.append(chunk)
+        return chunks
 
-def _parse(data: bytes, fmt: int, schema: common_pb2.Schema, delimiter: str, limits: ReadLimits) -> pa.Table:
-    if fmt == ingestion_pb2.DATA_FORMAT_CSV:
-        return read_csv(data, schema, delimiter, limits)
-    if fmt == ingestion_pb2.DATA_FORMAT_ARROW_IPC:
-        return read_arrow_ipc(data, schema, limits)
-    if fmt == ingestion_pb2.DATA_FORMAT_PARQUET:
-        text = to_text_table(read_untrusted_parquet(data, limits), schema)
-        check_table(text, limits)
-        return text
-    raise InvalidArgument("CSV, ARROW_IPC or PARQUET", field="format")
+    async def _decode(
+        self, source: Sequence[bytes] | Path, fmt: int, schema: common_pb2.Schema, delimiter: str
+    ) -> pa.Table:
+        """Uploaded bytes (their chunks, or a file already checked) -> text columns for validation."""
+        if fmt in BINARY_FORMATS:
+            return await self._guard.decode(source, fmt, field_names(schema))
+        if fmt != ingestion_pb2.DATA_FORMAT_CSV:
+            raise InvalidArgument("CSV, ARROW_IPC or PARQUET", field="format")
+        # CSV decodes to about its own size, in this process (no decompression).
+        data = await asyncio.to_thread(source.read_bytes) if isinstance(source, Path) else b"".join(source)
+        return await asyncio.to_thread(read_csv, data, schema, delimiter, self._limits)
 
 
 def _format_from_suffix(suffix: str) -> int:
@@ -188,7 +198,7 @@ def _format_from_suffix(suffix: str) -> int:
         ".parquet": ingestion_pb2.DATA_FORMAT_PARQUET,
     }
     if suffix.lower() not in formats:
-        raise InvalidArgument(f"cannot infer the format from {suffix!r}; set format", field="format")
+        raise InvalidArgument("cannot infer the format from the file's extension; set format", field="format")
     return formats[suffix.lower()]
 
 
@@ -228,9 +238,8 @@ def read_limits(settings: Settings) -> ReadLimits:
     )
 
 
-def _read_file(path: Path, limit: int) -> bytes:
+def _check_file(path: Path, limit: int) -> None:
     if not path.is_file():
         raise NotFound("no such file under the ingest roots", field="uri")
     if path.stat().st_size > limit:
         raise ResourceExhausted(f"file exceeds {limit} bytes (FLYWHEEL_INGESTION_MAX_UPLOAD_MB)", field="uri")
-    return path.read_bytes()

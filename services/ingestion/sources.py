@@ -15,9 +15,11 @@ from flywheel.errors import InvalidArgument, PermissionDenied
 
 def local_path(uri: str, roots: list[Path]) -> Path:
     """The resolved file a `file://` URI or plain path names, if it lies under one of `roots`."""
+    if "\x00" in uri:  # no path holds one; the OS would refuse it with an error of its own
+        raise InvalidArgument("must not contain NUL characters", field="uri")
     parts = urlsplit(uri)
     if parts.scheme not in ("", "file"):
-        raise InvalidArgument(f"unsupported scheme {parts.scheme!r}; use a path, file:// or sha256:", field="uri")
+        raise InvalidArgument("unsupported scheme; use a path, file:// or sha256:", field="uri")
     if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
         raise InvalidArgument("file:// URIs name this server's files only (no host)", field="uri")
     raw = Path(parts.path if parts.scheme else uri)

@@ -7,9 +7,14 @@ import asyncpg
 from flywheel.errors import NotFound
 from flywheel.pbutil import timestamp
 from flywheel.v1 import common_pb2, ingestion_pb2
+from services.ingestion.datasets import NAME
 
 
 async def get_dataset(conn: asyncpg.Connection, name: str, *, lock: bool = False) -> ingestion_pb2.Dataset:
+    if not NAME.match(name):
+        # No dataset has such a name (a NUL, say, which PostgreSQL text cannot even hold): not looked
+        # up, and not repeated, since a request or record key may carry anything.
+        raise NotFound("no such dataset (not a valid dataset name)", field="dataset")
     row = await conn.fetchrow(
         "SELECT d.spec, d.created_at, coalesce(max(v.version), 0) AS latest FROM datasets d"
         " LEFT JOIN dataset_versions v ON v.dataset = d.name WHERE d.name = $1 GROUP BY d.name",
@@ -55,6 +60,8 @@ def to_version(row: asyncpg.Record) -> ingestion_pb2.DatasetVersion:
 
 async def get_version(conn: asyncpg.Connection, dataset: str, version: int) -> asyncpg.Record:
     """Version `version` of `dataset`, or its latest when `version` is 0."""
+    if not NAME.match(dataset):
+        await get_dataset(conn, dataset)  # NotFound, without a query
     if version:
         row = await conn.fetchrow(
             f"SELECT {VERSION_COLUMNS} FROM dataset_versions WHERE dataset = $1 AND version = $2", dataset, version

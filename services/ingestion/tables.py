@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from flywheel.errors import InvalidArgument, ResourceExhausted
-from flywheel.v1 import common_pb2
+from flywheel.v1 import common_pb2, ingestion_pb2
 
 _BOM = b"\xef\xbb\xbf"
 _CSV_SHAPE = re.compile(r"Expected (\d+) columns?, got (\d+)")
@@ -41,6 +41,7 @@ class ReadLimits:
 
 
 DEFAULT_LIMITS = ReadLimits()
+PARQUET_BATCH_ROWS = 8192
 # The request field blamed for unreadable bytes (the stream's chunks, a file, a Kafka batch).
 DATA_FIELD = "data"
 
@@ -62,7 +63,7 @@ def _header(data: bytes, delimiter: str) -> list[str]:
         text = first.decode("utf-8").rstrip("\r")
         names = next(csv.reader([text], delimiter=delimiter), [])
     except (UnicodeDecodeError, csv.Error) as e:
-        raise InvalidArgument(f"unreadable CSV header: {e}", field=DATA_FIELD) from e
+        raise InvalidArgument(f"unreadable CSV header ({type(e).__name__})", field=DATA_FIELD) from None
     return [n.strip() for n in names]
 
 
@@ -100,9 +101,11 @@ def read_csv(
         quoted_strings_can_be_null=True,
         null_values=[""],
     )
+    _check_line_lengths(data, limits.max_line_bytes)
     # Names are given explicitly (header parsed above), so the header row is skipped as data.
-    # A line longer than a block cannot be parsed: the block size is the line length cap.
-    read = pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=True, block_size=limits.max_line_bytes)
+    read = pacsv.ReadOptions(
+        column_names=names, skip_rows=1, use_threads=True, block_size=_block_size(limits.max_line_bytes)
+    )
     parse = pacsv.ParseOptions(delimiter=delimiter)
     try:
         table = pacsv.read_csv(io.BytesIO(data), read, parse, convert)
@@ -113,6 +116,26 @@ def read_csv(
     return table
 
 
+def _check_line_lengths(data: bytes, max_bytes: int) -> None:
+    """Every line (the bytes between two newlines) holds at most `max_bytes`. Each step jumps past
+    the last newline of the next `max_bytes + 1` bytes, so every byte is looked at about twice (in C:
+    bytes.rfind), nothing is copied, and a window without a newline is a line over the cap."""
+    start = 0
+    while len(data) - start > max_bytes:
+        newline = data.rfind(b"\n", start, start + max_bytes + 1)
+        if newline < 0:
+            line = data.count(b"\n", 0, start) + 1
+            raise InvalidArgument(f"line {line} is longer than {max_bytes} bytes", field=DATA_FIELD)
+        start = newline + 1
+
+
+def _block_size(max_line_bytes: int) -> int:
+    """Arrow's CSV reader parses rows of up to twice its block size, and one that starts at the end of
+    a block must end within the next: a block one line long (plus CR LF) never refuses a line within
+    the cap, which _check_line_lengths enforces exactly."""
+    return max_line_bytes + 2
+
+
 def _csv_error(message: str, limits: ReadLimits) -> str:
     """Arrow's CSV errors quote the offending line; say what was wrong without echoing input."""
     row = _CSV_ROW.search(message)
@@ -121,7 +144,9 @@ def _csv_error(message: str, limits: ReadLimits) -> str:
     if shape:
         return f"unreadable CSV{where}: expected {shape.group(1)} columns, got {shape.group(2)}"
     if "straddling" in message or "block" in message:
-        return f"unreadable CSV: a line is longer than {limits.max_line_bytes} bytes"
+        # Lines are within the cap (checked before parsing): quoted cells make this row span several.
+        block = _block_size(limits.max_line_bytes)
+        return f"unreadable CSV{where}: a row spanning lines is longer than the reader's block of {block} bytes"
     return f"unreadable CSV{where}: malformed quoting or encoding"
 
 
@@ -144,7 +169,9 @@ def check_table(table: pa.Table, limits: ReadLimits) -> None:
 
 
 def _read_batches(batches: Iterable[pa.RecordBatch], limits: ReadLimits) -> pa.Table:
-    """Collects record batches, stopping as soon as rows or decoded bytes pass the limits."""
+    """Collects record batches, stopping as soon as rows or decoded bytes pass the limits. A batch is
+    whole before it can be counted: bounding the memory it takes to decode one is the decoding
+    child's address-space limit (decode_guard.py)."""
     kept: list[pa.RecordBatch] = []
     rows = size = 0
     for batch in batches:
@@ -160,37 +187,71 @@ def _read_batches(batches: Iterable[pa.RecordBatch], limits: ReadLimits) -> pa.T
     return pa.Table.from_batches(kept)
 
 
+def _kind(dtype: pa.DataType) -> str:
+    """A type's kind ("struct", "list", ...) without its parameters: nested names come from the file."""
+    return type(dtype).__name__.removesuffix("Type").lower() or "unknown"
+
+
 def _as_text(column: pa.ChunkedArray | pa.Array, name: str) -> pa.ChunkedArray | pa.Array:
     if pa.types.is_string(column.type):
         return column
     try:
         return column.cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise InvalidArgument(f"type_mismatch: cannot read a {column.type} column", field=name) from e
+        raise InvalidArgument(f"type_mismatch: cannot read a {_kind(column.type)} column as text", field=name) from e
+
+
+def text_columns(table: pa.Table, names: Sequence[str]) -> pa.Table:
+    """Selects the named columns from any Arrow table, in that order, cast to text."""
+    columns = []
+    for name in names:
+        if name not in table.column_names:
+            raise _missing(name)
+        columns.append(_as_text(table.column(name), name))
+    return pa.table(columns, names=list(names))
 
 
 def to_text_table(table: pa.Table, schema: common_pb2.Schema) -> pa.Table:
     """Selects the schema's columns from any Arrow table and casts them to text."""
-    wanted = field_names(schema)
-    columns = []
-    for name in wanted:
-        if name not in table.column_names:
-            raise _missing(name)
-        columns.append(_as_text(table.column(name), name))
-    return pa.table(columns, names=wanted)
+    return text_columns(table, field_names(schema))
 
 
-def read_arrow_ipc(data: bytes, schema: common_pb2.Schema, limits: ReadLimits = DEFAULT_LIMITS) -> pa.Table:
-    """An Arrow IPC stream -> string columns, so it takes the same validation path as CSV. Read a
-    batch at a time: compressed buffers decode only as far as the limits allow."""
+Source: TypeAlias = bytes | pa.Buffer | pa.NativeFile  # what a binary reader takes
+
+
+def _buffer(data: Source) -> pa.Buffer | pa.NativeFile:
+    return pa.py_buffer(data) if isinstance(data, bytes) else data
+
+
+def _arrow_table(data: Source, limits: ReadLimits) -> pa.Table:
     try:
-        reader = pa.ipc.open_stream(pa.py_buffer(data))
+        reader = pa.ipc.open_stream(_buffer(data))
         if len(reader.schema) > limits.max_columns:
             raise ResourceExhausted(f"{len(reader.schema)} columns; at most {limits.max_columns}", field=DATA_FIELD)
-        table = _read_batches(reader, limits)
+        return _read_batches(reader, limits)
     except (pa.ArrowInvalid, OSError) as e:
         raise InvalidArgument(f"unreadable Arrow IPC stream ({type(e).__name__})", field=DATA_FIELD) from None
-    text = to_text_table(table, schema)
+
+
+def read_arrow_ipc(data: Source, schema: common_pb2.Schema, limits: ReadLimits = DEFAULT_LIMITS) -> pa.Table:
+    """An Arrow IPC stream -> string columns, so it takes the same validation path as CSV. Read a
+    batch at a time: compressed buffers decode only as far as the limits allow."""
+    text = to_text_table(_arrow_table(data, limits), schema)
+    check_table(text, limits)
+    return text
+
+
+def decode_untrusted(data: Source, fmt: int, names: Sequence[str], limits: ReadLimits = DEFAULT_LIMITS) -> pa.Table:
+    """An uploaded Arrow IPC stream or Parquet file -> the named columns as text, within the limits.
+    What the decoding child runs (decode_child.py): every allocation sized by the file happens here."""
+    if fmt == ingestion_pb2.DATA_FORMAT_ARROW_IPC:
+        table = _arrow_table(data, limits)
+    elif fmt == ingestion_pb2.DATA_FORMAT_PARQUET:
+        table = read_untrusted_parquet(data, limits)
+    else:
+        raise InvalidArgument("ARROW_IPC or PARQUET", field="format")
+    text = text_columns(table, names)
+    del table  # the decoded columns go before the text ones are measured
     check_table(text, limits)
     return text
 
@@ -251,11 +312,12 @@ def read_parquet(data: bytes) -> pa.Table:
         raise InvalidArgument(f"unreadable Parquet: {e}", field=DATA_FIELD) from e
 
 
-def read_untrusted_parquet(data: bytes, limits: ReadLimits = DEFAULT_LIMITS) -> pa.Table:
+def read_untrusted_parquet(data: Source, limits: ReadLimits = DEFAULT_LIMITS) -> pa.Table:
     """An uploaded Parquet file: its metadata is checked against the limits before any data page
     is decoded, then it is read a batch at a time (metadata can lie)."""
     try:
-        f = pq.ParquetFile(pa.BufferReader(data))
+        source = pa.BufferReader(data) if isinstance(data, bytes | pa.Buffer) else data
+        f = pq.ParquetFile(source)
         meta = f.metadata
         declared = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         if meta.num_rows > limits.max_rows or meta.num_columns > limits.max_columns:
@@ -267,6 +329,7 @@ def read_untrusted_parquet(data: bytes, limits: ReadLimits = DEFAULT_LIMITS) -> 
             raise ResourceExhausted(
                 f"decodes to {declared} bytes; at most {limits.max_decoded_bytes}", field=DATA_FIELD
             )
-        return _read_batches(f.iter_batches(batch_size=65_536), limits)
+        # Small batches: a batch is decoded whole before it is counted.
+        return _read_batches(f.iter_batches(batch_size=PARQUET_BATCH_ROWS, use_threads=False), limits)
     except (pa.ArrowInvalid, OSError) as e:
         raise InvalidArgument(f"unreadable Parquet ({type(e).__name__})", field=DATA_FIELD) from None

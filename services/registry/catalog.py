@@ -8,9 +8,12 @@ what was wrong. SQL lives in store.py; how aliases and production move lives in 
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 
@@ -23,7 +26,7 @@ from flywheel.errors import FlywheelError, InvalidArgument, NotFound, ResourceEx
 from flywheel.logging import get_logger
 from flywheel.v1 import common_pb2, events_pb2, registry_pb2
 from services.registry import rules, store
-from services.registry.model_check import validate_onnx
+from services.registry.model_check import check_declared, validate_onnx, validate_onnx_file
 
 log = get_logger(__name__)
 R = registry_pb2
@@ -62,6 +65,7 @@ class Catalog:
         rules.check_metrics(header.metrics, "header.metrics")
         if header.HasField("promotion_policy"):
             rules.check_policy(header.promotion_policy, "header.promotion_policy")
+        check_declared(header)
 
         if header.idempotency_key:
             async with self._pool.acquire() as conn:
@@ -69,9 +73,8 @@ class Catalog:
             if existing is not None:  # a retried registration: same answer, nothing new
                 return existing, False
 
+        # Model files come from outside: only a self-contained ONNX model gets a version (and is stored).
         sha, size = await self._store_artifact(header, _capped(chunks, self._max_artifact_bytes))
-        # Model files come from outside: only a self-contained ONNX model gets a version.
-        await asyncio.to_thread(validate_onnx, await self._artifacts.get_bytes(sha))
         async with self._pool.acquire() as conn, conn.transaction():
             await store.add_model(conn, name)
             model = await store.ensure_model(conn, name, lock=True)
@@ -126,6 +129,8 @@ class Catalog:
     async def _store_artifact(
         self, header: registry_pb2.RegisterModelHeader, chunks: AsyncIterator[bytes]
     ) -> tuple[str, int]:
+        """The validated artifact's (sha256, size): one already stored (artifact_uri), or the upload,
+        stored only once it has passed validation."""
         if header.artifact_uri:
             sha = header.artifact_uri.removeprefix("sha256:")
             if not await self._artifacts.exists(sha):
@@ -135,11 +140,21 @@ class Catalog:
             size = sum([len(c) async for c in self._artifacts.get(sha)])  # verifies the stored bytes too
             if size > self._max_artifact_bytes:
                 raise ResourceExhausted(f"artifact is {size} bytes; the limit is {self._max_artifact_bytes}")
+            await asyncio.to_thread(validate_onnx, await self._artifacts.get_bytes(sha))
             return sha, size
-        sha, size = await self._artifacts.put(chunks, expected_sha256=header.sha256 or None)
-        if size == 0:
-            raise InvalidArgument("no artifact bytes and no artifact_uri", field="chunk")
-        return sha, size
+        # Spooled to a private file and validated there before it enters the store: a refused upload
+        # leaves nothing behind, and an artifact the store already holds (content-addressed, maybe
+        # another version's or a dataset's) is never touched. The upload is never held in memory
+        # whole but while it is parsed.
+        spool = Path(await asyncio.to_thread(_spool_file, self._settings.home / "tmp"))
+        try:
+            size = await _spool(chunks, spool)
+            if size == 0:
+                raise InvalidArgument("no artifact bytes and no artifact_uri", field="chunk")
+            await asyncio.to_thread(validate_onnx_file, spool)
+            return await self._artifacts.put(_read_chunks(spool), expected_sha256=header.sha256 or None)
+        finally:
+            await asyncio.to_thread(spool.unlink, True)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -293,6 +308,29 @@ class Catalog:
         if row["policy"] is None:
             raise NotFound(f"model {model_name!r} has no promotion policy", field="model_name")
         return common_pb2.PromotionPolicy.FromString(row["policy"])
+
+
+def _spool_file(directory: Path) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=directory, prefix="register-", suffix=".onnx")
+    os.close(fd)
+    return path
+
+
+async def _spool(chunks: AsyncIterator[bytes], path: Path) -> int:
+    """Writes the chunks to `path`; their total size."""
+    size = 0
+    with path.open("wb") as out:
+        async for chunk in chunks:
+            size += len(chunk)
+            await asyncio.to_thread(out.write, chunk)
+    return size
+
+
+async def _read_chunks(path: Path, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, chunk_size):
+            yield chunk
 
 
 async def _capped(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:

@@ -26,20 +26,20 @@ MAX_IMPROVEMENT = 1e6
 
 def check_name(name: str, field: str = "name") -> str:
     if not NAME.match(name or ""):
-        raise InvalidArgument(f"{name!r} is not a valid model name ([a-z0-9][a-z0-9_.-]*)", field=field)
+        raise InvalidArgument("not a valid model name ([a-z0-9][a-z0-9_.-]*, at most 128 characters)", field=field)
     return name
 
 
 def check_alias(alias: str) -> str:
     if not ALIAS.match(alias or ""):
-        raise InvalidArgument(f"{alias!r} is not a valid alias ([a-z][a-z0-9_-]*)", field="alias")
+        raise InvalidArgument("not a valid alias ([a-z][a-z0-9_-]*, at most 64 characters)", field="alias")
     return alias
 
 
 def check_format(fmt: str) -> str:
     fmt = fmt or "onnx"
     if fmt not in FORMATS:
-        raise InvalidArgument(f"unsupported format {fmt!r}; supported: {', '.join(FORMATS)}", field="format")
+        raise InvalidArgument(f"unsupported format; supported: {', '.join(FORMATS)}", field="format")
     return fmt
 
 

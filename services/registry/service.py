@@ -20,14 +20,16 @@ from flywheel.grpc import GrpcServer, stream_header
 from flywheel.grpc.context import actor
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from services.registry import token_service
+from services.registry import rules, token_service
 from services.registry.catalog import Catalog
+from services.registry.model_check import MAX_NAME_CHARS
 from services.registry.promoter import Promoter
 
 R = registry_pb2
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic in the stubs only
 DEFAULT_CHUNK = 1024 * 1024
 MIN_CHUNK = 64 * 1024
+MAX_REPORT_BYTES = 1024 * 1024  # a staging report, serialized (it is stored and sent on in events)
 
 
 class _Paged(Protocol):
@@ -40,6 +42,20 @@ class _Paged(Protocol):
 def _page(request: _Paged) -> tuple[int, int]:
     """(limit, offset) of the page a List request asks for."""
     return page_size(request.page_size), decode_token(request.page_token)
+
+
+class _Acting(Protocol):
+    @property
+    def actor(self) -> str: ...
+
+
+def _who(request: _Acting, context: Context, reason: str = "") -> str:
+    """Who acts (the caller's identity, or with auth off the request's actor), once the free text the
+    request carries into audit rows and events is within bounds."""
+    if len(request.actor) > MAX_NAME_CHARS:
+        raise InvalidArgument(f"at most {MAX_NAME_CHARS} characters", field="actor")
+    rules.check_text(reason, "reason")
+    return actor(context, request.actor)
 
 
 async def _chunks(rest: AsyncIterator[registry_pb2.RegisterModelRequest]) -> AsyncIterator[bytes]:
@@ -113,22 +129,30 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
 
     async def SetAlias(self, request: registry_pb2.SetAliasRequest, context: Context) -> registry_pb2.SetAliasResponse:
         alias, previous = await self._promoter.set_alias(
-            request.name, request.alias, request.version, request.reason, actor(context, request.actor)
+            request.name, request.alias, request.version, request.reason, _who(request, context, request.reason)
         )
         return R.SetAliasResponse(alias=alias, previous_version=previous)
 
     async def DeleteAlias(
         self, request: registry_pb2.DeleteAliasRequest, context: Context
     ) -> registry_pb2.DeleteAliasResponse:
-        await self._promoter.delete_alias(request.name, request.alias, request.reason, actor(context, request.actor))
+        who = _who(request, context, request.reason)
+        await self._promoter.delete_alias(request.name, request.alias, request.reason, who)
         return R.DeleteAliasResponse()
 
     async def GetAlias(self, request: registry_pb2.GetAliasRequest, context: Context) -> registry_pb2.GetAliasResponse:
         return R.GetAliasResponse(alias=await self._promoter.alias(request.name, request.alias))
 
     async def SetTags(self, request: registry_pb2.SetTagsRequest, context: Context) -> registry_pb2.SetTagsResponse:
+        who = _who(request, context)
+        if len(request.remove_keys) > rules.MAX_TAGS or any(
+            len(k) > rules.MAX_TAG_KEY_CHARS for k in request.remove_keys
+        ):
+            raise InvalidArgument(
+                f"at most {rules.MAX_TAGS} keys of at most {rules.MAX_TAG_KEY_CHARS} characters", field="remove_keys"
+            )
         version = await self._catalog.set_tags(
-            request.name, request.version, request.tags, list(request.remove_keys), actor(context, request.actor)
+            request.name, request.version, request.tags, list(request.remove_keys), who
         )
         return R.SetTagsResponse(version=version)
 
@@ -136,7 +160,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.ArchiveVersionRequest, context: Context
     ) -> registry_pb2.ArchiveVersionResponse:
         version = await self._catalog.archive(
-            request.name, request.version, request.reason, actor(context, request.actor)
+            request.name, request.version, request.reason, _who(request, context, request.reason)
         )
         return R.ArchiveVersionResponse(version=version)
 
@@ -165,7 +189,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
     async def SetPromotionPolicy(
         self, request: registry_pb2.SetPromotionPolicyRequest, context: Context
     ) -> registry_pb2.SetPromotionPolicyResponse:
-        policy = await self._catalog.set_policy(request.model_name, request.policy, actor(context, request.actor))
+        policy = await self._catalog.set_policy(request.model_name, request.policy, _who(request, context))
         return R.SetPromotionPolicyResponse(policy=policy)
 
     async def GetPromotionPolicy(
@@ -178,6 +202,10 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
     async def ReportStagingChecks(
         self, request: registry_pb2.ReportStagingChecksRequest, context: Context
     ) -> registry_pb2.ReportStagingChecksResponse:
+        if request.report.ByteSize() > MAX_REPORT_BYTES:
+            raise InvalidArgument(f"at most {MAX_REPORT_BYTES} bytes serialized", field="report")
+        if len(request.causation_id) > MAX_NAME_CHARS:
+            raise InvalidArgument(f"at most {MAX_NAME_CHARS} characters", field="causation_id")
         version, decision = await self._promoter.report_staging(
             request.model.name, request.model.version, request.report, request.causation_id
         )
@@ -187,7 +215,7 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.ApproveVersionRequest, context: Context
     ) -> registry_pb2.ApproveVersionResponse:
         version, decision = await self._promoter.approve(
-            request.name, request.version, request.reason, actor(context, request.actor)
+            request.name, request.version, request.reason, _who(request, context, request.reason)
         )
         return R.ApproveVersionResponse(version=version, decision=decision)
 
@@ -195,13 +223,13 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.RejectVersionRequest, context: Context
     ) -> registry_pb2.RejectVersionResponse:
         version, decision = await self._promoter.reject(
-            request.name, request.version, request.reason, actor(context, request.actor)
+            request.name, request.version, request.reason, _who(request, context, request.reason)
         )
         return R.RejectVersionResponse(version=version, decision=decision)
 
     async def Rollback(self, request: registry_pb2.RollbackRequest, context: Context) -> registry_pb2.RollbackResponse:
         production, previous = await self._promoter.rollback(
-            request.name, request.to_version, request.reason, actor(context, request.actor)
+            request.name, request.to_version, request.reason, _who(request, context, request.reason)
         )
         return R.RollbackResponse(
             production=common_pb2.ModelRef(name=request.name, version=production), previous_version=previous

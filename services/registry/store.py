@@ -10,11 +10,12 @@ from typing import Any
 
 import asyncpg
 from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from flywheel.errors import InvalidArgument, NotFound
 from flywheel.pbutil import struct, timestamp
 from flywheel.v1 import common_pb2, registry_pb2
-from services.registry.rules import PRODUCTION
+from services.registry.rules import ALIAS, NAME, PRODUCTION
 
 R = registry_pb2
 # A result row: an asyncpg.Record, or any mapping with the same keys.
@@ -41,6 +42,20 @@ UPSERT_ALIAS = (
     " ON CONFLICT (name, alias) DO UPDATE SET version = $3, updated_by = $4, updated_at = now()"
     " RETURNING updated_at"
 )
+
+
+def when(ts: Timestamp, field: str) -> datetime:
+    """A request's timestamp as a datetime; INVALID_ARGUMENT when it is none (nanos outside [0, 1e9),
+    seconds beyond year 9999)."""
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument("not a valid timestamp", field=field) from None
+
+
+def _shown(name: str) -> str:
+    """A model name as an error repeats it: only a well-formed one (a request may carry anything)."""
+    return repr(name) if NAME.match(name) else "(not a valid model name)"
 
 
 # -- row -> message -------------------------------------------------------------------------
@@ -114,9 +129,10 @@ async def ensure_model(conn: asyncpg.Connection, name: str, *, lock: bool = Fals
     """The model's row, or NotFound; `lock` holds it for the transaction (serialises alias moves
     and version numbering per model)."""
     sql = "SELECT name, policy, created_at FROM models WHERE name = $1" + (" FOR UPDATE" if lock else "")
-    row = await conn.fetchrow(sql, name)
+    # A name no model can have (a NUL, say, which PostgreSQL text cannot even hold) is not looked up.
+    row = await conn.fetchrow(sql, name) if NAME.match(name) else None
     if row is None:
-        raise NotFound(f"no model named {name!r}", field="name")
+        raise NotFound(f"no model named {_shown(name)}", field="name")
     return row
 
 
@@ -150,11 +166,10 @@ async def list_models(conn: asyncpg.Connection, alias: str, limit: int, offset: 
 
 
 async def get_version(conn: asyncpg.Connection, name: str, version: int) -> registry_pb2.ModelVersion:
-    row = await conn.fetchrow(
-        f"SELECT {VERSION_COLUMNS} FROM model_versions v WHERE v.name = $1 AND v.version = $2", name, version
-    )
+    query = f"SELECT {VERSION_COLUMNS} FROM model_versions v WHERE v.name = $1 AND v.version = $2"
+    row = await conn.fetchrow(query, name, version) if NAME.match(name) else None
     if row is None:
-        raise NotFound(f"model {name!r} has no version {version}", field="version")
+        raise NotFound(f"model {_shown(name)} has no version {version}", field="version")
     return to_version(row)
 
 
@@ -169,7 +184,7 @@ async def resolve(conn: asyncpg.Connection, name: str, version: int = 0, alias: 
         return version
     v = await conn.fetchval("SELECT max(version) FROM model_versions WHERE name = $1", name)
     if v is None:
-        raise NotFound(f"model {name!r} has no versions", field="name")
+        raise NotFound(f"model {_shown(name)} has no versions", field="name")
     return int(v)
 
 
@@ -267,9 +282,9 @@ def search_query(request: registry_pb2.SearchModelVersionsRequest, limit: int, o
     if request.dataset_version:
         where.append(f"v.dataset_version = {arg(request.dataset_version)}")
     if request.HasField("created_after"):
-        where.append(f"v.created_at > {arg(request.created_after.ToDatetime(tzinfo=UTC))}")
+        where.append(f"v.created_at > {arg(when(request.created_after, 'created_after'))}")
     if request.HasField("created_before"):
-        where.append(f"v.created_at < {arg(request.created_before.ToDatetime(tzinfo=UTC))}")
+        where.append(f"v.created_at < {arg(when(request.created_before, 'created_before'))}")
     order = "v.created_at DESC, v.name, v.version DESC"
     if request.order_by_metric:
         direction = "ASC" if request.ascending else "DESC"
@@ -331,6 +346,8 @@ async def save_promotion(
 
 
 async def alias_version(conn: asyncpg.Connection, name: str, alias: str) -> int | None:
+    if not (NAME.match(name) and ALIAS.match(alias)):
+        return None
     v = await conn.fetchval("SELECT version FROM aliases WHERE name = $1 AND alias = $2", name, alias)
     return int(v) if v is not None else None
 
@@ -338,7 +355,8 @@ async def alias_version(conn: asyncpg.Connection, name: str, alias: str) -> int 
 async def missing_alias(conn: asyncpg.Connection, name: str, alias: str) -> NotFound:
     """The error for an alias the model lacks: NotFound on the name when there is no such model."""
     await ensure_model(conn, name)
-    return NotFound(f"model {name!r} has no alias {alias!r}", field="alias")
+    shown = repr(alias) if ALIAS.match(alias) else "(not a valid alias)"
+    return NotFound(f"model {_shown(name)} has no alias {shown}", field="alias")
 
 
 async def set_alias(conn: asyncpg.Connection, name: str, alias: str, version: int, updated_by: str) -> datetime:

@@ -198,7 +198,8 @@ def test_reject_names_row_field_and_reason():
     with pytest.raises(InvalidArgument) as err:
         prepare_version(raw, schema, REJECT, None, APPEND)
     assert err.value.field == "x"
-    assert "row 3" in str(err.value) and "out_of_range" in str(err.value) and "'11'" in str(err.value)
+    assert "row 3" in str(err.value) and "out_of_range" in str(err.value)
+    assert "11" not in str(err.value), "a refused value is never echoed back"
 
 
 def test_unspecified_policy_rejects():
