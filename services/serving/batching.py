@@ -9,7 +9,11 @@ delay) and exits when the queue is empty, so batchers can share a small executor
 Cheap models are the exception (`inline_max_rows`): when a full batch computes in less time than
 handing work to a thread and back costs (tens of microseconds, plus GIL contention with the loop),
 batches of up to that many rows run on the event loop itself. Requests that arrive in the same loop
-iteration are then coalesced, at no added latency; larger requests still go to the executor.
+iteration are then coalesced, at no added latency; larger requests still go to the executor. The
+model manager allows it only for graphs whose cost is fixed by the request's shape.
+
+One request's values can fail a whole batch (a value the model rejects, more memory than the
+inference cap allows): such a batch runs again request by request, so only the request at fault fails.
 """
 
 from __future__ import annotations
@@ -26,11 +30,16 @@ from typing import cast
 
 import numpy as np
 
-from flywheel.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from flywheel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from services.serving.tensors import batch_size
 
 Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds], Feeds]
+RunManyFn = Callable[[Feeds, int], Feeds]  # a coalesced batch's run, told how many requests it holds
+
+
+class QueueFull(ResourceExhausted):
+    """The model's queue is full: the request was not accepted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +66,8 @@ def _shape_key(feeds: Mapping[str, np.ndarray]) -> tuple:
 class DynamicBatcher:
     """Coalesces concurrent `infer` calls; each caller gets exactly its own rows back.
 
-    One event loop per batcher. `max_batch_size <= 1` disables coalescing: each request runs alone
+    One event loop per batcher. `run` computes one request; `run_many`, when given, a coalesced batch
+    (with the number of requests in it). `max_batch_size <= 1` disables coalescing: each request runs alone
     in the executor. `max_queue_size` > 0 bounds the requests waiting for a worker thread, coalesced
     or alone (ResourceExhausted beyond, at once): nothing queues without bound behind a slow model.
     Requests run on the event loop (`inline_max_rows`) never wait in a queue.
@@ -73,8 +83,10 @@ class DynamicBatcher:
         max_inflight: int = 2,
         max_queue_size: int = 0,
         inline_max_rows: int = 0,
+        run_many: RunManyFn | None = None,
     ) -> None:
         self._run = run
+        self._run_many = run_many
         self.inline_max_rows = max(0, inline_max_rows)
         self._inline: list[_Request] = []  # loop side: waiting for this iteration's flush
         self._flush_scheduled = False
@@ -157,7 +169,7 @@ class DynamicBatcher:
         if any(r.future.done() for r in self._pending):  # callers that gave up hold no place
             self._remove([])
         if len(self._pending) + self._waiting_alone >= self._max_queue_size:
-            raise ResourceExhausted(
+            raise QueueFull(
                 f"the model's inference queue is full ({self._max_queue_size} requests waiting); retry later"
             )
 
@@ -315,17 +327,30 @@ class DynamicBatcher:
         started = time.perf_counter_ns()
         try:
             outputs, rows = self._compute(batch)
+        except (InvalidArgument, ResourceExhausted) as exc:
+            if len(batch) == 1:
+                return [exc]
+            # Failures that follow a request's values: each request again on its own, so one bad one fails alone.
+            return [self._alone(r) for r in batch]
         except Exception as exc:
             return [exc] * len(batch)
         compute_ns = time.perf_counter_ns() - started
         return [(out, Timing(started - r.enqueued_ns, compute_ns, rows)) for out, r in zip(outputs, batch, strict=True)]
+
+    def _alone(self, request: _Request) -> object:
+        started = time.perf_counter_ns()
+        try:
+            outputs = self._run(request.feeds)
+        except Exception as exc:
+            return exc
+        return outputs, Timing(started - request.enqueued_ns, time.perf_counter_ns() - started, request.rows)
 
     def _compute(self, batch: list[_Request]) -> tuple[list[Feeds], int]:
         if len(batch) == 1:  # nothing to concatenate or slice
             return [self._run(batch[0].feeds)], batch[0].rows
         names = list(batch[0].feeds)
         feeds = {name: np.concatenate([r.feeds[name] for r in batch]) for name in names}
-        outputs = self._run(feeds)
+        outputs = self._run_many(feeds, len(batch)) if self._run_many else self._run(feeds)
         return _split(outputs, [r.rows for r in batch]), sum(r.rows for r in batch)
 
 

@@ -10,6 +10,11 @@ model that fails there (out of memory, killed, over `serving_load_timeout_s`, re
 Runtime) raises ModelLoadError, which staging reports as a failed `loads` check. A model that
 passes is loaded in-process knowing its load fits the limit.
 
+The child also reads the graph first (services/serving/graph_check.py): a graph that would let a
+request allocate memory outside serving's inference cap is refused with the reason, and the ops that
+make its cost depend on the request's values come back with the result (such a model never runs
+on the event loop).
+
 The child runs on ONNX Runtime's CPU provider whatever serving uses: GPU memory is not bounded by
 an address-space limit, and constant folding runs on the CPU in either case.
 """
@@ -41,6 +46,7 @@ class TrialResult:
     seconds: float  # the child's own time: imports, session, one batch
     peak_rss_mb: float  # the child's peak resident memory
     wall_s: float  # as serving saw it, process start included
+    dynamic_ops: tuple[str, ...] = ()  # ops whose cost follows the request's values (graph_check.DATA_DEPENDENT)
 
 
 class LoadGuard:
@@ -65,7 +71,7 @@ class LoadGuard:
                           seconds=round(time.monotonic() - started, 3))  # fmt: skip
                 raise
         log.info("model trial load passed", model=model, version=version, seconds=round(result.wall_s, 3),
-                 child_peak_rss_mb=result.peak_rss_mb)  # fmt: skip
+                 child_peak_rss_mb=result.peak_rss_mb, dynamic_ops=list(result.dynamic_ops))  # fmt: skip
         return result
 
     async def _trial(self, path: Path, rows: int) -> TrialResult:
@@ -94,7 +100,11 @@ class LoadGuard:
                 await proc.wait()
         outcome = _outcome(out)
         if code == 0 and outcome.get("ok") is True:
-            return TrialResult(_number(outcome, "seconds"), _number(outcome, "peak_rss_mb"), loop.time() - started)
+            ops = outcome.get("dynamic_ops")
+            dynamic = tuple(str(op) for op in ops) if isinstance(ops, list) else ()
+            return TrialResult(
+                _number(outcome, "seconds"), _number(outcome, "peak_rss_mb"), loop.time() - started, dynamic
+            )
         raise ModelLoadError(self._reason(code, outcome))
 
     def _reason(self, code: int, outcome: dict[str, object]) -> str:
@@ -102,6 +112,10 @@ class LoadGuard:
         memory = f"more than {self.memory_mb} MB of memory (serving_load_memory_mb)"
         if kind == "memory":
             return f"loading the model needs {memory}"
+        if kind == "graph":
+            if outcome.get("refused") is True:
+                return f"serving does not load this model: {message}"
+            return f"serving cannot read the model's graph: {message}"
         if kind == "load":
             return f"ONNX Runtime cannot load the model: {message}"
         if kind == "run":

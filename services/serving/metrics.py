@@ -18,6 +18,11 @@ reconcile_failures = _meter.create_counter(
 queue_rejected = _meter.create_counter(
     "flywheel.serving.queue_rejected", unit="{request}", description="Requests refused because a model's queue was full"
 )
+infer_exhausted = _meter.create_counter(
+    "flywheel.serving.infer_exhausted",
+    unit="{request}",
+    description="Requests refused for needing more than the inference memory cap or a response's size",
+)
 shadow_skipped = _meter.create_counter(
     "flywheel.serving.shadow_skipped", unit="{request}", description="Mirrors skipped: too many shadow calls in flight"
 )

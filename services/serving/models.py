@@ -5,8 +5,11 @@ staging slots for candidates under check. Swapping production is one reference a
 requests already running keep the slot they resolved and finish on it; the old slot is released
 only after its in-flight count drops to zero.
 
-Every load goes through the load guard (a trial load in a memory-capped child process) first, so a
-hostile model file fails its load instead of taking serving down. A production version that fails
+Every load goes through the load guard (a trial load in a memory-capped child process that also
+reads the graph) first, so a hostile model file fails its load instead of taking serving down. At
+inference every session allocates from one arena capped at `serving_infer_memory_mb`
+(runtime.InferenceMemory), and only graphs whose cost is fixed by the request's shape may run on
+the event loop. A production version that fails
 is recorded on its deployment (shown as a FAILED slot) and the model's other slots, and every other
 model, carry on. Versions pinned by `model_version` live in a bounded LRU (services/serving/pins.py).
 """
@@ -32,12 +35,12 @@ from flywheel.logging import get_logger
 from flywheel.tasks import TaskSet
 from flywheel.v1 import common_pb2, registry_pb2, serving_pb2
 from services.serving import load_failures, metrics
-from services.serving.batching import DynamicBatcher, Timing
+from services.serving.batching import DynamicBatcher, QueueFull, Timing
 from services.serving.batching_policy import BatchingPolicy, policy_for
 from services.serving.load_failures import LoadFailure
-from services.serving.load_guard import LoadGuard
+from services.serving.load_guard import LoadGuard, TrialResult
 from services.serving.pins import PinnedLru, pin_refusal
-from services.serving.runtime import ModelLoadError, OnnxModel, execution_providers
+from services.serving.runtime import InferenceMemory, ModelLoadError, OnnxModel, execution_providers
 from services.serving.stats import ModelStats
 
 log = get_logger(__name__)
@@ -80,9 +83,13 @@ class Slot:
         self._idle.clear()
         try:
             return await self.batcher.infer(feeds)
-        except ResourceExhausted:
+        except QueueFull:
             self.errors += 1
             metrics.queue_rejected.add(1, {"model": self.name})
+            raise
+        except ResourceExhausted:
+            self.errors += 1
+            metrics.infer_exhausted.add(1, {"model": self.name})
             raise
         except Exception:
             self.errors += 1
@@ -144,6 +151,7 @@ class ModelManager:
         self.batching = BatchingPolicy.from_settings(settings)  # the server's; a version's tags may override it
         self.deployments: dict[str, Deployment] = {}
         self.guard = LoadGuard.from_settings(settings)
+        self.memory = InferenceMemory(settings.serving_infer_memory_mb)  # every session's inference arena
         self._pinned: PinnedLru[Slot] = PinnedLru(settings.serving_pinned_max)  # versions asked for explicitly
         self._locks: dict[str, asyncio.Lock] = {}
         # Retirements run as owned tasks (the service's set, awaited at stop); without one, our own.
@@ -170,20 +178,22 @@ class ModelManager:
         s = self._settings
         try:
             # The file is untrusted: it must load, and run a full batch, in a capped child process first.
-            await self.guard.check(path, batch_rows, model=name, version=version)
+            trial = await self.guard.check(path, batch_rows, model=name, version=version)
             model = await asyncio.to_thread(
                 OnnxModel,
                 data,
                 providers=self.providers,
                 intra_op_threads=s.serving_intra_op_threads,
                 inter_op_threads=s.serving_inter_op_threads,
+                memory=self.memory,
+                max_output_bytes=s.grpc_max_message_mb << 20,
             )
         except ModelLoadError:
             metrics.load_failures.add(1, {"model": name})
             raise
         await asyncio.to_thread(model.warm_up)  # the first real request should not pay for initialisation
-        inline, cost_us = False, None
-        if policy.inline_max_us > 0:  # timed only when it decides something
+        inline, cost_us, off_loop = False, None, off_loop_reason(trial, model)
+        if policy.inline_max_us > 0 and not off_loop:  # timed only when it decides something
             limit = policy.inline_max_us
             cost_us = await asyncio.to_thread(model.batch_cost_us, batch_rows, enough_us=10 * limit)
             inline = cost_us <= limit
@@ -194,10 +204,12 @@ class ModelManager:
             executor=self._executor,
             max_queue_size=max(1, s.serving_queue_max),
             inline_max_rows=batch_rows if inline else 0,
+            run_many=model.run_many,
         )
         log.info("model loaded", model=name, version=version, role=role, provider=model.provider,
                  batch_rows=batch_rows, max_queue_delay_us=policy.max_queue_delay_us,
-                 batch_cost_us=cost_us and round(cost_us, 1), on_event_loop=inline)  # fmt: skip
+                 batch_cost_us=cost_us and round(cost_us, 1), on_event_loop=inline,
+                 off_loop_reason=off_loop or None)  # fmt: skip
         return Slot(name, version, role, mv.checksum, model, batcher, mv.signature, datetime.now(UTC), policy)
 
     def _policy(self, name: str, version: int, tags: Mapping[str, str]) -> BatchingPolicy:
@@ -457,6 +469,22 @@ class ModelManager:
         for slot in retiring:  # their retirement was cancelled at stop, or is still waiting
             await slot.batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def off_loop_reason(trial: TrialResult, model: OnnxModel) -> str:
+    """Why the model's batches must never run on the event loop, whatever its timing on zeros says
+    (empty: nothing against it). Timing at load sees zeros and the dynamic dimensions at 1; only a
+    graph whose cost the request's shape fixes, with every dimension but the batch fixed, is timed
+    for what a request may cost."""
+    if trial.dynamic_ops:
+        shown = ", ".join(trial.dynamic_ops[:8]) + (", ..." if len(trial.dynamic_ops) > 8 else "")
+        return f"its cost follows the request's values ({shown})"
+    for spec in model.inputs:
+        if spec.datatype == "BYTES":
+            return f"input {spec.name[:64]!r} is strings (their length is the request's)"
+        if not spec.shape or any(d < 0 for d in spec.shape[1:]):
+            return f"input {spec.name[:64]!r} has a dynamic dimension besides the batch"
+    return ""
 
 
 def _describe(exc: Exception) -> str:

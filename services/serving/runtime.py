@@ -1,20 +1,26 @@
-"""ONNX Runtime sessions: provider choice (decided once per process) and a thin model wrapper."""
+"""ONNX Runtime sessions: provider choice (decided once per process), the capped memory every
+session's inference allocates from, and a thin model wrapper."""
 
 from __future__ import annotations
 
 import functools
+import re
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import _pybind_state as ort_c
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
 from flywheel.datatypes import NUMPY_DTYPES
-from flywheel.errors import FailedPrecondition, InvalidArgument
+from flywheel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from flywheel.logging import get_logger
 from flywheel.v1 import common_pb2
+from services.serving.tensors import output_too_large
 
 log = get_logger(__name__)
 
@@ -39,11 +45,93 @@ _ORT_DATATYPES: dict[str, str] = {
     "tensor(string)": "BYTES",
 }
 _ORT_DEFAULT_LOG_SEVERITY = 2  # warning: ONNX Runtime's own default
+_ARENA_SAME_AS_REQUESTED = 1  # arena_extend_strategy: grow by what is asked, never by doubling past the cap
+_SHRINK_CPU_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
+# How ONNX Runtime words a failed allocation: its arena's refusal, or the C++ runtime's.
+_OUT_OF_MEMORY = re.compile(r"available memory of \d+ is smaller than requested|failed to allocate|bad_alloc|"
+                            r"bad allocation|out of memory", re.IGNORECASE)  # fmt: skip
+_FAILED_NODE = re.compile(r"while running (\w{1,64}) node")
+STRING_OUTPUT_BYTES = 64  # what one string element of an output is counted as, before its text is read
+_CPU_DEVICE = ort_c.OrtDevice(ort_c.OrtDevice.cpu(), ort_c.OrtDevice.default_memory(), 0)
+# Runs log nothing themselves: a failure goes back to its caller, and hostile requests must not flood stderr.
+_QUIET_RUN = ort.RunOptions()
+_QUIET_RUN.log_severity_level = 4
 
 
 class ModelLoadError(FailedPrecondition):
     """The model file itself cannot be served (ONNX Runtime refuses it, or its trial load failed):
     loading it again gives the same answer, unlike a registry that cannot be reached."""
+
+
+class _OutOfMemory(Exception):
+    """A run failed to allocate (the arena's cap, or the system)."""
+
+
+class InferenceMemory:
+    """The memory ONNX Runtime may allocate for inference in this process, all sessions together.
+
+    A model that passed its trial load can still size a tensor from a request's values (ConstantOfShape,
+    Expand, Tile, Range or Resize fed by an input, a Loop whose trip count is an input) and ask for any
+    amount on one request. With `memory_mb` > 0 every session takes its CPU tensors from one arena
+    registered with ONNX Runtime's environment and capped at `memory_mb`: an allocation past the cap
+    fails that run (ResourceExhausted), nothing else. What the arena does not see (string text, a
+    Loop's per-iteration bookkeeping) is refused at load by graph_check.
+
+    The arena keeps what it allocated for reuse (up to the cap); its free regions are released to the
+    system when a run fails for want of memory (`release`), after which the run is tried once more: a
+    request that failed only because earlier requests left the arena fragmented then succeeds. A
+    request refused in the end (memory, or an output too large to send) releases what it left behind.
+
+    Registration is process-wide: a second InferenceMemory replaces the first for sessions created
+    after it (tests create several); sessions keep the arena they were created with.
+    """
+
+    def __init__(self, memory_mb: int) -> None:
+        self.memory_mb = max(0, memory_mb)
+        self._shrinker: ort.InferenceSession | None = None
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry(*_SHRINK_CPU_ARENA)
+        self._lock = threading.Lock()
+        if self.memory_mb:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            config = ort.OrtArenaCfg(
+                {"max_mem": self.memory_mb << 20, "arena_extend_strategy": _ARENA_SAME_AS_REQUESTED}
+            )
+            ort.create_and_register_allocator(info, config)
+            # Any session on the shared arena can shrink it: a trivial one does, after a failed run.
+            self._shrinker = ort.InferenceSession(_identity_model(), sess_options=self.options(), providers=[CPU])
+
+    def options(self) -> ort.SessionOptions:
+        """Session options whose CPU allocations come from the capped arena (when there is a cap)."""
+        options = ort.SessionOptions()
+        if self.memory_mb:
+            options.add_session_config_entry("session.use_env_allocators", "1")
+        return options
+
+    def provider_options(self, providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
+        """`providers`, with CUDA's own arena capped too (per session: CUDA memory is not shared)."""
+        if not self.memory_mb:
+            return list(providers)
+        cuda = {"gpu_mem_limit": str(self.memory_mb << 20), "arena_extend_strategy": "kSameAsRequested"}
+        return [(p, cuda) if p == CUDA else p for p in providers]
+
+    def release(self) -> None:
+        """Returns the arena's free regions to the system (only wholly free ones: runs in flight keep theirs)."""
+        if self._shrinker is None:
+            return
+        with self._lock:  # one shrink at a time; concurrent failures need only one
+            self._shrinker.run(None, {"x": np.zeros(1, dtype=np.float32)}, self._shrink)
+
+    def exhausted(self) -> ResourceExhausted:
+        if not self.memory_mb:
+            return ResourceExhausted("the request needs more memory than the server has for inference")
+        return ResourceExhausted(
+            f"the request needs more than the {self.memory_mb} MB serving may allocate for inference "
+            "(serving_infer_memory_mb, all models together); send fewer rows or smaller values"
+        )
+
+
+NO_CAP = InferenceMemory(0)
 
 
 @functools.cache
@@ -106,7 +194,13 @@ def _identity_model() -> bytes:
 
 
 class OnnxModel:
-    """One ONNX Runtime session; `run` is safe to call from several threads at once."""
+    """One ONNX Runtime session; `run` is safe to call from several threads at once.
+
+    Runs allocate from `memory` (the capped arena shared by serving's sessions). Outputs come back as
+    ONNX Runtime values, are measured, and are copied out of the arena only when they total at most
+    `max_output_bytes`: an output that could not be sent anyway is refused (ResourceExhausted) before
+    it is ever copied.
+    """
 
     def __init__(
         self,
@@ -115,19 +209,29 @@ class OnnxModel:
         providers: list[str],
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
+        memory: InferenceMemory = NO_CAP,
+        max_output_bytes: int = 0,
     ) -> None:
-        options = ort.SessionOptions()
+        options = memory.options()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         if inter_op_threads > 1:  # inter-op threads only matter in parallel execution mode
             options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         try:
-            self._session = ort.InferenceSession(onnx_bytes, sess_options=options, providers=providers)
+            self._session = ort.InferenceSession(
+                onnx_bytes, sess_options=options, providers=memory.provider_options(providers)
+            )
         except Exception as exc:
             raise ModelLoadError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
+        self._memory = memory
+        self.max_output_bytes = max_output_bytes  # 0: no limit
         self._inputs = tuple(_spec(arg, "input") for arg in self._session.get_inputs())
         self._outputs = tuple(_spec(arg, "output") for arg in self._session.get_outputs())
         self._output_names = [spec.name for spec in self._outputs]
+        # What an output's arena size (32 bytes per string element) is scaled by to count its text too.
+        self._size_scale = {s.name: STRING_OUTPUT_BYTES // 32 if s.datatype == "BYTES" else 1 for s in self._outputs}
+        # String inputs cannot become ONNX Runtime values from numpy: those models take the copying path.
+        self._by_value = all(spec.datatype != "BYTES" for spec in self._inputs)
 
     @property
     def inputs(self) -> tuple[common_pb2.TensorSpec, ...]:
@@ -142,15 +246,61 @@ class OnnxModel:
         """The provider the session actually got (ONNX Runtime may fall back)."""
         return self._session.get_providers()[0]
 
-    def run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Outputs by name, in the model's output order unless `output_names` picks some."""
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None, *, requests: int = 1
+    ) -> dict[str, np.ndarray]:
+        """Outputs by name, in the model's output order unless `output_names` picks some; `requests`:
+        how many requests the feeds hold (their outputs may take `max_output_bytes` each).
+
+        Raises InvalidArgument when the model fails on these inputs, ResourceExhausted when they need
+        more than the inference memory cap (after one more try with the arena's free memory released)
+        or make larger outputs than the requests may carry."""
         names = list(output_names) if output_names else self._output_names
+        limit = self.max_output_bytes * max(1, requests)
         try:
-            results = self._session.run(names, feeds)
-        except OrtInvalidArgument as exc:
-            # Inputs that passed protocol validation but not the graph's own checks.
-            raise InvalidArgument(f"ONNX Runtime rejected the inputs: {exc}", field="inputs") from exc
+            results = self._run(names, feeds, limit)
+        except _OutOfMemory:
+            self._memory.release()  # earlier runs may have left the arena fragmented: release, try once more
+            try:
+                results = self._run(names, feeds, limit)
+            except _OutOfMemory:
+                self._memory.release()  # what this request's tries left in the arena goes back too
+                raise self._memory.exhausted() from None
+        if isinstance(results, int):
+            self._memory.release()
+            raise output_too_large(results, limit)
         return dict(zip(names, results, strict=True))
+
+    def run_many(self, feeds: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
+        """`run` for a coalesced batch of `requests` requests (the batcher's run_many)."""
+        return self.run(feeds, requests=requests)
+
+    def _run(self, names: list[str], feeds: dict[str, np.ndarray], limit: int) -> list[np.ndarray] | int:
+        """The outputs, or their size in bytes when it is over `limit` (nothing of them is kept then).
+        Raises _OutOfMemory, or InvalidArgument when a kernel failed on these inputs."""
+        try:
+            if not self._by_value:
+                results = list(self._session.run(names, _texts(feeds), _QUIET_RUN))
+                size = sum(_nbytes(r) for r in results)
+                return size if limit and size > limit else results
+            # The binding under InferenceSession.run_with_ort_values, without that wrapper's per-call checks
+            # (they cost ~25 us; the inputs here are validated already): outputs stay in the arena until measured.
+            values = self._session._sess.run_with_ort_values(
+                {name: ort_c.OrtValue.ortvalue_from_numpy(_contiguous(a), _CPU_DEVICE) for name, a in feeds.items()},
+                names,
+                _QUIET_RUN,
+            )
+        except Exception as exc:
+            if isinstance(exc, MemoryError) or _OUT_OF_MEMORY.search(str(exc)):
+                raise _OutOfMemory from None
+            if isinstance(exc, OrtFail | OrtInvalidArgument):  # a kernel failed on, or refused, these inputs
+                raise _failure(exc) from None
+            raise
+        count = len(values)  # (indexing the vector is cheap; iterating it wraps every value)
+        size = sum(values[i].tensor_size_in_bytes() * self._size_scale.get(names[i], 1) for i in range(count))
+        if limit and size > limit:
+            return size
+        return [np.array(values[i].numpy()) for i in range(count)]  # copied: the arena holds only runs in flight
 
     def warm_up(self) -> None:
         """One run on a batch of zeros, so the first real request does not pay for lazy set-up."""
@@ -171,6 +321,42 @@ class OnnxModel:
 
     def signature(self) -> common_pb2.ModelSignature:
         return common_pb2.ModelSignature(inputs=self._inputs, outputs=self._outputs)
+
+
+def _texts(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """String inputs as str: ONNX strings are UTF-8 text, and ONNX Runtime would turn a bytes element
+    into its repr ("b'...'"). Raises InvalidArgument naming an input whose bytes are not UTF-8."""
+    out = {}
+    for name, array in feeds.items():
+        if array.dtype == object:
+            try:
+                texts = [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1)]
+            except UnicodeDecodeError:
+                raise InvalidArgument(f"input {name!r} has BYTES that are not UTF-8 text", field="inputs") from None
+            array = np.array(texts, dtype=object).reshape(array.shape)
+        out[name] = array
+    return out
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _nbytes(array: np.ndarray) -> int:
+    if array.dtype == object:
+        return array.size * STRING_OUTPUT_BYTES
+    return int(array.nbytes)
+
+
+def _failure(exc: BaseException) -> InvalidArgument:
+    """A run that failed on these inputs. ONNX Runtime's messages can quote the inputs' values and the
+    model's names: only its verdict on input validation, or the failing op's type, is passed on."""
+    if isinstance(exc, OrtInvalidArgument):
+        return InvalidArgument(f"ONNX Runtime rejected the inputs: {_first_line(exc)}", field="inputs")
+    node = _FAILED_NODE.search(str(exc))
+    where = f" in a {node.group(1)} node" if node else ""
+    return InvalidArgument(f"the model failed on these inputs{where} (ONNX Runtime: {type(exc).__name__})",
+                           field="inputs")  # fmt: skip
 
 
 def _spec(arg: ort.NodeArg, kind: str) -> common_pb2.TensorSpec:

@@ -165,11 +165,12 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def _infer(self, request: oip.ModelInferRequest) -> oip.ModelInferResponse:
         started = time.perf_counter_ns()
         slot, shadow = await self._manager.resolve(request.model_name, request.model_version)
-        feeds = decode_inputs(request, slot.model.inputs)
+        limit = self._ctx.settings.grpc_max_message_mb << 20
+        feeds = decode_inputs(request, slot.model.inputs, limit)
         requested = [o.name for o in request.outputs]
         try:
             outputs, timing = await slot.infer(feeds)
-            tensors, raw = encode_outputs(outputs, requested)
+            tensors, raw = encode_outputs(outputs, requested, limit)
         except Exception:
             slot.stats.record_failure(time.perf_counter_ns() - started)
             raise

@@ -4,6 +4,11 @@ Inputs arrive either as `raw_input_contents` (tritonclient's default: one little
 input, index-aligned with `request.inputs`; BYTES elements each prefixed by a 4-byte little-endian
 length) or as typed `InferTensorContents`. Outputs always go back as `raw_output_contents`, as the
 Triton server does, which is what tritonclient's `InferResult.as_numpy` reads.
+
+Sizes are bounded on both sides by the gRPC message limit: an input's shape may not describe more
+elements than a message could carry (an empty dimension counts as 1, so `[10**12, 0]` is not a cheap
+way to ask for 10**12 rows), and outputs that would not fit in one response are refused before they
+are encoded.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as oip
 
 from flywheel.datatypes import NUMPY_DTYPES, datatype_of
-from flywheel.errors import InvalidArgument
+from flywheel.errors import InvalidArgument, ResourceExhausted
 from flywheel.v1 import common_pb2
 
 Feeds = dict[str, np.ndarray]
@@ -41,6 +46,7 @@ CONTENTS_FIELDS: dict[str, str] = {
 }
 
 _LENGTH_PREFIX = struct.Struct("<I")
+RESPONSE_MARGIN = 64 * 1024  # a response's other fields (names, shapes, id), left out of its outputs' share
 
 
 def to_contents(array: np.ndarray) -> oip.InferTensorContents:
@@ -58,9 +64,13 @@ def to_contents(array: np.ndarray) -> oip.InferTensorContents:
 # Decoding requests
 
 
-def decode_inputs(request: oip.ModelInferRequest, expected: Sequence[common_pb2.TensorSpec]) -> Feeds:
-    """Validated input arrays by name, in request order. Raises InvalidArgument naming the field."""
+def decode_inputs(
+    request: oip.ModelInferRequest, expected: Sequence[common_pb2.TensorSpec], max_bytes: int = 0
+) -> Feeds:
+    """Validated input arrays by name, in request order. Raises InvalidArgument naming the field, or
+    ResourceExhausted when the shapes describe more than `max_bytes` (0: no limit) could carry."""
     specs = {spec.name: spec for spec in expected}
+    described = 0
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(
@@ -71,6 +81,13 @@ def decode_inputs(request: oip.ModelInferRequest, expected: Sequence[common_pb2.
     for i, tensor in enumerate(request.inputs):
         spec = _spec_for(i, tensor, specs, feeds)
         shape = _checked_shape(i, tensor, spec)
+        described += _described_bytes(tensor.datatype, shape)
+        if max_bytes and described > max_bytes:
+            raise ResourceExhausted(
+                f"input {tensor.name!r} shape {list(shape)[:8]} describes more data than a request may carry "
+                f"({max_bytes >> 20} MiB, grpc_max_message_mb; empty dimensions count as 1)",
+                field=f"inputs[{i}].shape",
+            )
         if raw:
             feeds[tensor.name] = _from_raw(i, tensor, raw[i], shape)
         else:
@@ -100,6 +117,12 @@ def _spec_for(
     if spec.datatype not in NUMPY_DTYPES:
         raise InvalidArgument(f"datatype {spec.datatype} is not supported", field=f"inputs[{i}].datatype")
     return spec
+
+
+def _described_bytes(datatype: str, shape: tuple[int, ...]) -> int:
+    """What a shape would take on the wire with every empty dimension counted as 1 (BYTES: 4 per element)."""
+    itemsize = 4 if datatype == "BYTES" else NUMPY_DTYPES[datatype].itemsize
+    return math.prod(max(d, 1) for d in shape) * itemsize
 
 
 def _checked_shape(i: int, tensor: InferInput, spec: common_pb2.TensorSpec) -> tuple[int, ...]:
@@ -230,26 +253,49 @@ def batch_size(feeds: Mapping[str, np.ndarray]) -> int:
 
 
 def encode_outputs(
-    outputs: Mapping[str, np.ndarray], requested: Sequence[str]
+    outputs: Mapping[str, np.ndarray], requested: Sequence[str], max_bytes: int = 0
 ) -> tuple[list[InferOutput], list[bytes]]:
     """Output tensors (name, datatype, shape) and their raw_output_contents, index-aligned.
 
-    `requested` empty means every output, in the model's order (the order of `outputs`).
+    `requested` empty means every output, in the model's order (the order of `outputs`). Outputs
+    that would take more than `max_bytes` (0: no limit, else the message limit) raise ResourceExhausted
+    before they are encoded.
     """
     for i, name in enumerate(requested):
         if name not in outputs:
-            names = ", ".join(map(repr, outputs))
+            known = ", ".join(map(repr, outputs))
             raise InvalidArgument(
-                f"unknown output {name!r}; the model's outputs are {names}", field=f"outputs[{i}].name"
+                f"unknown output {name!r}; the model's outputs are {known}", field=f"outputs[{i}].name"
             )
     tensors: list[InferOutput] = []
     raw: list[bytes] = []
-    for name in requested or outputs:
+    limit = max(1, max_bytes - RESPONSE_MARGIN) if max_bytes else 0
+    names = list(requested or outputs)
+    if limit:
+        numeric = sum(np.asarray(outputs[n]).nbytes for n in names if np.asarray(outputs[n]).dtype != object)
+        if numeric > limit:
+            raise output_too_large(numeric, limit)
+    size = 0
+    for name in names:
         array = np.asarray(outputs[name])
         datatype = datatype_of(array.dtype)
         tensors.append(InferOutput(name=name, datatype=datatype, shape=array.shape))
         raw.append(raw_bytes(array, datatype))
+        size += len(raw[-1])
+        if limit and size > limit:  # strings: known once encoded
+            raise output_too_large(size, limit)
     return tensors, raw
+
+
+def output_too_large(size: int, limit: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"the model's outputs for this request would take {_mib(size)} MiB, more than the {_mib(limit)} MiB "
+        "a response may carry (grpc_max_message_mb); send fewer rows"
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):,.1f}"
 
 
 def raw_bytes(array: np.ndarray, datatype: str | None = None) -> bytes:

@@ -6,20 +6,25 @@ Model files come from outside: a few hundred bytes of valid ONNX can make ONNX R
 gigabytes while it folds constants at session creation, or on the first run. Here that happens
 under an address-space limit (RLIMIT_AS = MEMORY_MB) and a CPU-time limit, so the worst a model
 can do is end this process. It creates the session as serving would (CPU provider, every graph
-optimisation) and runs one batch of ROWS rows of zeros, then prints one JSON line:
-{"ok": true, "seconds": ..., "peak_rss_mb": ...} or {"ok": false, "kind": "memory" | "load" | "run",
-"message": ...}.
+optimisation) and runs one batch of ROWS rows of zeros, then reads the graph (graph_check.py: what
+a request could make it do at inference that serving could not limit), and prints one JSON line:
+{"ok": true, "seconds": ..., "peak_rss_mb": ..., "dynamic_ops": [...]} or
+{"ok": false, "kind": "memory" | "load" | "run" | "graph", "message": ...}.
 
-It imports only the standard library, numpy and onnxruntime (nothing of Flywheel), so it starts in
-about a tenth of a second; `-P` keeps this directory's modules off sys.path.
+It imports only the standard library, numpy, onnx and onnxruntime, and graph_check.py by its path
+(nothing else of Flywheel), so it starts in about half a second; `-P` keeps this directory's modules
+off sys.path.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import resource
 import sys
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 # ONNX Runtime's tensor types -> numpy dtypes (string tensors get empty strings).
@@ -76,6 +81,23 @@ def zero_feeds(np: Any, inputs: list[Any], rows: int) -> dict[str, Any] | None:
     return feeds
 
 
+def graph_check() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("graph_check", Path(__file__).with_name("graph_check.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["graph_check"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_graph(path: str) -> dict[str, Any]:
+    """The graph's facts: {"refusal": ..., "dynamic_ops": [...]}."""
+    import onnx
+
+    facts = graph_check().analyse(onnx.load(path, load_external_data=False))
+    return {"refusal": facts.refusal, "dynamic_ops": facts.dynamic_ops}
+
+
 def trial(path: str, rows: int) -> dict[str, Any]:
     started = time.perf_counter()
     stage = "load"
@@ -92,12 +114,18 @@ def trial(path: str, rows: int) -> dict[str, Any]:
         feeds = zero_feeds(np, session.get_inputs(), rows)
         if feeds is not None:
             session.run(None, feeds)
+        del session, feeds  # freed before the graph is parsed: the two never hold a large model at once
+        stage = "graph"
+        facts = read_graph(path)
     except BaseException as exc:  # MemoryError included: whatever the model does ends here
         return {"ok": False, "kind": "memory" if out_of_memory(exc) else stage, "message": first_line(exc)}
+    if facts["refusal"]:
+        return {"ok": False, "kind": "graph", "message": facts["refusal"], "refused": True}
     return {
         "ok": True,
         "seconds": round(time.perf_counter() - started, 4),
         "peak_rss_mb": peak_rss_mb(),
+        "dynamic_ops": facts["dynamic_ops"],
     }
 
 

@@ -3,8 +3,12 @@ file whose load would take gigabytes fails its staging check in a capped child p
 `model_version` only load versions that passed staging, into a bounded LRU; a full batch queue
 answers RESOURCE_EXHAUSTED at once; a slow shadow is mirrored a bounded number of calls at a time;
 a production version that cannot load is reported and never keeps serving or its other models
-down, not even across a restart. Each test asserts the answer, that serving's process is the same
-one, and that a good input right after is served."""
+down, not even across a restart. At inference: a request asking a model for more memory than the
+inference cap, or for an output larger than a response, answers RESOURCE_EXHAUSTED while serving's
+memory stays put; a graph that could repeat request strings fails staging; a model whose cost
+follows its input never runs on the event loop, so its slow requests hold up no other model. Each
+test asserts the answer, that serving's process is the same one, and that a good input right after
+is served."""
 
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from flywheel import evaluation
 from flywheel.v1 import common_pb2, ingestion_pb2, registry_pb2, serving_pb2
 from services.serving.batching_policy import INLINE_MAX_US
 from tests.polling import wait_until
-from tests.unit.test_serving_hostile import folding_bomb, slow_model
+from tests.unit.test_serving_hostile import folding_bomb, greedy_model, slow_model, string_repeater
 
 from .clients import Clients, ingest_requests, make_csv, schema
 from .stack import UpProcess
@@ -39,8 +43,11 @@ from .stack import UpProcess
 R = registry_pb2
 S = serving_pb2
 CREDIT, SLOW, DATASET = "credit", "slowpoke", "hostile"
+GREEDY, SPINNER, REPEATER = "greedy", "spinner", "repeater"
 FEATURES = ["f0", "f1", "f2", "f3"]
 LOAD_MEMORY_MB = 1536
+INFER_MEMORY_MB = 256
+MESSAGE_MB = 64  # grpc_max_message_mb's default
 QUEUE_MAX = 4
 SLOW_X = 2_000_000.0  # Loop iterations a slow request asks for: about 1.5 s of one core
 
@@ -53,6 +60,7 @@ def stack(tmp_path_factory):
         "FLYWHEEL_SERVING_QUEUE_MAX": str(QUEUE_MAX),
         "FLYWHEEL_SERVING_SHADOW_MAX_INFLIGHT": "1",
         "FLYWHEEL_SERVING_PINNED_MAX": "1",
+        "FLYWHEEL_SERVING_INFER_MEMORY_MB": str(INFER_MEMORY_MB),
     }
     up = UpProcess(tmp_path_factory.mktemp("hostile_serving") / "home", env=env)
     up.start()
@@ -78,10 +86,18 @@ def serving_process(stack: UpProcess) -> psutil.Process:
 
 
 def peak_rss_mb(process: psutil.Process) -> float:
+    return _status_mb(process, "VmHWM:")
+
+
+def rss_mb(process: psutil.Process) -> float:
+    return _status_mb(process, "VmRSS:")
+
+
+def _status_mb(process: psutil.Process, key: str) -> float:
     for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {key}")
 
 
 def infer_request(model: str, x: np.ndarray, version: str = "", input_name: str = "X") -> oip.ModelInferRequest:
@@ -245,6 +261,51 @@ def slowpoke(api, oip_stub) -> int:
     return version
 
 
+ANY_WIDTH = common_pb2.ModelSignature(
+    inputs=[common_pb2.TensorSpec(name="x", datatype="FP32", shape=[-1, -1])],
+    outputs=[common_pb2.TensorSpec(name="y", datatype="FP32", shape=[-1])],
+)
+REPEATER_SIGNATURE = common_pb2.ModelSignature(
+    inputs=[
+        common_pb2.TensorSpec(name="x", datatype="FP32", shape=[-1, 1]),
+        common_pb2.TensorSpec(name="s", datatype="BYTES", shape=[-1]),
+    ],
+    outputs=[common_pb2.TensorSpec(name="repeated", datatype="BYTES", shape=[-1])],
+)
+
+
+def in_production(api: Clients, oip_stub, model: str, data: bytes, signature: common_pb2.ModelSignature,
+                  probe: oip.ModelInferRequest) -> int:  # fmt: skip
+    """Registers `data` as `model`, makes it production by hand (no lineage: its checks fail) and waits
+    until serving answers `probe` with it."""
+    version = register(api, model, data, signature)
+    decided(api, model, version)
+    set_production(api, model, version)
+    wait_served(oip_stub, probe, version)
+    return version
+
+
+@pytest.fixture(scope="module")
+def greedy(api, oip_stub) -> int:
+    """GREEDY in production: allocates what its input asks for (unit test module: greedy_model)."""
+    return in_production(api, oip_stub, GREEDY, greedy_model(), ANY_WIDTH, greedy_request(3, 0, 0))
+
+
+@pytest.fixture(scope="module")
+def spinner(api, oip_stub) -> int:
+    """SPINNER in production: a Loop as slow as its input asks, cheap on the zeros timed at load, and
+    no tag keeping it off the event loop (unlike SLOW)."""
+    return in_production(api, oip_stub, SPINNER, slow_model(1.0), ONE_COLUMN, spin_request(0.0))
+
+
+def greedy_request(*row: float) -> oip.ModelInferRequest:
+    return infer_request(GREEDY, np.array([row], np.float32), input_name="x")
+
+
+def spin_request(value: float) -> oip.ModelInferRequest:
+    return infer_request(SPINNER, np.full((1, 1), value, np.float32), input_name="x")
+
+
 # -- 1. model files are untrusted at load ---------------------------------------------------------
 
 
@@ -353,6 +414,79 @@ def test_a_slow_shadow_is_mirrored_a_bounded_number_of_calls_at_a_time(stack, ap
     assert counts() == (production_before + 7, shadow_before + 2)
     assert serving_process(stack).pid == pid
     api.serving.ClearTraffic(S.ClearTrafficRequest(model_name=SLOW))
+
+
+# -- 5. inference: memory, output size, shapes, the event loop (before 2., which restarts serving) --
+
+
+def test_requests_past_the_inference_memory_cap_or_a_responses_size_are_refused_and_serving_lives(
+    stack, oip_stub, credit, greedy
+):
+    process = serving_process(stack)
+    rss_before, peak_before = rss_mb(process), peak_rss_mb(process)
+    memory = f"more than the {INFER_MEMORY_MB} MB serving may allocate for inference (serving_infer_memory_mb"
+    hostile = {
+        "12 GB at once (ConstantOfShape)": (greedy_request(3e9, 0, 0), memory),
+        "64 MB more per Loop iteration": (greedy_request(1, 100, 16e6), memory),
+        "an 80 MB output": (greedy_request(2e7, 0, 0), f"more than the {MESSAGE_MB}.0 MiB a response may carry"),
+    }
+    for what, (request, message) in hostile.items():
+        exc = refused(lambda request=request: oip_stub.ModelInfer(request, timeout=60))
+        assert (exc.code(), what) == (grpc.StatusCode.RESOURCE_EXHAUSTED, what)
+        assert message in (exc.details() or ""), (what, exc.details())
+    empty = oip.ModelInferRequest(model_name=GREEDY)  # 10**12 rows of nothing: no bytes, all the rows
+    empty.inputs.add(name="x", datatype="FP32", shape=[10**12, 0])
+    empty.raw_input_contents.append(b"")
+    exc = refused(lambda: oip_stub.ModelInfer(empty, timeout=10))
+    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "inputs[0].shape" in (exc.details() or "") and "describes more data than a request may carry" in (
+        exc.details() or ""
+    )
+
+    assert process.pid == serving_process(stack).pid
+    # Nothing near the 12 GB, the Loop's gigabytes or a copy of the output was ever resident, and what
+    # the refused requests did allocate (within the cap) went back.
+    assert peak_rss_mb(process) <= max(peak_before, rss_before + INFER_MEMORY_MB + 128)
+    assert rss_mb(process) < rss_before + 64
+    answer = oip_stub.ModelInfer(greedy_request(3, 0, 0), timeout=10)
+    assert np.frombuffer(answer.raw_output_contents[0], np.float32).tolist() == [1.0, 1.0, 1.0]
+    assert oip_stub.ModelInfer(infer_request(CREDIT, credit.test[0][:2])).model_version == str(credit.production)
+
+
+def test_a_graph_that_could_repeat_request_strings_fails_its_staging_check(stack, api, oip_stub, credit):
+    pid = serving_process(stack).pid
+    version = register(api, REPEATER, string_repeater(), REPEATER_SIGNATURE)
+    mv = decided(api, REPEATER, version)
+    assert mv.promotion.state == R.PROMOTION_STATE_CHECKS_FAILED
+    loads = {c.name: c for c in mv.staging.checks}["loads"]
+    assert not loads.passed and "serving does not load this model" in loads.detail
+    assert "(Tile) could repeat or join request strings" in loads.detail
+    assert serving_process(stack).pid == pid
+    assert oip_stub.ModelInfer(infer_request(CREDIT, credit.test[0][:2])).model_version == str(credit.production)
+
+
+def test_a_model_whose_cost_follows_its_input_never_stalls_the_event_loop(stack, api, oip_stub, credit, spinner):
+    pid = serving_process(stack).pid
+    loaded = [e for e in log_lines(stack, "model loaded") if e["model"] == SPINNER and e["version"] == spinner]
+    assert loaded and loaded[-1]["on_event_loop"] is False
+    assert loaded[-1]["off_loop_reason"] == "its cost follows the request's values (Loop)"
+
+    def inflight() -> int:
+        return sum(s.inflight_requests for s in deployment(api, SPINNER).slots)
+
+    x = infer_request(CREDIT, credit.test[0][:2])
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(oip_stub.ModelInfer, spin_request(SLOW_X), timeout=60)  # about 1.5 s of one core
+        wait_until(lambda: inflight() == 1, 10, "the slow request to run", 0.01)
+        latencies = []
+        for _ in range(5):  # answered while it runs: the event loop is free
+            started = time.monotonic()
+            assert oip_stub.ModelInfer(x, timeout=10).model_version == str(credit.production)
+            latencies.append(time.monotonic() - started)
+        assert not slow.done() and max(latencies) < 0.5, latencies
+        assert slow.result().model_version == str(spinner)
+    assert serving_process(stack).pid == pid
+    assert oip_stub.ModelInfer(spin_request(1.0)).model_version == str(spinner)
 
 
 # -- 2. a production version that cannot load -----------------------------------------------------

@@ -1,7 +1,8 @@
 """Serving under hostile and broken input: model files whose load would blow memory (trial load in a
 capped child process), production versions that cannot load (reported, never stopping the others),
-pins by `model_version` (staging-checked, a bounded LRU), and the bounded batch queue, shadow
-mirroring and prediction-log flushes."""
+pins by `model_version` (staging-checked, a bounded LRU), the bounded batch queue, shadow mirroring
+and prediction-log flushes; and at inference: the capped memory arena, graphs whose memory or cost a
+request could drive (graph_check), outputs too large for a response, and shapes too large for a request."""
 
 from __future__ import annotations
 
@@ -21,22 +22,24 @@ import structlog
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
+from tritonclient.grpc import service_pb2 as oip
 
 from flywheel import clients
 from flywheel.config import Settings
-from flywheel.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from flywheel.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from flywheel.tasks import TaskSet
 from flywheel.v1 import common_pb2, events_pb2, registry_pb2, serving_pb2
 from services.registry.model_check import validate_onnx
-from services.serving import handlers, staging
+from services.serving import graph_check, handlers, staging
 from services.serving.batching import DynamicBatcher
 from services.serving.load_failures import RETRY_BASE_S
 from services.serving.load_guard import LoadGuard
 from services.serving.models import PRODUCTION, ModelManager
 from services.serving.pins import pin_refusal
 from services.serving.prediction_log import PredictionLogger
-from services.serving.runtime import ModelLoadError
+from services.serving.runtime import InferenceMemory, ModelLoadError, OnnxModel
 from services.serving.shadow import ShadowMirror
+from services.serving.tensors import decode_inputs, encode_outputs
 
 R = registry_pb2
 N_FEATURES = 4
@@ -112,8 +115,93 @@ def slow_model(scale: float) -> bytes:
     return _serialized(graph)
 
 
-def _serialized(graph: onnx.GraphProto) -> bytes:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+def greedy_model() -> bytes:
+    """Allocates what its input asks for, after a trial load on zeros that allocates nothing: for a row
+    [n, trips, chunk] (x is [batch, any width]), y = n ones (ConstantOfShape), after a Loop of `trips`
+    iterations that each grow a carried tensor by `chunk` floats (Concat). [[3, 0, 0]] -> [1, 1, 1];
+    [[3e9, 0, 0]] asks for 12 GB at once; [[1, 100, 16e6]] for 64 MB more on every iteration."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("ConstantOfShape", ["chunk"], ["piece"], value=_float_value(1.0)),
+            helper.make_node("Concat", ["state_in", "piece"], ["state_out"], axis=0),
+        ],
+        "grow",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [None]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [None]),
+        ],
+    )
+    nodes = [*_column_value(0, "n"), *_column_value(1, "trips_1d"), *_column_value(2, "chunk")]
+    nodes += [
+        helper.make_node("Squeeze", ["trips_1d"], ["trips"]),
+        helper.make_node("Loop", ["trips", "true", "empty"], ["grown"], body=body),
+        helper.make_node("ReduceSum", ["grown"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("ConstantOfShape", ["n"], ["ones"], value=_float_value(1.0)),
+        helper.make_node("Add", ["ones", "nothing"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "greedy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+        initializer=[
+            numpy_helper.from_array(np.array(True), "true"),
+            numpy_helper.from_array(np.zeros(0, np.float32), "empty"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array([1], np.int64), "one_dim"),
+            numpy_helper.from_array(np.array([0, 0, 0, 3], np.int64), "pads"),
+            *(numpy_helper.from_array(np.array([k], np.int64), f"column{k}") for k in range(3)),
+        ],
+    )
+    return _serialized(graph)
+
+
+def _column_value(k: int, out: str) -> list[onnx.NodeProto]:
+    """`out` = [int64(max(x[:, k]))], a one-element shape (x padded with zero columns: any width will do)."""
+    return [
+        helper.make_node("Pad", ["x", "pads"], [f"{out}_padded"]),
+        helper.make_node("Gather", [f"{out}_padded", f"column{k}"], [f"{out}_col"], axis=1),
+        helper.make_node("ReduceMax", [f"{out}_col"], [f"{out}_max"], keepdims=0),
+        helper.make_node("Cast", [f"{out}_max"], [f"{out}_int"], to=TensorProto.INT64),
+        helper.make_node("Reshape", [f"{out}_int", "one_dim"], [out]),
+    ]
+
+
+def _float_value(v: float) -> onnx.TensorProto:
+    return helper.make_tensor("value", TensorProto.FLOAT, [1], [v])
+
+
+def string_repeater() -> bytes:
+    """Repeats its string input as often as its number input says (Tile): the arena would hold 32 bytes
+    per copy, the text of every copy would be on the heap."""
+    graph = helper.make_graph(
+        [*_column_value(0, "times"), helper.make_node("Tile", ["s", "times"], ["repeated"])],
+        "repeater",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1]),
+            helper.make_tensor_value_info("s", TensorProto.STRING, [None]),
+        ],
+        [helper.make_tensor_value_info("repeated", TensorProto.STRING, [None])],
+        initializer=[
+            numpy_helper.from_array(np.array([1], np.int64), "one_dim"),
+            numpy_helper.from_array(np.array([0, 0, 0, 3], np.int64), "pads"),
+            numpy_helper.from_array(np.array([0], np.int64), "column0"),
+        ],
+    )
+    return _serialized(graph)
+
+
+def _serialized(graph: onnx.GraphProto, opset: int = 17) -> bytes:
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
@@ -566,3 +654,261 @@ async def test_an_event_the_broker_refuses_or_that_cannot_be_encoded_is_dropped_
     assert (logger.published, logger.dropped) == (3, 7)
     dropped = [(e["stage"], e["rows"]) for e in logs if e["event"] == "prediction log: records dropped"]
     assert sorted(dropped) == [("encode", 4), ("publish", 3)]
+
+
+# -- what a graph lets a request do (read at load, in the trial-load child) -----------------------
+
+
+def _graph(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return onnx.load_from_string(_serialized(graph, opset))
+
+
+def _tensor(name: str, kind: int, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, kind, shape)
+
+
+def _scan_loop(trips: onnx.TensorProto | None) -> onnx.ModelProto:
+    """A Loop that emits a (possibly empty) tensor per iteration: ONNX Runtime keeps every one of them."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["none"], ["each"])],
+        "body",
+        [_tensor("i", TensorProto.INT64, []), _tensor("cond_in", TensorProto.BOOL, [])],
+        [_tensor("cond_out", TensorProto.BOOL, []), _tensor("each", TensorProto.FLOAT, [0])],
+        initializer=[numpy_helper.from_array(np.zeros(0, np.float32), "none")],
+    )
+    nodes = [] if trips else [helper.make_node("Cast", ["k"], ["trips"], to=TensorProto.INT64)]
+    nodes += [helper.make_node("Loop", ["trips", "true"], ["all"], body=body)]
+    return _graph(
+        nodes,
+        [_tensor("k", TensorProto.FLOAT, [])],
+        [_tensor("all", TensorProto.FLOAT, [None, 0])],
+        [numpy_helper.from_array(np.array(True), "true"), *([trips] if trips else [])],
+    )
+
+
+def _strings(node: onnx.NodeProto, *initializers: onnx.TensorProto, opset: int = 17) -> onnx.ModelProto:
+    """One node over a request string vector `s` and a request number vector `k`, making string `out`."""
+    return _graph(
+        [node],
+        [_tensor("s", TensorProto.STRING, [None]), _tensor("k", TensorProto.INT64, [None])],
+        [_tensor("out", TensorProto.STRING, [None])],
+        initializers,
+        opset,
+    )
+
+
+def _const_strings(name: str, values: list[str]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=object), name)
+
+
+def _ints(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def _string_label_classifier(label: str) -> onnx.ModelProto:
+    x = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+    clf = LogisticRegression().fit(x, np.where(x[:, 0] > 0, label, "other"))
+    return to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+
+
+GRAPH_CASES = {
+    # name: (model, refusal excerpt or "" for none, dynamic ops)
+    "linear model": (lambda lr: onnx.load_from_string(lr), "", []),
+    "input-sized tensors": (lambda lr: onnx.load_from_string(greedy_model()), "", ["ConstantOfShape", "Loop"]),
+    "a slow Loop": (lambda lr: onnx.load_from_string(slow_model(1.0)), "", ["Loop"]),
+    "folded at load": (lambda lr: onnx.load_from_string(folding_bomb(branches=1, elems=8)), "", []),
+    "Loop keeping a value per request-chosen iteration": (
+        lambda lr: _scan_loop(None), "(Loop) keeps a value for every iteration", ["Loop"]),
+    "Loop keeping a value per constant iteration": (
+        lambda lr: _scan_loop(numpy_helper.from_array(np.array(10, np.int64), "trips")), "", ["Loop"]),
+    "request strings repeated": (
+        lambda lr: _strings(helper.make_node("Tile", ["s", "k"], ["out"])), "(Tile) could repeat or join", ["Tile"]),
+    "request strings joined": (
+        lambda lr: _strings(helper.make_node("Concat", ["s", "s"], ["out"], axis=0)), "(Concat) could repeat", []),
+    "request strings picked by request indices": (
+        lambda lr: _strings(helper.make_node("Gather", ["s", "k"], ["out"])), "(Gather) could repeat", []),
+    "request string columns picked at constant indices": (
+        lambda lr: _strings(helper.make_node("Gather", ["s", "cols"], ["out"]), _ints("cols", [2, 0])), "", []),
+    "request strings picked twice at constant indices": (
+        lambda lr: _strings(helper.make_node("Gather", ["s", "cols"], ["out"]), _ints("cols", [0, 0])),
+        "(Gather) could repeat", []),
+    "constant labels picked by request indices": (
+        lambda lr: _strings(helper.make_node("Gather", ["labels", "k"], ["out"]), _const_strings("labels", ["a", "b"])),
+        "", []),
+    "long constant labels repeated": (
+        lambda lr: _strings(helper.make_node("Expand", ["labels", "k"], ["out"]), _const_strings("labels", ["x" * 65])),
+        "copies a string of 65 bytes", ["Expand"]),
+    "request strings normalised": (
+        lambda lr: _strings(helper.make_node("StringNormalizer", ["s"], ["out"], case_change_action="LOWER")), "", []),
+    "numbers cast to strings": (
+        lambda lr: _strings(helper.make_node("Cast", ["k"], ["out"], to=TensorProto.STRING)), "", []),
+    "request strings split into a sequence": (
+        lambda lr: _graph(
+            [helper.make_node("SplitToSequence", ["s"], ["pieces"], keepdims=0),
+             helper.make_node("ConcatFromSequence", ["pieces"], ["out"], axis=0, new_axis=1)],
+            [_tensor("s", TensorProto.STRING, [None])], [_tensor("out", TensorProto.STRING, [None])],
+        ),
+        "(SplitToSequence) makes one tensor per piece", ["SplitToSequence"]),
+    "string class labels": (lambda lr: _string_label_classifier("positive"), "", []),
+    "long string class labels": (
+        lambda lr: _string_label_classifier("p" * 100), "(LinearClassifier) copies a string of 100 bytes", []),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(GRAPH_CASES))
+def test_the_graph_check_flags_input_dependent_cost_and_refuses_memory_the_arena_cannot_see(case, lr_onnx):
+    build, refusal, dynamic = GRAPH_CASES[case]
+    facts = graph_check.analyse(build(lr_onnx))
+    if refusal:
+        assert refusal in facts.refusal
+    else:
+        assert facts.refusal == ""
+    if not refusal or dynamic:
+        assert facts.dynamic_ops == dynamic
+
+
+async def test_a_graph_serving_cannot_bound_fails_its_trial_load_with_the_reason(tmp_path):
+    path = tmp_path / "repeater.onnx"
+    path.write_bytes(string_repeater())
+    with pytest.raises(ModelLoadError, match=r"serving does not load this model: node .* \(Tile\) could repeat"):
+        await LoadGuard(1024, 60).check(path, rows=1)
+    path.write_bytes(greedy_model())  # loads: its memory is the arena's to bound
+    assert (await LoadGuard(1024, 60).check(path, rows=1)).dynamic_ops == ("ConstantOfShape", "Loop")
+
+
+# -- inference memory and output size -------------------------------------------------------------
+
+
+class _PeakRss:
+    """This process's largest resident size while the block runs, sampled every 2 ms."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._done = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.peak_mb = max(self.peak_mb, psutil.Process().memory_info().rss / MB)
+            self._done.wait(0.002)
+
+    def __enter__(self) -> _PeakRss:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _row(*values: float) -> dict[str, np.ndarray]:
+    return {"x": np.array([values], np.float32)}
+
+
+def test_a_request_past_the_inference_memory_cap_fails_alone_and_the_memory_is_given_back():
+    cap_mb = 256
+    model = OnnxModel(greedy_model(), providers=["CPUExecutionProvider"], memory=InferenceMemory(cap_mb))
+    np.testing.assert_array_equal(model.run(_row(3, 0, 0))["y"], [1, 1, 1])
+    before_mb = psutil.Process().memory_info().rss / MB
+    with _PeakRss() as peak:
+        for hostile in (_row(3e9, 0, 0), _row(1, 100, 16e6)):  # 12 GB at once; 64 MB more per Loop iteration
+            with pytest.raises(ResourceExhausted, match=rf"more than the {cap_mb} MB .*serving_infer_memory_mb"):
+                model.run(hostile)
+    assert peak.peak_mb - before_mb < cap_mb + 64
+    # What the refused requests allocated went back to the system, and a request that needs half the cap fits.
+    assert psutil.Process().memory_info().rss / MB - before_mb < 32
+    assert model.run(_row(2, 2, 8e6))["y"].tolist() == [1, 1]
+    assert psutil.Process().memory_info().rss / MB - before_mb < cap_mb + 64  # kept for reuse, within the cap
+
+
+def test_outputs_larger_than_a_response_are_refused_before_they_are_copied():
+    model = OnnxModel(greedy_model(), providers=["CPUExecutionProvider"], memory=InferenceMemory(256),
+                      max_output_bytes=1 * MB)  # fmt: skip
+    with pytest.raises(ResourceExhausted, match=r"would take 3.8 MiB, more than the 1.0 MiB a response may carry"):
+        model.run(_row(1e6, 0, 0))
+    assert len(model.run_many(_row(1e6, 0, 0), requests=4)["y"]) == 1_000_000  # four responses' worth
+
+
+def test_a_model_failing_on_a_request_answers_invalid_argument_without_quoting_it():
+    model = OnnxModel(greedy_model(), providers=["CPUExecutionProvider"], memory=InferenceMemory(256))
+    with pytest.raises(InvalidArgument, match="failed on these inputs in a ConstantOfShape node") as info:
+        model.run(_row(-12345, 0, 0))
+    assert "12345" not in str(info.value)
+
+
+async def test_one_request_at_fault_fails_alone_in_a_coalesced_batch():
+    calls: list[int] = []
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(feeds["x"]))
+        if (feeds["x"] < 0).any():
+            raise ResourceExhausted("too much")
+        return {"y": feeds["x"] * 2}
+
+    batcher = DynamicBatcher(run, max_batch_size=8, max_queue_delay_us=0, inline_max_rows=8)  # coalesces on the loop
+    try:
+        results = await asyncio.gather(
+            *(batcher.infer({"x": np.full((1, 1), v, np.float32)}) for v in (1, -1, 3)), return_exceptions=True
+        )
+    finally:
+        await batcher.close()
+    assert isinstance(results[1], ResourceExhausted)
+    assert [r[0]["y"].tolist() for r in (results[0], results[2])] == [[[2.0]], [[6.0]]]  # type: ignore[index]
+    assert calls == [3, 1, 1, 1]  # the batch, then each request on its own
+
+
+def test_shapes_that_describe_more_than_a_message_are_refused_before_anything_is_allocated():
+    spec = [common_pb2.TensorSpec(name="x", datatype="FP32", shape=[-1, -1])]
+
+    def request(shape: list[int]) -> oip.ModelInferRequest:
+        out = oip.ModelInferRequest(model_name="m")
+        out.inputs.add(name="x", datatype="FP32", shape=shape)
+        out.raw_input_contents.append(b"")
+        return out
+
+    with pytest.raises(ResourceExhausted, match="describes more data than a request may carry") as info:
+        decode_inputs(request([10**12, 0]), spec, max_bytes=64 * MB)  # no bytes, 10**12 rows
+    assert info.value.field == "inputs[0].shape"
+    assert decode_inputs(request([1000, 0]), spec, max_bytes=64 * MB)["x"].shape == (1000, 0)
+    big = {"y": np.zeros(300_000, np.float32), "s": np.array([b"x" * 1000] * 100, dtype=object)}
+    with pytest.raises(ResourceExhausted, match="a response may carry"):
+        encode_outputs(big, ["y"], max_bytes=1 * MB)
+    with pytest.raises(ResourceExhausted, match="a response may carry"):  # strings: measured as encoded
+        encode_outputs(big, ["s"], max_bytes=64 * 1024 + 50_000)
+    assert len(encode_outputs(big, ["s"], max_bytes=1 * MB)[1][0]) == 100 * 1004
+
+
+async def test_models_whose_cost_follows_the_request_never_run_on_the_event_loop(tmp_path, registry, lr_onnx):
+    dynamic_dims = _graph([helper.make_node("Identity", ["x"], ["y"])], [_tensor("x", TensorProto.FLOAT, [None, None])],
+                          [_tensor("y", TensorProto.FLOAT, [None, None])]).SerializeToString()  # fmt: skip
+    for version, data in enumerate((lr_onnx, slow_model(1.0), greedy_model(), dynamic_dims), start=1):
+        registry.add("m", version, data)
+    manager = ModelManager(_settings(tmp_path, serving_inline_max_us=10_000))  # any of them is cheap enough on zeros
+    try:
+        with structlog.testing.capture_logs() as logs:
+            slots = [await manager.load("m", v, PRODUCTION) for v in (1, 2, 3, 4)]
+        assert [s.batcher.inline_max_rows > 0 for s in slots] == [True, False, False, False]
+        reasons = [e["off_loop_reason"] for e in logs if e["event"] == "model loaded"]
+        assert reasons == [
+            None,
+            "its cost follows the request's values (Loop)",
+            "its cost follows the request's values (ConstantOfShape, Loop)",
+            "input 'x' has a dynamic dimension besides the batch",
+        ]
+        for slot in slots:
+            await slot.retire()
+    finally:
+        await manager.close()
+
+
+def test_string_inputs_reach_the_model_as_text_and_bytes_that_are_not_text_are_refused():
+    echo = _graph([helper.make_node("Identity", ["s"], ["t"])], [_tensor("s", TensorProto.STRING, [None])],
+                  [_tensor("t", TensorProto.STRING, [None])]).SerializeToString()  # fmt: skip
+    model = OnnxModel(echo, providers=["CPUExecutionProvider"], memory=InferenceMemory(256))
+    sent = np.empty(2, dtype=object)
+    sent[:] = [b"caf\xc3\xa9", b"b"]  # what decode_inputs makes of BYTES
+    assert model.run({"s": sent})["t"].tolist() == ["café", "b"]  # not "b'caf\\xc3\\xa9'"
+    sent[:] = [b"\xff", b"b"]
+    with pytest.raises(InvalidArgument, match="input 's' has BYTES that are not UTF-8 text"):
+        model.run({"s": sent})
