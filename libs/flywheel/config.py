@@ -118,6 +118,7 @@ class Settings(BaseSettings):
     serving_load_memory_mb: int = 4096  # a model whose trial load needs more (address space) fails to load
     serving_load_timeout_s: float = 120.0  # a model whose trial load takes longer fails to load
     serving_infer_memory_mb: int = 4096  # memory ONNX Runtime may allocate for inference, all sessions (0: no cap)
+    serving_infer_timeout_s: float = 60.0  # one model run longer than this is stopped: DEADLINE_EXCEEDED (0: none)
     serving_pinned_max: int = 8  # model_version pins held loaded at once (least recently used evicted)
     serving_queue_max: int = 4096  # requests waiting per model in the batcher (RESOURCE_EXHAUSTED beyond)
     serving_shadow_max_inflight: int = 64  # mirrored calls in flight; beyond that mirroring skips (counted)
