@@ -2,7 +2,8 @@
 
 Each service describes itself with a `ServiceDefinition`; this module owns the lifecycle so no
 service re-implements start-up, readiness or shutdown. Start-up failures (database or broker
-unreachable, port taken) end the process at once with one line on stderr and exit code 2.
+unreachable, port taken, schema not migrated while migrate_on_start is off) end the process at once
+with one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from flywheel import db
-from flywheel.artifacts import LocalArtifactStore
+from flywheel.artifacts import ArtifactStore, open_store
 from flywheel.auth import Authenticator, tokens
 from flywheel.bus import EventConsumer, EventProducer, Handler, OutboxRelay, ensure_topics, kafka_security
 from flywheel.bus.topics import all_topics
@@ -41,7 +42,7 @@ class ServiceContext:
     settings: Settings
     pool: asyncpg.Pool
     producer: EventProducer
-    artifacts: LocalArtifactStore
+    artifacts: ArtifactStore
     # Tasks started while serving (a model's retirement, a shadow call): cancelled and awaited at stop.
     tasks: TaskSet = field(default_factory=TaskSet)
 
@@ -94,10 +95,7 @@ async def _main(definition: ServiceDefinition, settings: Settings) -> int:
     ctx: ServiceContext | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
-        applied = await db.migrate(pool, name, [db.LIBRARY_MIGRATIONS, definition.migrations])
-        applied += await tokens.migrate(pool)
-        if applied:
-            log.info("migrations applied", migrations=applied)
+        await _migrations(definition, settings, pool)
         try:
             server.guard.authenticator = Authenticator(settings, pool)
         except ValueError as exc:  # incomplete OIDC settings
@@ -112,7 +110,7 @@ async def _main(definition: ServiceDefinition, settings: Settings) -> int:
             replication_factor=settings.kafka_replication_factor,
             security=kafka_security(settings),
         )
-        ctx = ServiceContext(name, settings, pool, producer, LocalArtifactStore(settings.artifacts_dir))
+        ctx = ServiceContext(name, settings, pool, producer, open_store(settings))
         server.add_services(definition.register(server, ctx))
         await server.start()
         if definition.reconcile is not None:
@@ -151,12 +149,29 @@ async def _main(definition: ServiceDefinition, settings: Settings) -> int:
                     await definition.shutdown(ctx)
                 except Exception as exc:
                     log.error("shutdown hook failed", error=repr(exc))
+        if ctx is not None:
+            with contextlib.suppress(Exception):
+                await ctx.artifacts.close()
         if consumer is not None:
             with contextlib.suppress(Exception):
                 await consumer.stop()
         with contextlib.suppress(Exception):
             await producer.stop()
         await pool.close()
+
+
+async def _migrations(definition: ServiceDefinition, settings: Settings, pool: asyncpg.Pool) -> None:
+    """Apply this service's migrations (its schema and the token store), or with migrate_on_start off
+    only check them: then the service's database role needs no DDL right (`flywheel migrate` ran first)."""
+    own = [db.LIBRARY_MIGRATIONS, definition.migrations]
+    if not settings.migrate_on_start:
+        await db.require_migrated(pool, definition.name, own)
+        await db.require_migrated(pool, tokens.SCHEMA, [tokens.MIGRATIONS])
+        return
+    applied = await db.migrate(pool, definition.name, own)
+    applied += await tokens.migrate(pool)
+    if applied:
+        log.info("migrations applied", migrations=applied)
 
 
 async def _until_stopped(tasks: list[asyncio.Task[None]]) -> int:

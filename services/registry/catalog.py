@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 
 from flywheel import clients
-from flywheel.artifacts import LocalArtifactStore
+from flywheel.artifacts import ArtifactStore
 from flywheel.bus import Topics, enqueue
 from flywheel.bus.serde import new_meta
 from flywheel.config import Settings
@@ -43,7 +43,7 @@ class ArtifactPiece:
 
 
 class Catalog:
-    def __init__(self, pool: asyncpg.Pool, artifacts: LocalArtifactStore, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, artifacts: ArtifactStore, settings: Settings) -> None:
         self._pool = pool
         self._artifacts = artifacts
         self._settings = settings

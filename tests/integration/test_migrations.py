@@ -24,7 +24,13 @@ async def test_replicas_starting_together_apply_each_file_once(infra, unique, tm
     try:
         results = await asyncio.gather(*(db.migrate(p, schema, [db.LIBRARY_MIGRATIONS, mig]) for p in pools))
         applied = [name for r in results for name in r]  # one replica applied all, the others none
-        assert applied == ["0000_flywheel_bus.sql", "0001_flywheel_offsets.sql", "0001_create.sql", "0002_seed.sql"]
+        assert applied == [
+            "0000_flywheel_bus.sql",
+            "0001_flywheel_offsets.sql",
+            "0002_flywheel_dead_letters.sql",
+            "0001_create.sql",
+            "0002_seed.sql",
+        ]
         assert await pools[0].fetchval("SELECT count(*) FROM things") == 1
         tables = {
             r["table_name"]

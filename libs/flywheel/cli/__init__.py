@@ -5,13 +5,29 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flywheel.cli import datasets, demo, deploy, models, monitoring, predict, runs, specs, stack, tokens, traces
+from flywheel.cli import (
+    datasets,
+    demo,
+    deploy,
+    health,
+    migrate,
+    models,
+    monitoring,
+    predict,
+    runs,
+    specs,
+    stack,
+    tokens,
+    traces,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description="Flywheel: the event-driven MLOps suite")
     sub = parser.add_subparsers(dest="command", required=True)
     stack.add_commands(sub)
+    health.add_commands(sub)
+    migrate.add_commands(sub)
     for group in (datasets, specs, runs, models, deploy, predict):
         group.add_commands(sub)
     traces.add_commands(sub)

@@ -2,6 +2,11 @@
 
 Replicas starting together serialise on an advisory lock, so each file runs exactly once.
 An applied file whose content changed is an error: migrations are never edited, only added.
+
+Two ways to run them: a service applies its own at start (`migrate`, the default), or a separate
+step with a DDL role does (`flywheel migrate`) and services, connecting with roles that may only
+read and write rows, merely check that every file their code needs is applied (`require_migrated`).
+A database ahead of the code (files it does not know) passes the check: upgrades migrate first.
 """
 
 from __future__ import annotations
@@ -19,8 +24,7 @@ LIBRARY_MIGRATIONS = Path(__file__).parent / "sql"
 
 async def migrate(pool: asyncpg.Pool, schema: str, dirs: list[Path]) -> list[str]:
     """Apply pending migrations from `dirs` into `schema`; returns the names applied now."""
-    # Directory order first (the library's bus tables before the service's own), then file name.
-    files = [p for d in dirs if d.is_dir() for p in sorted(d.glob("*.sql"), key=lambda p: p.name)]
+    files = _files(dirs)
     applied_now: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"flywheel.migrate.{schema}")
@@ -36,7 +40,7 @@ async def migrate(pool: asyncpg.Pool, schema: str, dirs: list[Path]) -> list[str
             await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
             for path in files:
                 sql = path.read_text()
-                checksum = hashlib.sha256(sql.encode()).hexdigest()
+                checksum = _checksum(sql)
                 if path.name in done:
                     if done[path.name] != checksum:
                         raise StartupError(f"migration {path.name} in schema {schema} changed after it was applied")
@@ -58,6 +62,39 @@ async def migrate(pool: asyncpg.Pool, schema: str, dirs: list[Path]) -> list[str
             )
             raise StartupError(f"cannot migrate schema {schema} as database role {role}: {exc}{hint}") from exc
     return applied_now
+
+
+async def require_migrated(pool: asyncpg.Pool, schema: str, dirs: list[Path]) -> None:
+    """StartupError unless every migration in `dirs` is applied to `schema`, unchanged. Runs no DDL."""
+    files = _files(dirs)
+    try:
+        async with pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regclass($1)", f'"{schema}".schema_migrations') is None:
+                done: dict[str, str] = {}
+            else:
+                rows = await conn.fetch(f'SELECT name, checksum FROM "{schema}".schema_migrations')
+                done = {r["name"]: r["checksum"] for r in rows}
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise StartupError(f"cannot read the migrations of schema {schema}: {exc}") from exc
+    for path in files:
+        if path.name in done and done[path.name] != _checksum(path.read_text()):
+            raise StartupError(f"migration {path.name} in schema {schema} changed after it was applied")
+    pending = [p.name for p in files if p.name not in done]
+    if pending:
+        shown = ", ".join(pending[:3]) + (f" and {len(pending) - 3} more" if len(pending) > 3 else "")
+        raise StartupError(
+            f"schema {schema} is not migrated ({len(pending)} pending: {shown}) and FLYWHEEL_MIGRATE_ON_START"
+            " is false: run `flywheel migrate` with a role that may create tables first"
+        )
+
+
+def _files(dirs: list[Path]) -> list[Path]:
+    # Directory order first (the library's bus tables before the service's own), then file name.
+    return [p for d in dirs if d.is_dir() for p in sorted(d.glob("*.sql"), key=lambda p: p.name)]
+
+
+def _checksum(sql: str) -> str:
+    return hashlib.sha256(sql.encode()).hexdigest()
 
 
 async def _ensure_bookkeeping(conn: asyncpg.Connection, schema: str) -> None:

@@ -1,5 +1,11 @@
-"""aio server with health (SERVING only while the process's dependencies answer), reflection,
-configured message limits and a graceful stop that drains calls in flight.
+"""aio server with health, reflection, configured message limits and a graceful stop that drains
+calls in flight.
+
+Health answers two questions. Readiness (service "" and each registered service's full name) is
+SERVING only while the process's dependencies answer: load balancers and Kubernetes readiness probes
+drain a replica that cannot reach PostgreSQL or Kafka. Liveness (service `LIVENESS`) is SERVING from
+start until shutdown whatever the dependencies do, so a brief database outage never gets every replica
+restarted at once; only a process that stopped answering (or is shutting down) fails it.
 
 Servicers register through `GrpcServer.add_servicer(add_XServicer_to_server, servicer)`: the generated
 function registers on the GrpcServer itself, which wraps the methods (domain errors -> status codes,
@@ -26,6 +32,7 @@ from .methods import MethodWrapper
 
 log = get_logger(__name__)
 ReadinessCheck = Callable[[], Awaitable[bool]]
+LIVENESS = "flywheel.liveness"  # the health service name that reports liveness, not readiness
 S = TypeVar("S")
 
 
@@ -120,9 +127,11 @@ class GrpcServer:
             reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME]),
         )
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
 
     async def _set_all(self, status: int) -> None:
+        """Readiness only: liveness is set once at start and falls with the graceful shutdown."""
         for name in ["", *self._service_names]:
             await self.health.set(name, status)
 
@@ -140,5 +149,6 @@ class GrpcServer:
 
     async def stop(self) -> None:
         self.serving = False
+        # Every status, liveness included, turns NOT_SERVING and stays so while calls drain.
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self._settings.grpc_grace_s)

