@@ -178,7 +178,8 @@ async def _create_database(server: TlsPostgres) -> None:
 def _apply_roles(server: TlsPostgres, bin_dir: Path) -> None:
     """deploy/postgres/roles.sql with the generated passwords, as init-roles.sh runs it (here over TLS)."""
     passwords = server.env("postgres")
-    variables = [f"--variable={s}_password={passwords[f'FLYWHEEL_DB_PASSWORD_{s.upper()}']}" for s in SERVICES]
+    roles = ("migrator", *SERVICES)
+    variables = [f"--variable={r}_password={passwords[f'FLYWHEEL_DB_PASSWORD_{r.upper()}']}" for r in roles]
     conninfo = (
         f"host=127.0.0.1 port={server.port} dbname=flywheel user=postgres"
         f" sslmode=verify-full sslrootcert={server.secrets / 'ca.crt'}"
@@ -246,26 +247,31 @@ async def test_plaintext_is_refused(tls_pg: TlsPostgres) -> None:
     assert "pg_hba.conf rejects connection" in str(refused.value), refused.value
 
 
-async def test_each_service_role_owns_only_its_schema(tls_pg: TlsPostgres) -> None:
+async def test_the_migrator_owns_the_schemas_and_each_service_only_reads_and_writes_its_rows(
+    tls_pg: TlsPostgres,
+) -> None:
     pools = {s: await db.connect(tls_pg.service_dsn(s), s) for s in SERVICES}
+    migrator = await db.connect(tls_pg.service_dsn("migrator"), "registry")
     try:
-        # The token store belongs to the registry: before the registry migrated it, another service cannot.
+        # A service role has no DDL right: before `flywheel migrate` ran, it cannot create its tables.
         with pytest.raises(StartupError) as early:
-            await tokens.migrate(pools["training"])
-        assert str(early.value).startswith("cannot migrate schema flywheel_auth as database role flywheel_training: ")
-        assert "schema flywheel_auth belongs to flywheel_registry" in str(early.value), early.value
+            await db.migrate(pools["training"], "training", [db.LIBRARY_MIGRATIONS])
+        assert str(early.value).startswith("cannot migrate schema training as database role flywheel_training: ")
+
+        # The migration step (what `flywheel migrate` does), as the owner, over TLS.
+        for service in SERVICES:
+            assert await db.migrate(migrator, service, [db.LIBRARY_MIGRATIONS]), f"nothing applied for {service}"
+        assert await tokens.migrate(migrator) == ["0000_tokens.sql"]
 
         for service, pool in pools.items():
-            applied = await db.migrate(pool, service, [db.LIBRARY_MIGRATIONS])
-            assert applied, f"{service} applied nothing in its own schema"
-        assert await tokens.migrate(pools["registry"]) == ["0000_tokens.sql"]
-        async with pools["registry"].acquire() as conn:
-            _, secret = await tokens.mint(conn, "service-serving", "service:serving", "test")
+            await db.require_migrated(pool, service, [db.LIBRARY_MIGRATIONS])  # the start-up check passes
+            await pool.execute("INSERT INTO inbox (consumer, event_id, topic) VALUES ('t', 'e', 't')")
+            assert await pool.fetchval("DELETE FROM inbox WHERE consumer = 't' RETURNING 1") == 1
 
+        async with pools["registry"].acquire() as conn:  # the registry writes the token store
+            _, secret = await tokens.mint(conn, "service-serving", "service:serving", "test")
         for service in ("ingestion", "training", "serving", "monitoring"):
             pool = pools[service]
-            # Up to date: reading the bookkeeping is all a non-owner does, and it may check tokens.
-            assert await tokens.migrate(pool) == []
             token_id = tokens.parse(secret)
             assert token_id is not None
             async with pool.acquire() as conn:
@@ -282,7 +288,10 @@ async def test_each_service_role_owns_only_its_schema(tls_pg: TlsPostgres) -> No
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await training.execute("CREATE SCHEMA elsewhere")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await training.execute("CREATE TABLE training.stray (id int)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await training.execute("CREATE TABLE public.stray (id int)")
     finally:
+        await migrator.close()
         for pool in pools.values():
             await pool.close()
