@@ -26,6 +26,7 @@ UID = "flywheel-loop"
 SVC = 'service=~"$service"'
 MODEL = 'model=~"$model"'
 RATE = "$__rate_interval"
+ERRORS = f'{MODEL}, outcome="error"'
 
 
 @dataclass
@@ -42,6 +43,17 @@ class Panel:
 
 def _per_window(expr: str) -> str:
     return f"sum by (topic) (increase({expr}[{RATE}]))"
+
+
+def _request_rate(selector: str) -> str:
+    """Inference calls per second per model version (flywheel.serving.requests)."""
+    return f"sum by (model, version) (rate(flywheel_serving_requests_total{{{selector}}}[{RATE}]))"
+
+
+def _latency(quantile: float) -> str:
+    """A quantile of answered calls' duration per model version, from the histogram's buckets."""
+    buckets = f'flywheel_serving_request_duration_seconds_bucket{{{MODEL}, outcome="ok"}}'
+    return f"histogram_quantile({quantile}, sum by (le, model, version) (rate({buckets}[{RATE}])))"
 
 
 def _increase(metric: str, by: str, selector: str = "") -> str:
@@ -172,6 +184,30 @@ ROWS: list[tuple[str, list[Panel]]] = [
         "Serving",
         [
             Panel(
+                "Inference requests",
+                [(_request_rate(MODEL), "{{model}} v{{version}}")],
+                "Inference calls each model version answered per second, errors included (ModelInfer and "
+                "stream calls; a shadow version counts the calls mirrored to it).",
+                unit="reqps",
+                width=8,
+            ),
+            Panel(
+                "Inference error rate",
+                [(f"{_request_rate(ERRORS)} / {_request_rate(MODEL)}", "{{model}} v{{version}}")],
+                "The share of each model version's calls that failed: bad inputs (INVALID_ARGUMENT), a full queue "
+                "or memory cap (RESOURCE_EXHAUSTED), a run stopped at serving_infer_timeout_s (DEADLINE_EXCEEDED).",
+                unit="percentunit",
+                width=8,
+            ),
+            Panel(
+                "Inference latency (p50, p99)",
+                [(_latency(0.5), "p50 {{model}} v{{version}}"), (_latency(0.99), "p99 {{model}} v{{version}}")],
+                "Time from a call reaching serving's servicer to its answer (queue, run, encoding), for calls "
+                "answered OK; the network and the client's own time are not in it.",
+                unit="s",
+                width=8,
+            ),
+            Panel(
                 "Prediction log events consumed",
                 [
                     (
@@ -213,6 +249,10 @@ ROWS: list[tuple[str, list[Panel]]] = [
                         "over the memory cap {{model}}",
                     ),
                     (
+                        f"sum by (model) (increase(flywheel_serving_infer_timeouts_total{{{MODEL}}}[{RATE}]))",
+                        "stopped at the time limit {{model}}",
+                    ),
+                    (
                         f"sum by (model) (increase(flywheel_serving_shadow_skipped_total{{{MODEL}}}[{RATE}]))",
                         "shadow skipped {{model}}",
                     ),
@@ -222,8 +262,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     ),
                 ],
                 "Requests refused with RESOURCE_EXHAUSTED (a model's queue full; more than the inference "
-                "memory cap or the response size needed), shadow mirrors skipped, pinned versions unloaded "
-                "to make room.",
+                "memory cap or the response size needed), runs stopped at serving_infer_timeout_s "
+                "(DEADLINE_EXCEEDED), shadow mirrors skipped, pinned versions unloaded to make room.",
                 kind="bars",
                 width=8,
             ),

@@ -13,7 +13,8 @@ iteration are then coalesced, at no added latency; larger requests still go to t
 model manager allows it only for graphs whose cost is fixed by the request's shape.
 
 One request's values can fail a whole batch (a value the model rejects, more memory than the
-inference cap allows): such a batch runs again request by request, so only the request at fault fails.
+inference cap allows, more time than a run may take): such a batch runs again request by request, so
+only the request at fault fails.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import cast
 import numpy as np
 
 from flywheel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from services.serving.deadlines import RunTimedOut
 from services.serving.tensors import batch_size
 
 Feeds = dict[str, np.ndarray]
@@ -327,7 +329,7 @@ class DynamicBatcher:
         started = time.perf_counter_ns()
         try:
             outputs, rows = self._compute(batch)
-        except (InvalidArgument, ResourceExhausted) as exc:
+        except (InvalidArgument, ResourceExhausted, RunTimedOut) as exc:
             if len(batch) == 1:
                 return [exc]
             # Failures that follow a request's values: each request again on its own, so one bad one fails alone.

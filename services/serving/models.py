@@ -8,8 +8,9 @@ only after its in-flight count drops to zero.
 Every load goes through the load guard (a trial load in a memory-capped child process that also
 reads the graph) first, so a hostile model file fails its load instead of taking serving down. At
 inference every session allocates from one arena capped at `serving_infer_memory_mb`
-(runtime.InferenceMemory), and only graphs whose cost is fixed by the request's shape may run on
-the event loop. A production version that fails
+(runtime.InferenceMemory), every run is stopped past `serving_infer_timeout_s` (deadlines.py), and
+only graphs whose cost is fixed by the request's shape may run on the event loop. A production
+version that fails
 is recorded on its deployment (shown as a FAILED slot) and the model's other slots, and every other
 model, carry on. Versions pinned by `model_version` live in a bounded LRU (services/serving/pins.py).
 """
@@ -37,6 +38,7 @@ from flywheel.v1 import common_pb2, registry_pb2, serving_pb2
 from services.serving import load_failures, metrics
 from services.serving.batching import DynamicBatcher, QueueFull, Timing
 from services.serving.batching_policy import BatchingPolicy, policy_for
+from services.serving.deadlines import RunDeadlines, RunTimedOut
 from services.serving.load_failures import LoadFailure
 from services.serving.load_guard import LoadGuard, TrialResult
 from services.serving.pins import PinnedLru, pin_refusal
@@ -46,6 +48,7 @@ from services.serving.stats import ModelStats
 log = get_logger(__name__)
 S = serving_pb2
 Role: TypeAlias = common_pb2.ServingRole.ValueType
+MAX_VERSION = 2**31 - 1  # the registry numbers versions in a PostgreSQL integer
 PRODUCTION, CANARY, SHADOW, STAGING = (
     common_pb2.SERVING_ROLE_PRODUCTION,
     common_pb2.SERVING_ROLE_CANARY,
@@ -73,10 +76,23 @@ class Slot:
     # Read on every logged request: plain tuples, not protobuf repeated fields.
     feature_names: tuple[str, ...] = field(init=False)
     class_labels: tuple[str, ...] = field(init=False)
+    _counts: metrics.RequestCounts = field(init=False, repr=False)  # the exported request counts
 
     def __post_init__(self) -> None:
         self.feature_names = tuple(self.signature.feature_names)
         self.class_labels = tuple(self.signature.class_labels)
+        self._counts = metrics.request_counts(self.name, self.version)
+
+    def record_success(self, total_ns: int, timing: Timing, rows: int) -> None:
+        """One call answered (on the event loop): the protocol's statistics and the exported metrics."""
+        self.stats.record_success(total_ns, timing.queue_ns, timing.compute_ns, rows=rows, batch_rows=timing.batch_rows)
+        self._counts.ok += 1
+        metrics.request_duration.record(total_ns / 1e9, self._counts.ok_attrs)
+
+    def record_failure(self, total_ns: int) -> None:
+        self.stats.record_failure(total_ns)
+        self._counts.error += 1
+        metrics.request_duration.record(total_ns / 1e9, self._counts.error_attrs)
 
     async def infer(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Timing]:
         self.inflight += 1
@@ -90,6 +106,10 @@ class Slot:
         except ResourceExhausted:
             self.errors += 1
             metrics.infer_exhausted.add(1, {"model": self.name})
+            raise
+        except RunTimedOut:
+            self.errors += 1
+            metrics.infer_timeouts.add(1, {"model": self.name})
             raise
         except Exception:
             self.errors += 1
@@ -152,6 +172,7 @@ class ModelManager:
         self.deployments: dict[str, Deployment] = {}
         self.guard = LoadGuard.from_settings(settings)
         self.memory = InferenceMemory(settings.serving_infer_memory_mb)  # every session's inference arena
+        self.deadlines = RunDeadlines(settings.serving_infer_timeout_s)  # every session's runs
         self._pinned: PinnedLru[Slot] = PinnedLru(settings.serving_pinned_max)  # versions asked for explicitly
         self._locks: dict[str, asyncio.Lock] = {}
         # Retirements run as owned tasks (the service's set, awaited at stop); without one, our own.
@@ -187,15 +208,24 @@ class ModelManager:
                 inter_op_threads=s.serving_inter_op_threads,
                 memory=self.memory,
                 max_output_bytes=s.grpc_max_message_mb << 20,
+                deadlines=self.deadlines,
             )
+            try:
+                await asyncio.to_thread(model.warm_up)  # the first real request should not pay for initialisation
+            except RunTimedOut as exc:  # every request would: the file's own fault, like a failed trial load
+                raise ModelLoadError(
+                    f"a run on one row of zeros took longer than {exc.timeout_s:g} s (serving_infer_timeout_s)"
+                ) from None
         except ModelLoadError:
             metrics.load_failures.add(1, {"model": name})
             raise
-        await asyncio.to_thread(model.warm_up)  # the first real request should not pay for initialisation
         inline, cost_us, off_loop = False, None, off_loop_reason(trial, model)
         if policy.inline_max_us > 0 and not off_loop:  # timed only when it decides something
             limit = policy.inline_max_us
-            cost_us = await asyncio.to_thread(model.batch_cost_us, batch_rows, enough_us=10 * limit)
+            try:
+                cost_us = await asyncio.to_thread(model.batch_cost_us, batch_rows, enough_us=10 * limit)
+            except RunTimedOut:  # a full batch of zeros past the time limit: nothing for the event loop
+                cost_us = float("inf")
             inline = cost_us <= limit
         batcher = DynamicBatcher(
             model.run,
@@ -320,6 +350,8 @@ class ModelManager:
     ) -> Deployment:
         if not 0 < percent <= 100:
             raise InvalidArgument("must be in (0, 100]", field="percent")
+        if not 1 <= version <= MAX_VERSION:
+            raise InvalidArgument(f"must be a version number, 1 to {MAX_VERSION}", field="challenger_version")
         dep = self.deployment(name)
         if dep.production is None:
             raise NotFound(f"model {name!r} has nothing in production", field="model_name")
@@ -362,10 +394,7 @@ class ModelManager:
         """The slot that answers, and a shadow slot that should see the same request (or None)."""
         dep = self.deployments.get(name)
         if version:
-            try:
-                v = int(version)
-            except ValueError:
-                raise InvalidArgument(f"{version!r} is not a version number", field="model_version") from None
+            v = parse_version(version)
             if dep is not None:
                 for slot in dep.slots():
                     if slot.version == v and slot.role != STAGING:
@@ -469,6 +498,18 @@ class ModelManager:
         for slot in retiring:  # their retirement was cancelled at stop, or is still waiting
             await slot.batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.deadlines.close()
+
+
+def parse_version(text: str) -> int:
+    """A request's `model_version`: decimal digits naming a version the registry can hold (1 to
+    MAX_VERSION). Anything else is InvalidArgument, without the text (it can be any length)."""
+    if not (0 < len(text) <= 10 and text.isascii() and text.isdigit()):  # int() also takes "+5", " 5", "5_0"
+        raise InvalidArgument(f"must be a version number: decimal digits, 1 to {MAX_VERSION}", field="model_version")
+    version = int(text)
+    if not 1 <= version <= MAX_VERSION:
+        raise InvalidArgument(f"must be a version number: decimal digits, 1 to {MAX_VERSION}", field="model_version")
+    return version
 
 
 def off_loop_reason(trial: TrialResult, model: OnnxModel) -> str:

@@ -17,9 +17,10 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
 from flywheel.datatypes import NUMPY_DTYPES
-from flywheel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from flywheel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, StartupError
 from flywheel.logging import get_logger
 from flywheel.v1 import common_pb2
+from services.serving.deadlines import NO_LIMIT, RunDeadlines
 from services.serving.tensors import output_too_large
 
 log = get_logger(__name__)
@@ -53,9 +54,6 @@ _OUT_OF_MEMORY = re.compile(r"available memory of \d+ is smaller than requested|
 _FAILED_NODE = re.compile(r"while running (\w{1,64}) node")
 STRING_OUTPUT_BYTES = 64  # what one string element of an output is counted as, before its text is read
 _CPU_DEVICE = ort_c.OrtDevice(ort_c.OrtDevice.cpu(), ort_c.OrtDevice.default_memory(), 0)
-# Runs log nothing themselves: a failure goes back to its caller, and hostile requests must not flood stderr.
-_QUIET_RUN = ort.RunOptions()
-_QUIET_RUN.log_severity_level = 4
 
 
 class ModelLoadError(FailedPrecondition):
@@ -138,8 +136,9 @@ NO_CAP = InferenceMemory(0)
 def execution_providers(preference: str = "auto") -> list[str]:
     """Providers to give every session, decided once per process (and per preference).
 
-    "auto": CUDA when a CUDA session really works, else CPU. "cuda": the same, but a machine without
-    a usable CUDA logs one loud error and serves on CPU. "cpu": CPU only. CUDA is never handed to a
+    "auto": CUDA when a CUDA session really works, else CPU (logged). "cuda": CUDA, and a machine
+    without a usable CUDA is a StartupError (serving exits 2 saying so: asking for a GPU and getting
+    the CPU would go unnoticed until latencies did). "cpu": CPU only. CUDA is never handed to a
     session unless it works, since ONNX Runtime would then log errors on every session it creates.
     """
     choice = preference.strip().lower()
@@ -150,11 +149,13 @@ def execution_providers(preference: str = "auto") -> list[str]:
     if _cuda_usable():
         return [CUDA, CPU]
     if choice == "cuda":
-        log.error(
-            "cuda_unavailable",
-            message="CUDA execution was asked for but no usable CUDA provider exists; serving on CPU",
-            available_providers=ort.get_available_providers(),
+        built = "a CUDA session failed to start" if CUDA in ort.get_available_providers() else (
+            "this ONNX Runtime has no CUDA provider")  # fmt: skip
+        raise StartupError(
+            f"FLYWHEEL_SERVING_PROVIDER=cuda but no usable GPU: {built}; "
+            "fix the GPU or its drivers, or set FLYWHEEL_SERVING_PROVIDER=auto (falls back to CPU) or cpu"
         )
+    log.info("cuda_unavailable", message="no usable CUDA provider; serving on CPU")
     return [CPU]
 
 
@@ -196,10 +197,12 @@ def _identity_model() -> bytes:
 class OnnxModel:
     """One ONNX Runtime session; `run` is safe to call from several threads at once.
 
-    Runs allocate from `memory` (the capped arena shared by serving's sessions). Outputs come back as
-    ONNX Runtime values, are measured, and are copied out of the arena only when they total at most
-    `max_output_bytes`: an output that could not be sent anyway is refused (ResourceExhausted) before
-    it is ever copied.
+    Runs allocate from `memory` (the capped arena shared by serving's sessions) and are stopped by
+    `deadlines` when they take too long (RunTimedOut). Outputs come back as ONNX Runtime values, are
+    measured, and are copied out of the arena only when they total at most `max_output_bytes`: an
+    output that could not be sent anyway is refused (ResourceExhausted) before it is ever copied.
+    Runs log nothing themselves: a failure goes back to its caller, and hostile requests must not
+    flood stderr.
     """
 
     def __init__(
@@ -211,6 +214,7 @@ class OnnxModel:
         inter_op_threads: int = 0,
         memory: InferenceMemory = NO_CAP,
         max_output_bytes: int = 0,
+        deadlines: RunDeadlines = NO_LIMIT,
     ) -> None:
         options = memory.options()
         options.intra_op_num_threads = intra_op_threads
@@ -224,6 +228,7 @@ class OnnxModel:
         except Exception as exc:
             raise ModelLoadError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
         self._memory = memory
+        self._deadlines = deadlines
         self.max_output_bytes = max_output_bytes  # 0: no limit
         self._inputs = tuple(_spec(arg, "input") for arg in self._session.get_inputs())
         self._outputs = tuple(_spec(arg, "output") for arg in self._session.get_outputs())
@@ -254,7 +259,7 @@ class OnnxModel:
 
         Raises InvalidArgument when the model fails on these inputs, ResourceExhausted when they need
         more than the inference memory cap (after one more try with the arena's free memory released)
-        or make larger outputs than the requests may carry."""
+        or make larger outputs than the requests may carry, RunTimedOut when the run passed the time limit."""
         names = list(output_names) if output_names else self._output_names
         limit = self.max_output_bytes * max(1, requests)
         try:
@@ -277,10 +282,11 @@ class OnnxModel:
 
     def _run(self, names: list[str], feeds: dict[str, np.ndarray], limit: int) -> list[np.ndarray] | int:
         """The outputs, or their size in bytes when it is over `limit` (nothing of them is kept then).
-        Raises _OutOfMemory, or InvalidArgument when a kernel failed on these inputs."""
+        Raises _OutOfMemory, RunTimedOut, or InvalidArgument when a kernel failed on these inputs."""
+        run = self._deadlines.start()
         try:
             if not self._by_value:
-                results = list(self._session.run(names, _texts(feeds), _QUIET_RUN))
+                results = list(self._session.run(names, _texts(feeds), run.options))
                 size = sum(_nbytes(r) for r in results)
                 return size if limit and size > limit else results
             # The binding under InferenceSession.run_with_ort_values, without that wrapper's per-call checks
@@ -288,14 +294,18 @@ class OnnxModel:
             values = self._session._sess.run_with_ort_values(
                 {name: ort_c.OrtValue.ortvalue_from_numpy(_contiguous(a), _CPU_DEVICE) for name, a in feeds.items()},
                 names,
-                _QUIET_RUN,
+                run.options,
             )
         except Exception as exc:
+            if run.expired:  # stopped by the watchdog (whatever ONNX Runtime says, it is the terminate flag)
+                raise self._deadlines.error() from None
             if isinstance(exc, MemoryError) or _OUT_OF_MEMORY.search(str(exc)):
                 raise _OutOfMemory from None
             if isinstance(exc, OrtFail | OrtInvalidArgument):  # a kernel failed on, or refused, these inputs
                 raise _failure(exc) from None
             raise
+        finally:
+            self._deadlines.finish(run)
         count = len(values)  # (indexing the vector is cheap; iterating it wraps every value)
         size = sum(values[i].tensor_size_in_bytes() * self._size_scale.get(names[i], 1) for i in range(count))
         if limit and size > limit:

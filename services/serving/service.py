@@ -24,6 +24,7 @@ from flywheel.grpc.context import actor
 from flywheel.logging import get_logger
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import serving_pb2, serving_pb2_grpc
+from services.serving.deadlines import RunTimedOut
 from services.serving.models import ModelManager, Slot, feature_rows
 from services.serving.prediction_log import PredictionLogger
 from services.serving.shadow import ShadowMirror
@@ -145,7 +146,10 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return oip.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: oip.ModelInferRequest, context: Context) -> oip.ModelInferResponse:
-        return await self._infer(request)
+        try:
+            return await self._infer(request)
+        except RunTimedOut as exc:  # flywheel.errors has no DEADLINE_EXCEEDED type: mapped here
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[oip.ModelInferRequest], context: Context
@@ -155,7 +159,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             try:
                 yield oip.ModelStreamInferResponse(infer_response=await self._infer(request))
             except Exception as exc:
-                code, message = status_for(exc)
+                code, message = _status(exc)
                 if code == grpc.StatusCode.INTERNAL:
                     log.exception("stream infer failed")
                 yield oip.ModelStreamInferResponse(
@@ -166,17 +170,16 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         started = time.perf_counter_ns()
         slot, shadow = await self._manager.resolve(request.model_name, request.model_version)
         limit = self._ctx.settings.grpc_max_message_mb << 20
-        feeds = decode_inputs(request, slot.model.inputs, limit)
-        requested = [o.name for o in request.outputs]
         try:
+            feeds = decode_inputs(request, slot.model.inputs, limit)
+            requested = [o.name for o in request.outputs]
             outputs, timing = await slot.infer(feeds)
             tensors, raw = encode_outputs(outputs, requested, limit)
         except Exception:
-            slot.stats.record_failure(time.perf_counter_ns() - started)
+            slot.record_failure(time.perf_counter_ns() - started)
             raise
         total = time.perf_counter_ns() - started
-        slot.stats.record_success(total, timing.queue_ns, timing.compute_ns, rows=len(next(iter(feeds.values()))),
-                                  batch_rows=timing.batch_rows)  # fmt: skip
+        slot.record_success(total, timing, rows=len(next(iter(feeds.values()))))
         request_id = request.id
         if shadow is not None:
             request_id = request_id or str(uuid.uuid4())  # both logged answers share it
@@ -195,12 +198,11 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         try:
             outputs, timing = await slot.infer(feeds)
         except Exception as exc:  # a failing shadow never affects the caller
-            slot.stats.record_failure(time.perf_counter_ns() - started)
+            slot.record_failure(time.perf_counter_ns() - started)
             log.warning("shadow inference failed", model=slot.name, version=slot.version, error=repr(exc))
             return
         total = time.perf_counter_ns() - started
-        slot.stats.record_success(total, timing.queue_ns, timing.compute_ns, rows=len(next(iter(feeds.values()))),
-                                  batch_rows=timing.batch_rows)  # fmt: skip
+        slot.record_success(total, timing, rows=len(next(iter(feeds.values()))))
         self._log(slot, request_id, feeds, outputs, total / 1e6)
 
     def _log(
@@ -224,6 +226,13 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             latency_ms=latency_ms,
             role=slot.role,
         )
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """status_for, and DEADLINE_EXCEEDED for a run stopped at its time limit."""
+    if isinstance(exc, RunTimedOut):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+    return status_for(exc)
 
 
 class ServingAdmin(serving_pb2_grpc.ServingAdminServicer):

@@ -17,6 +17,7 @@ from flywheel import clients, evaluation
 from flywheel.config import Settings
 from flywheel.logging import get_logger
 from flywheel.v1 import common_pb2, events_pb2, registry_pb2
+from services.serving.deadlines import RunTimedOut
 from services.serving.models import ModelManager, Slot
 
 log = get_logger(__name__)
@@ -90,6 +91,8 @@ async def run_checks(
             report.checks.append(_check("signature", True, "no production version to compare with"))
         await _sample_checks(report, slot, production, settings, event)
         await _latency(report, slot, settings.serving_staging_latency_calls)
+    except RunTimedOut as exc:  # the candidate's own verdict (a retry of the event would wait it out again)
+        report.checks.append(_check("runs_in_time", False, str(exc)))
     finally:
         await manager.drop_staging(name, version)
     return _finish(report)

@@ -6,9 +6,9 @@ a production version that cannot load is reported and never keeps serving or its
 down, not even across a restart. At inference: a request asking a model for more memory than the
 inference cap, or for an output larger than a response, answers RESOURCE_EXHAUSTED while serving's
 memory stays put; a graph that could repeat request strings fails staging; a model whose cost
-follows its input never runs on the event loop, so its slow requests hold up no other model. Each
-test asserts the answer, that serving's process is the same one, and that a good input right after
-is served."""
+follows its input never runs on the event loop, so its slow requests hold up no other model; a run
+past the time limit is stopped and answers DEADLINE_EXCEEDED. Each test asserts the answer, that
+serving's process is the same one, and that a good input right after is served."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ INFER_MEMORY_MB = 256
 MESSAGE_MB = 64  # grpc_max_message_mb's default
 QUEUE_MAX = 4
 SLOW_X = 2_000_000.0  # Loop iterations a slow request asks for: about 1.5 s of one core
+INFER_TIMEOUT_S = 6.0  # well above SLOW_X's runs on a loaded machine, short enough for one test to wait out
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,7 @@ def stack(tmp_path_factory):
         "FLYWHEEL_SERVING_SHADOW_MAX_INFLIGHT": "1",
         "FLYWHEEL_SERVING_PINNED_MAX": "1",
         "FLYWHEEL_SERVING_INFER_MEMORY_MB": str(INFER_MEMORY_MB),
+        "FLYWHEEL_SERVING_INFER_TIMEOUT_S": str(INFER_TIMEOUT_S),
     }
     up = UpProcess(tmp_path_factory.mktemp("hostile_serving") / "home", env=env)
     up.start()
@@ -336,6 +338,9 @@ def test_only_versions_that_passed_staging_can_be_pinned_and_pins_are_bounded(st
     assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "cannot be pinned: it has not passed staging checks" in exc.details()
     assert refused(lambda: oip_stub.ModelInfer(infer_request(CREDIT, x, "999"))).code() == grpc.StatusCode.NOT_FOUND
+    for hostile in ("9223372036854775808", "5" * 144, "0", "v1"):  # past int64 once answered INTERNAL
+        exc = refused(lambda hostile=hostile: oip_stub.ModelInfer(infer_request(CREDIT, x, hostile)))
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and (exc.details() or "").startswith("model_version: ")
     assert serving_process(stack).pid == pid
 
     first, second = passed
@@ -487,6 +492,34 @@ def test_a_model_whose_cost_follows_its_input_never_stalls_the_event_loop(stack,
         assert slow.result().model_version == str(spinner)
     assert serving_process(stack).pid == pid
     assert oip_stub.ModelInfer(spin_request(1.0)).model_version == str(spinner)
+
+
+def test_a_run_past_the_time_limit_is_stopped_and_answers_deadline_exceeded(stack, api, oip_stub, credit, spinner):
+    pid = serving_process(stack).pid
+
+    def slot() -> S.ModelSlot:
+        return next(s for s in deployment(api, SPINNER).slots if s.role == common_pb2.SERVING_ROLE_PRODUCTION)
+
+    errors_before = slot().stats.error_count
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        # 10**12 Loop iterations: days of one core, were the run not stopped.
+        hung = pool.submit(refused, lambda: oip_stub.ModelInfer(spin_request(1e12), timeout=60))
+        wait_until(lambda: slot().inflight_requests == 1, 10, "the endless request to run", 0.01)
+        # Meanwhile other requests are answered as usual.
+        assert oip_stub.ModelInfer(infer_request(CREDIT, credit.test[0][:2]), timeout=5).model_version == str(
+            credit.production
+        )
+        exc = hung.result(timeout=60)
+    elapsed = time.monotonic() - started
+    assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # serving's answer, not the client's 60 s deadline:
+    assert f"the model ran longer than the {INFER_TIMEOUT_S:g} s a request may take" in (exc.details() or "")
+    assert "serving_infer_timeout_s" in (exc.details() or "")
+    assert INFER_TIMEOUT_S - 0.5 < elapsed < INFER_TIMEOUT_S + 5, elapsed
+    assert serving_process(stack).pid == pid
+    # The executor thread is free again: the same model answers a request that runs right after.
+    assert oip_stub.ModelInfer(spin_request(1e5), timeout=5).model_version == str(spinner)
+    assert slot().stats.error_count == errors_before + 1 and slot().inflight_requests == 0
 
 
 # -- 2. a production version that cannot load -----------------------------------------------------

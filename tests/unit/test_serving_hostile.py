@@ -11,9 +11,11 @@ import concurrent.futures
 import hashlib
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import grpc
 import numpy as np
 import onnx
 import psutil
@@ -26,18 +28,24 @@ from tritonclient.grpc import service_pb2 as oip
 
 from flywheel import clients
 from flywheel.config import Settings
-from flywheel.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from flywheel.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StartupError, Unavailable
+from flywheel.grpc import GrpcServer
+from flywheel.stack.procs import free_port
 from flywheel.tasks import TaskSet
 from flywheel.v1 import common_pb2, events_pb2, registry_pb2, serving_pb2
 from services.registry.model_check import validate_onnx
-from services.serving import graph_check, handlers, staging
+from services.serving import graph_check, handlers, runtime, staging
+from services.serving import metrics as serving_metrics
 from services.serving.batching import DynamicBatcher
+from services.serving.deadlines import RunDeadlines, RunTimedOut
+from services.serving.definition import DEFINITION
 from services.serving.load_failures import RETRY_BASE_S
 from services.serving.load_guard import LoadGuard
 from services.serving.models import PRODUCTION, ModelManager
 from services.serving.pins import pin_refusal
 from services.serving.prediction_log import PredictionLogger
 from services.serving.runtime import InferenceMemory, ModelLoadError, OnnxModel
+from services.serving.service import InferenceService
 from services.serving.shadow import ShadowMirror
 from services.serving.tensors import decode_inputs, encode_outputs
 
@@ -912,3 +920,198 @@ def test_string_inputs_reach_the_model_as_text_and_bytes_that_are_not_text_are_r
     sent[:] = [b"\xff", b"b"]
     with pytest.raises(InvalidArgument, match="input 's' has BYTES that are not UTF-8 text"):
         model.run({"s": sent})
+
+
+# -- time limits, request versions, the execution provider ----------------------------------------
+
+
+def _spin(value: float) -> dict[str, np.ndarray]:
+    """A row for slow_model(1.0): a Loop of `value` iterations (about 1 s per million)."""
+    return {"x": np.full((1, 1), value, np.float32)}
+
+
+def test_a_run_past_the_time_limit_is_stopped_and_the_next_one_runs():
+    deadlines = RunDeadlines(0.3)
+    model = OnnxModel(slow_model(1.0), providers=["CPUExecutionProvider"], memory=InferenceMemory(256),
+                      deadlines=deadlines)  # fmt: skip
+    try:
+        started = time.monotonic()
+        with pytest.raises(RunTimedOut, match=r"longer than the 0.3 s a request may take .*serving_infer_timeout_s"):
+            model.run(_spin(1e10))  # hours of Loop
+        assert 0.3 <= time.monotonic() - started < 1.5
+        assert model.run(_spin(1e4))["y"].tolist() == [[1e4]]  # the same session, under the limit
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # runs on two threads stop on their own deadlines
+            stuck = [pool.submit(model.run, _spin(1e10)) for _ in range(2)]
+            for future in stuck:
+                assert isinstance(future.exception(timeout=5), RunTimedOut)
+    finally:
+        deadlines.close()
+    unlimited = OnnxModel(slow_model(1.0), providers=["CPUExecutionProvider"])  # 0: no limit, no watchdog
+    assert unlimited.run(_spin(1e4))["y"].tolist() == [[1e4]]
+
+
+async def test_a_timed_out_request_fails_alone_in_a_coalesced_batch():
+    deadlines = RunDeadlines(0.3)
+    model = OnnxModel(slow_model(1.0), providers=["CPUExecutionProvider"], deadlines=deadlines)
+    batcher = DynamicBatcher(model.run, max_batch_size=8, max_queue_delay_us=0, inline_max_rows=8)  # coalesces
+    try:
+        results = await asyncio.gather(*(batcher.infer(_spin(v)) for v in (1.0, 1e10, 3.0)), return_exceptions=True)
+    finally:
+        await batcher.close()
+        deadlines.close()
+    assert isinstance(results[1], RunTimedOut)
+    assert [r[0]["y"].tolist() for r in (results[0], results[2])] == [[[1.0]], [[3.0]]]  # type: ignore[index]
+
+
+async def test_a_candidate_that_runs_past_the_time_limit_on_its_checks_fails_them(tmp_path, registry, monkeypatch):
+    registry.add("m", 1, slow_model(1.0), R.PROMOTION_STATE_PENDING_CHECKS)
+    manager = ModelManager(_settings(tmp_path, serving_infer_timeout_s=0.3))
+
+    async def slow_rows(report, slot, *_: object) -> None:  # test rows whose values ask for hours of Loop
+        await asyncio.to_thread(slot.model.run, _spin(1e10))
+
+    monkeypatch.setattr(staging, "_sample_checks", slow_rows)
+    try:
+        event = events_pb2.ModelRegistered(model=common_pb2.ModelRef(name="m", version=1))
+        report = await staging.run_checks(manager, manager._settings, event)  # a verdict, not an exception
+    finally:
+        await manager.close()
+    assert not report.passed
+    failed = [c for c in report.checks if not c.passed]
+    assert [c.name for c in failed] == ["runs_in_time"] and "serving_infer_timeout_s" in failed[0].detail
+
+
+def _slow_on_zeros(trips: int) -> bytes:
+    """y = x after a Loop of a constant `trips` empty iterations: as slow on the zeros a load runs as on anything."""
+    body = helper.make_graph([helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+                             [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                              helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])])  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "true"], [], body=body), helper.make_node("Identity", ["x"], ["y"])],
+        "slow_on_zeros",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        initializer=[numpy_helper.from_array(np.array(trips, np.int64), "trips"),
+                     numpy_helper.from_array(np.array(True), "true")],
+    )  # fmt: skip
+    return _serialized(graph)
+
+
+async def test_a_model_slower_than_the_time_limit_on_zeros_fails_its_load(tmp_path, registry):
+    registry.add("m", 1, _slow_on_zeros(2_000_000), R.PROMOTION_STATE_PENDING_CHECKS)  # about 1.5 s a run
+    manager = ModelManager(_settings(tmp_path, serving_infer_timeout_s=0.2))  # the trial load may take 60 s
+    try:
+        with pytest.raises(ModelLoadError, match=r"zeros took longer than 0.2 s \(serving_infer_timeout_s\)"):
+            await manager.load("m", 1, PRODUCTION)
+    finally:
+        await manager.close()
+
+
+class _Context:
+    """What InferenceService uses of a gRPC context: abort."""
+
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.code, self.details = code, details
+        raise grpc.aio.AbortError()
+
+
+async def test_a_timed_out_request_answers_deadline_exceeded_and_is_counted(tmp_path, registry, monkeypatch):
+    registry.add("spin", 1, slow_model(1.0), R.PROMOTION_STATE_PROMOTED, ("production",))
+    settings = _settings(tmp_path, serving_infer_timeout_s=0.3)
+    manager = ModelManager(settings)
+    recorded: list[tuple[float, dict[str, str]]] = []
+    monkeypatch.setattr(serving_metrics.request_duration, "record", lambda v, attrs: recorded.append((v, attrs)))
+    counts = serving_metrics.request_counts("spin", 1)
+    ok_before, errors_before = counts.ok, counts.error
+    service = InferenceService(SimpleNamespace(settings=settings, tasks=TaskSet()), None, manager,  # type: ignore[arg-type]
+                               SimpleNamespace(sampled=lambda: False))  # fmt: skip
+
+    def request(value: float) -> oip.ModelInferRequest:
+        out = oip.ModelInferRequest(model_name="spin")
+        out.inputs.add(name="x", datatype="FP32", shape=[1, 1])
+        out.raw_input_contents.append(np.full((1, 1), value, np.float32).tobytes())
+        return out
+
+    async def stream() -> AsyncIterator[oip.ModelInferRequest]:
+        yield request(1e10)
+        yield request(2.0)
+
+    try:
+        await manager.promote("spin", 1)
+        context = _Context()
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AbortError):
+            await service.ModelInfer(request(1e10), context)
+        assert time.monotonic() - started < 1.5
+        assert context.code == grpc.StatusCode.DEADLINE_EXCEEDED and "serving_infer_timeout_s" in context.details
+        answer = await service.ModelInfer(request(5.0), _Context())  # the executor thread is free again
+        assert np.frombuffer(answer.raw_output_contents[0], np.float32).tolist() == [5.0]
+        # In a stream the error travels as a message, and the stream goes on.
+        timed_out, served = [m async for m in service.ModelStreamInfer(stream(), _Context())]
+        assert timed_out.error_message.startswith("DEADLINE_EXCEEDED: the model ran longer than the 0.3 s")
+        assert np.frombuffer(served.infer_response.raw_output_contents[0], np.float32).tolist() == [2.0]
+        slot = manager.production("spin")
+        assert slot is not None and (slot.stats.success_count, slot.stats.fail_count) == (2, 2)
+    finally:
+        await manager.close()
+    # The exported metrics: the counts the counter reports, the durations the histogram records.
+    assert (counts.ok - ok_before, counts.error - errors_before) == (2, 2)
+    assert [a["outcome"] for _, a in recorded] == ["error", "ok", "error", "ok"]
+    assert {(a["model"], a["version"]) for _, a in recorded} == {("spin", "1")}
+    assert all(v >= 0.3 for v, a in recorded if a["outcome"] == "error")
+
+
+HOSTILE_VERSIONS = ["9223372036854775808", "5" * 144, "2147483648", "0", "-1", "+5", " 5", "5_0", "1.5", "1e3",
+                    "abc", "\u0665", "\x00"]  # fmt: skip
+
+
+async def test_a_model_version_that_is_no_version_number_is_invalid_argument(tmp_path, registry, lr_onnx):
+    registry.add("m", 1, lr_onnx, R.PROMOTION_STATE_PROMOTED, ("production",))
+    manager = ModelManager(_settings(tmp_path))
+    try:
+        await manager.promote("m", 1)
+        for version in HOSTILE_VERSIONS:  # past int64, past the registry's int4, not decimal digits
+            with pytest.raises(InvalidArgument) as info:
+                await manager.resolve("m", version)
+            # The field and the rule, and nothing of what was sent.
+            assert str(info.value) == "model_version: must be a version number: decimal digits, 1 to 2147483647"
+            assert (await manager.resolve("m", "1"))[0].version == 1  # a good one right after
+        with pytest.raises(NotFound, match="no version 2147483647"):  # the largest version there can be
+            await manager.resolve("m", "2147483647")
+    finally:
+        await manager.close()
+
+
+async def test_a_challenger_version_out_of_range_is_invalid_argument(tmp_path):
+    manager = ModelManager(_settings(tmp_path))
+    try:
+        for version in (0, -1, 2**31, 2**63 - 1):
+            with pytest.raises(InvalidArgument, match=r"^challenger_version: must be a version number"):
+                await manager.set_challenger("m", version, serving_pb2.TRAFFIC_MODE_CANARY, 10.0, "test")
+    finally:
+        await manager.close()
+
+
+async def test_asking_for_cuda_without_a_usable_gpu_stops_serving_from_starting(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "_cuda_usable", lambda: False)  # as on this machine, whatever machine runs it
+    runtime.execution_providers.cache_clear()
+    try:
+        with pytest.raises(StartupError) as refused:
+            ModelManager(_settings(tmp_path, serving_provider="cuda"))
+        message = str(refused.value)
+        assert len(message.splitlines()) == 1 and message.startswith("FLYWHEEL_SERVING_PROVIDER=cuda but no usable GPU")
+        # Where serving builds it: registering its APIs, inside the start-up that exits 2 on a StartupError.
+        settings = _settings(tmp_path, serving_provider="cuda")
+        ctx = SimpleNamespace(settings=settings, tasks=TaskSet(), producer=None)
+        with pytest.raises(StartupError):
+            DEFINITION.register(GrpcServer(settings, free_port()), ctx)  # type: ignore[arg-type]
+        with structlog.testing.capture_logs() as logs:
+            assert runtime.execution_providers("auto") == ["CPUExecutionProvider"]  # auto falls back, with a log
+        assert [e["event"] for e in logs] == ["cuda_unavailable"]
+    finally:
+        runtime.execution_providers.cache_clear()
