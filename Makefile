@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install protos run test test-unit test-integration test-e2e fuzz lint typecheck bench clean
+.PHONY: install protos run test test-unit test-integration test-e2e test-scale fuzz lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -59,6 +59,10 @@ typecheck: $(STAMP)
 $(BENCH_STAMP): $(STAMP) tests/bench/requirements.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -r tests/bench/requirements.txt
 	@touch $(BENCH_STAMP)
+
+# Scale-out tests (replicas of every service, Ray): heavier, so outside `make test`; CI runs both.
+test-scale: $(STAMP)
+	$(BIN)/python -m pytest -q tests/scale
 
 # The fuzz suite runs bounded inside `make test`; this is the long run (examples per property).
 fuzz: $(STAMP)

@@ -982,18 +982,26 @@ async def test_a_candidate_that_runs_past_the_time_limit_on_its_checks_fails_the
 
 
 def _slow_on_zeros(trips: int) -> bytes:
-    """y = x after a Loop of a constant `trips` empty iterations: as slow on the zeros a load runs as on anything."""
-    body = helper.make_graph([helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
-                             [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                              helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
-                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])])  # fmt: skip
+    """y = x after a Loop of a constant `trips` iterations: as slow on the zeros a load runs as on anything."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["acc"], ["acc_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [])],
+    )  # fmt: skip
     graph = helper.make_graph(
-        [helper.make_node("Loop", ["trips", "true"], [], body=body), helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_node("Loop", ["trips", "true", "zero"], ["acc_final"], body=body),
+         helper.make_node("Mul", ["acc_final", "zero"], ["nothing"]),
+         helper.make_node("Add", ["x", "nothing"], ["y"])],
         "slow_on_zeros",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
         initializer=[numpy_helper.from_array(np.array(trips, np.int64), "trips"),
-                     numpy_helper.from_array(np.array(True), "true")],
+                     numpy_helper.from_array(np.array(True), "true"),
+                     numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
     )  # fmt: skip
     return _serialized(graph)
 
