@@ -34,6 +34,10 @@ class ResourceExhausted(FlywheelError):
     pass
 
 
+class DeadlineExceeded(FlywheelError):
+    """The work took longer than it may (e.g. a model run past serving_infer_timeout_s) and was stopped."""
+
+
 class Unauthenticated(FlywheelError):
     pass
 

@@ -24,7 +24,6 @@ from flywheel.grpc.context import actor
 from flywheel.logging import get_logger
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import serving_pb2, serving_pb2_grpc
-from services.serving.deadlines import RunTimedOut
 from services.serving.models import ModelManager, Slot, feature_rows
 from services.serving.prediction_log import PredictionLogger
 from services.serving.shadow import ShadowMirror
@@ -146,10 +145,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return oip.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: oip.ModelInferRequest, context: Context) -> oip.ModelInferResponse:
-        try:
-            return await self._infer(request)
-        except RunTimedOut as exc:  # flywheel.errors has no DEADLINE_EXCEEDED type: mapped here
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        return await self._infer(request)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[oip.ModelInferRequest], context: Context
@@ -159,7 +155,7 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             try:
                 yield oip.ModelStreamInferResponse(infer_response=await self._infer(request))
             except Exception as exc:
-                code, message = _status(exc)
+                code, message = status_for(exc)
                 if code == grpc.StatusCode.INTERNAL:
                     log.exception("stream infer failed")
                 yield oip.ModelStreamInferResponse(
@@ -226,13 +222,6 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             latency_ms=latency_ms,
             role=slot.role,
         )
-
-
-def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """status_for, and DEADLINE_EXCEEDED for a run stopped at its time limit."""
-    if isinstance(exc, RunTimedOut):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
-    return status_for(exc)
 
 
 class ServingAdmin(serving_pb2_grpc.ServingAdminServicer):
