@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from flywheel.addresses import parse as parse_target
+
 SERVICES: tuple[str, ...] = ("ingestion", "training", "registry", "serving", "monitoring")
 DEFAULT_PORTS: dict[str, int] = {
     "ingestion": 50051,
@@ -87,11 +89,19 @@ class Settings(BaseSettings):
     grpc_max_message_mb: int = 64
     grpc_grace_s: float = 10.0
     grpc_max_concurrent_streams: int = 256  # per client connection
+    # A client connection is closed gracefully (GOAWAY, calls in flight finish) after this long, so a
+    # client balancing over a DNS name re-resolves it and finds replicas added since (0: never).
+    grpc_max_connection_age_s: float = Field(default=300.0, ge=0)
     ingestion_port: int = DEFAULT_PORTS["ingestion"]
     training_port: int = DEFAULT_PORTS["training"]
     registry_port: int = DEFAULT_PORTS["registry"]
     serving_port: int = DEFAULT_PORTS["serving"]
     monitoring_port: int = DEFAULT_PORTS["monitoring"]
+    # `flywheel up --replicas`: replica i of a service listens on its port + i x this (replica 0 keeps
+    # the port itself; serving's second replica: 50154).
+    replica_port_step: int = Field(default=100, ge=1)
+    # How clients reach each service: HOST:PORT, a comma-separated list of IP:PORT (replicas, spread
+    # round-robin), or a gRPC target URI such as dns:///serving:50054 (flywheel.addresses).
     ingestion_addr: str | None = None
     training_addr: str | None = None
     registry_addr: str | None = None
@@ -140,6 +150,10 @@ class Settings(BaseSettings):
     training_max_attempts: int = 3  # a run reclaimed this many times fails
     training_run_timeout_s: float = 3600.0  # a run still training after this is stopped and failed (0: none)
     training_memory_mb: int = 8192  # address-space limit of a run's training process (0: none)
+    training_backend: str = "local"  # local | ray
+    training_ray_address: str = ""  # ray://host:10001, host:port or auto; empty: a local head started by ray.init
+    training_ray_trial_cpus: float = 1.0  # CPUs one trial task asks Ray for
+    training_ray_trial_memory_mb: int = 2048  # memory one trial task asks Ray for, and its address-space cap
 
     # Monitoring.
     monitoring_tick_s: float = 1.0  # how often time-based windows are checked for closing
@@ -159,6 +173,13 @@ class Settings(BaseSettings):
 
     otel_exporter_otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
 
+    @field_validator("ingestion_addr", "training_addr", "registry_addr", "serving_addr", "monitoring_addr")
+    @classmethod
+    def _valid_target(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_target(value)  # a bad list fails at start, naming the setting, not at the first call
+        return value
+
     @field_validator("ingest_roots", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -172,6 +193,10 @@ class Settings(BaseSettings):
     def addr_for(self, service: str) -> str:
         addr = getattr(self, f"{service}_addr")
         return addr or f"127.0.0.1:{self.port_for(service)}"
+
+    def replica_port(self, service: str, replica: int) -> int:
+        """The port replica `replica` (0-based) of `service` listens on in the embedded stack."""
+        return self.port_for(service) + replica * self.replica_port_step
 
     @property
     def credentials_file(self) -> Path:

@@ -12,7 +12,7 @@ from flywheel.logging import get_logger
 from flywheel.retry import Backoff, retry
 from flywheel.telemetry import meter
 from services.monitoring import evaluator
-from services.monitoring.references import load_reference
+from services.monitoring.references import follow_production
 
 log = get_logger(__name__)
 KEEP_PREDICTIONS = "7 days"  # long enough for late labels to join; older rows are deleted
@@ -44,10 +44,14 @@ async def _load_production_references(ctx: ServiceContext) -> None:
 
 
 async def _reconcile_one(ctx: ServiceContext, model: str, version: int | None) -> None:
+    if not version:
+        return
     async with ctx.pool.acquire() as conn:
-        known = await conn.fetchval("SELECT version FROM model_refs WHERE model = $1", model)
-        if version and known != version:
-            await load_reference(ctx, conn, model, version)
+        if await conn.fetchval("SELECT version FROM model_refs WHERE model = $1", model) == version:
+            return  # the usual restart: nothing moved
+        why = await follow_production(ctx, conn, model, version)
+    if why:
+        log.info("reconcile: production moved on since it was listed", model=model, version=version, reason=why)
 
 
 async def close_due_windows(ctx: ServiceContext) -> None:

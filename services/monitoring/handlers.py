@@ -8,14 +8,13 @@ from typing import Any
 
 import asyncpg
 
-from flywheel import confirm
 from flywheel.app import ServiceContext
 from flywheel.bus import EventContext, Handler, Topics
 from flywheel.logging import get_logger
 from flywheel.v1 import events_pb2, monitoring_pb2
 from services.monitoring import limits
 from services.monitoring.records import record_labels, record_predictions
-from services.monitoring.references import load_reference
+from services.monitoring.references import follow_production
 
 log = get_logger(__name__)
 
@@ -23,12 +22,9 @@ log = get_logger(__name__)
 def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
     async def on_promoted(conn: asyncpg.Connection, event: events_pb2.ModelPromoted, ectx: EventContext) -> None:
         name, version = event.model.name, event.model.version
-        production = await confirm.registry_version(ctx.settings, name, alias="production") if name else None
-        why = confirm.promotion_verdict(version, production)
-        if production is None or why:
+        why = await follow_production(ctx, conn, name, version) if name else "no model name"
+        if why:
             log.warning("model.promoted ignored", model=name, version=version, reason=why, event_id=ectx.event_id)
-            return
-        await load_reference(ctx, conn, name, version, production)
 
     async def on_predictions(conn: asyncpg.Connection, event: events_pb2.PredictionsLogged, ectx: EventContext) -> None:
         await record_predictions(conn, event)

@@ -7,12 +7,29 @@ import json
 
 import asyncpg
 
-from flywheel import clients
+from flywheel import clients, confirm
 from flywheel.app import ServiceContext
 from flywheel.logging import get_logger
 from flywheel.v1 import common_pb2, registry_pb2
 
 log = get_logger(__name__)
+
+
+async def follow_production(ctx: ServiceContext, conn: asyncpg.Connection, model: str, version: int) -> str:
+    """Makes `version` the model's reference if the registry has it in production now; returns why
+    not ("" when it is the reference). Every replica's model.promoted handler and start-up reconcile
+    come through here, one at a time per model (an advisory lock held to the transaction's end), and
+    each asks the registry under that lock: a reconcile that read an older production list can never
+    overwrite the reference a newer promotion just set."""
+    async with conn.transaction():  # a savepoint inside a handler's transaction; the lock lasts to its commit
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"monitoring.model_refs:{model}")
+        production = await confirm.registry_version(ctx.settings, model, alias="production")
+        why = confirm.promotion_verdict(version, production)
+        if why:
+            return why
+        if await conn.fetchval("SELECT version FROM model_refs WHERE model = $1", model) != version:
+            await load_reference(ctx, conn, model, version, production)
+        return ""
 
 
 async def load_reference(

@@ -6,6 +6,7 @@ monitoring raised."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from flywheel.config import Settings
 from flywheel.errors import NotFound, Unavailable
 from flywheel.v1 import common_pb2, events_pb2, ingestion_pb2, monitoring_pb2, registry_pb2, training_pb2
 from services.monitoring import handlers as monitoring_handlers
+from services.monitoring import references as monitoring_references
 from services.serving import handlers as serving_handlers
 from services.serving import hints as serving_hints
 from services.training import handlers as training_handlers
@@ -179,13 +181,29 @@ async def test_a_registered_event_the_registry_does_not_wait_checks_for_checks_n
 # -- monitoring: model.promoted -------------------------------------------------------------------
 
 
+class _MonitoringConn:
+    """The little of an asyncpg connection follow_production touches: no reference stored yet."""
+
+    def __init__(self) -> None:
+        self.sql: list[tuple[str, tuple[Any, ...]]] = []
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        self.sql.append((sql, args))
+
+    async def fetchval(self, sql: str, *args: Any) -> None:
+        self.sql.append((sql, args))
+
+
 async def test_monitoring_loads_a_reference_only_for_the_registrys_production(monkeypatch, tmp_path):
     loaded: list[tuple[str, int, R.ModelVersion | None]] = []
 
     async def load_reference(ctx: Any, conn: Any, model: str, version: int, mv: Any = None) -> None:
         loaded.append((model, version, mv))
 
-    monkeypatch.setattr(monitoring_handlers, "load_reference", load_reference)
+    monkeypatch.setattr(monitoring_references, "load_reference", load_reference)
     registry = _Registry(production=1, versions={1: _version(1), 2: _version(2, R.PROMOTION_STATE_REJECTED)})
     monkeypatch.setattr(clients, "model_version", registry.model_version)
     ctx = SimpleNamespace(settings=_settings(tmp_path))
@@ -195,10 +213,13 @@ async def test_monitoring_loads_a_reference_only_for_the_registrys_production(mo
         return events_pb2.ModelPromoted(model=common_pb2.ModelRef(name=MODEL, version=version))
 
     with structlog.testing.capture_logs() as logs:
-        await on_promoted(None, promoted(2), _ectx(Topics.MODEL_PROMOTED))
+        await on_promoted(_MonitoringConn(), promoted(2), _ectx(Topics.MODEL_PROMOTED))
     assert loaded == [] and [e["version"] for e in logs if e["event"] == "model.promoted ignored"] == [2]
-    await on_promoted(None, promoted(1), _ectx(Topics.MODEL_PROMOTED))
+    conn = _MonitoringConn()
+    await on_promoted(conn, promoted(1), _ectx(Topics.MODEL_PROMOTED))
     assert loaded == [(MODEL, 1, _version(1))]
+    # The registry was asked under the model's lock, which every replica's writer takes first.
+    assert conn.sql[0] == ("SELECT pg_advisory_xact_lock(hashtext($1))", (f"monitoring.model_refs:{MODEL}",))
 
 
 # -- training: data.versioned ---------------------------------------------------------------------

@@ -70,7 +70,9 @@ class CliError(Exception):
 @contextmanager
 def channel(service: str) -> Iterator[grpc.Channel]:
     """A fresh channel to `service`, closed on exit: the CLI's one way to reach a service. It carries
-    the caller's credentials (FLYWHEEL_AUTH_TOKEN and FLYWHEEL_TLS_*, else $FLYWHEEL_HOME/credentials)."""
+    the caller's credentials (FLYWHEEL_AUTH_TOKEN and FLYWHEEL_TLS_*, else $FLYWHEEL_HOME/credentials)
+    and balances over every replica (FLYWHEEL_<SERVICE>_ADDR, else the list a running `flywheel up`
+    saved in $FLYWHEEL_HOME/addresses.json), failing over when one dies (flywheel.grpc.channels)."""
     ch = sync_channel(get_settings(), _HOSTED_BY.get(service, service))
     try:
         yield ch

@@ -22,8 +22,14 @@ console = Console()
 def cmd_up(args: argparse.Namespace) -> int:
     from flywheel.logging import configure_logging
     from flywheel.stack.procs import pid_alive
+    from flywheel.stack.replicas import parse_counts
     from flywheel.stack.up import Stack, read_state
 
+    try:
+        replicas = parse_counts(args.replicas or [])
+    except ValueError as exc:
+        print(f"flywheel up: error: {exc}", file=sys.stderr)
+        return 2
     settings = get_settings()
     configure_logging("stack", settings.log_level)
     existing = read_state(settings.home)
@@ -32,7 +38,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"[red]error[/]: a stack is already running (pid {existing['supervisor_pid']}) in {settings.home}"
         )
         return 1
-    stack = Stack(settings, tls=args.tls, mtls=args.mtls)
+    try:
+        stack = Stack(settings, tls=args.tls, mtls=args.mtls, replicas=replicas)
+    except StartupError as exc:
+        print(f"flywheel up: error: {exc}", file=sys.stderr)
+        return 2
     try:
         stack.start()
         if args.demo:
@@ -83,7 +93,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    up = sub.add_parser("up", help="start the embedded stack (PostgreSQL, Kafka broker, five services)")
+    up = sub.add_parser(
+        "up", help="start the embedded stack (PostgreSQL, Kafka broker, five services, --replicas N of each)"
+    )
     up.add_argument("--demo", action="store_true", help="once ready, run `flywheel demo` against it")
     up.add_argument(
         "--tls",
@@ -91,6 +103,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="serve every service over TLS with a local CA and certificates made under $FLYWHEEL_HOME/tls",
     )
     up.add_argument("--mtls", action="store_true", help="--tls, and clients must present a certificate from that CA")
+    up.add_argument(
+        "--replicas",
+        action="append",
+        metavar="N|SERVICE=N",
+        help="processes per service: N for every service, SERVICE=N for one (repeatable, e.g. --replicas 2 "
+        "--replicas serving=3); replica i listens on the service's port + i x FLYWHEEL_REPLICA_PORT_STEP (100)",
+    )
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the embedded stack started by `flywheel up`")
     down.add_argument("--timeout", type=float, default=60.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -52,7 +53,7 @@ async def ensure_database(dsn: str, timeout_s: float = 5.0) -> None:
     parts = urlsplit(dsn)
     name = parts.path.lstrip("/") or "postgres"
     admin_dsn = urlunsplit(parts._replace(path="/postgres"))
-    conn = await asyncpg.connect(admin_dsn, timeout=timeout_s)
+    conn = await _connect_when_up(admin_dsn, timeout_s)
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
@@ -62,6 +63,19 @@ async def ensure_database(dsn: str, timeout_s: float = 5.0) -> None:
                 pass
     finally:
         await conn.close()
+
+
+async def _connect_when_up(dsn: str, timeout_s: float, starting_s: float = 30.0) -> asyncpg.Connection:
+    """A server just started may accept connections before it has finished recovery ("the database
+    system is starting up"): wait for it, up to `starting_s`, instead of failing the stack's start."""
+    deadline = time.monotonic() + starting_s
+    while True:
+        try:
+            return await asyncpg.connect(dsn, timeout=timeout_s)
+        except asyncpg.CannotConnectNowError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def _check_tls_files(dsn: str) -> None:

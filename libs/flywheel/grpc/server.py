@@ -54,6 +54,18 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def _connection_age(settings: Settings) -> list[tuple[str, int]]:
+    """Connections end after grpc_max_connection_age_s (docs/scaling.md: clients of a headless
+    Service would otherwise never see a replica added after they connected); calls in flight get
+    the drain grace to finish."""
+    if settings.grpc_max_connection_age_s <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.grpc_grace_s * 1000)),
+    ]
+
+
 class GrpcServer:
     def __init__(self, settings: Settings, port: int) -> None:
         self._settings = settings
@@ -65,6 +77,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
                 # One connection cannot open unbounded concurrent calls (each holds memory and a task).
                 ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+                *_connection_age(settings),
             ],
         )
         self.health = health.aio.HealthServicer()

@@ -16,8 +16,10 @@ log = get_logger(__name__)
 
 
 class SupervisedService:
-    def __init__(self, name: str, env: dict[str, str], log_file: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_file: Path, *, label: str | None = None) -> None:
+        """`name` is the service (services.<name> runs); `label` tells its replicas apart (serving-1)."""
         self.name = name
+        self.label = label or name
         self.env = env
         self.log_file = log_file
         self.proc: subprocess.Popen | None = None
@@ -55,7 +57,7 @@ class SupervisedService:
             if now - self._started_at > 60:
                 self._backoff.reset()  # it ran fine for a while: start the backoff over
             delay = self._backoff.next_delay()
-            log.warning("service exited, restarting", service=self.name, exit_code=code, in_s=delay)
+            log.warning("service exited, restarting", service=self.label, exit_code=code, in_s=delay)
             self._restart_at = now + delay
         elif now >= self._restart_at:
             self._restart_at = None

@@ -1,8 +1,13 @@
 """`flywheel up`: start PostgreSQL, the broker, topics and the five services; supervise; stop.
 
+With --replicas, each service runs as several processes (flywheel.stack.replicas) against the one
+PostgreSQL and broker, each on its own port with its own log, each restarted on crash; every service
+and the CLI get the list of a service's replicas and balance over it (flywheel.grpc.channels).
+
 State lives under $FLYWHEEL_HOME (./var): postgres/ data, log/*.log, spans.jsonl, stack.json
 (which `flywheel status` and `flywheel down` read), credentials (the admin token, and the TLS
-files with --tls), service-tokens/<service> and, with --tls, tls/ (a local CA and certificates).
+files with --tls), addresses.json (every service's replicas, which the CLI reads),
+service-tokens/<service> and, with --tls, tls/ (a local CA and certificates).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
+from flywheel import addresses as saved_addresses
 from flywheel.auth.credentials import ClientCredentials, write_credentials
 from flywheel.bus.topics import all_topics, ensure_topics
 from flywheel.config import SERVICES, Settings
@@ -28,6 +34,7 @@ from .health import broker_ok, grpc_serving
 from .identities import ADMIN_NAME, Identities, provision, service_identity
 from .pki import LocalPki, ensure_pki
 from .postgres import EmbeddedPostgres
+from .replicas import Replica, addresses, plan
 from .supervisor import SupervisedService
 
 console = Console(stderr=True)
@@ -44,8 +51,13 @@ _OWNED_PREFIXES = ("FLYWHEEL_AUTH_TOKEN", "FLYWHEEL_TLS_", "FLYWHEEL_KAFKA_SASL_
 
 
 class Stack:
-    def __init__(self, settings: Settings, *, tls: bool = False, mtls: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, tls: bool = False, mtls: bool = False, replicas: dict[str, int] | None = None
+    ) -> None:
+        """`replicas`: processes per service (1 for any not named)."""
         self.settings = settings
+        self.replicas: dict[str, list[Replica]] = plan(settings, replicas or {})
+        self.addresses = addresses(self.replicas)
         self.home = settings.home.resolve()
         self.logs = self.home / "log"
         self.credentials_file = self.home / "credentials"
@@ -53,7 +65,7 @@ class Stack:
         self.mtls = mtls
         self.postgres = EmbeddedPostgres(self.home / "postgres", settings.pg_port, self.logs / "postgres.log")
         self.broker = EmbeddedBroker(settings.broker_port, self.logs / "broker.log")
-        self.services: dict[str, SupervisedService] = {}
+        self.services: dict[str, list[SupervisedService]] = {}  # service -> its replicas' processes
         self.identities: Identities | None = None
         self.pki: LocalPki | None = None
         self._stopping = False
@@ -72,7 +84,8 @@ class Stack:
                 "FLYWHEEL_SPANS_FILE": str(self.home / "spans.jsonl"),
                 "FLYWHEEL_ARTIFACT_ROOT": s.artifact_location,
                 **{f"FLYWHEEL_{n.upper()}_PORT": str(s.port_for(n)) for n in SERVICES},
-                **{f"FLYWHEEL_{n.upper()}_ADDR": s.addr_for(n) for n in SERVICES},
+                # Every replica of every service: inter-service calls balance over them.
+                **{f"FLYWHEEL_{n.upper()}_ADDR": saved_addresses.join(self.addresses[n]) for n in SERVICES},
             }
         )
         if self.pki is not None:
@@ -86,18 +99,23 @@ class Stack:
             )
         return env
 
-    def own_env(self, name: str, index: int) -> dict[str, str]:
-        """`name`'s environment: the shared one plus its own token (only its own) and certificate."""
+    def own_env(self, name: str, index: int, replica: int = 0) -> dict[str, str]:
+        """The environment of `replica` of `name` (SERVICES[index]): the shared one plus its own port,
+        its service's token (only its own) and certificate."""
         env = self.service_env()
+        env["FLYWHEEL_GRPC_PORT"] = str(self.replicas[name][replica].port)
         if self.identities is not None:
             env["FLYWHEEL_AUTH_TOKEN"] = self.identities.services[name]
         if self.pki is not None:
             pair = self.pki.clients[service_identity(name)[0]]
             env["FLYWHEEL_TLS_CLIENT_CERT_FILE"] = str(pair.cert_file)
             env["FLYWHEEL_TLS_CLIENT_KEY_FILE"] = str(pair.key_file)
-        if self.settings.metrics_port:  # a base port: one Prometheus endpoint per service
-            env["FLYWHEEL_METRICS_PORT"] = str(self.settings.metrics_port + index)
+        if self.settings.metrics_port:  # a base port: one Prometheus endpoint per process
+            env["FLYWHEEL_METRICS_PORT"] = str(self._metrics_port(index, replica))
         return env
+
+    def _metrics_port(self, index: int, replica: int) -> int:
+        return self.settings.metrics_port + index + replica * self.settings.replica_port_step
 
     def admin_credentials(self) -> ClientCredentials:
         """What the CLI, the demo and the tests use: the admin token and, with TLS, the CA and the
@@ -130,17 +148,21 @@ class Stack:
         self._create_topics()
         console.print(f"  kafka      {self.broker.bootstrap}")
         for i, name in enumerate(SERVICES):
-            svc = SupervisedService(name, self.own_env(name, i), self.logs / f"{name}.log")
-            svc.start()
-            self.services[name] = svc
+            self.services[name] = []
+            for r in self.replicas[name]:
+                svc = SupervisedService(name, self.own_env(name, i, r.index), r.log_file(self.logs), label=r.name)
+                svc.start()
+                self.services[name].append(svc)
         self.write_state()
+        saved_addresses.write_saved(self.home, self.addresses)
         self._await_healthy(wait_s)
         scheme = "grpcs" if self.tls else "grpc"
         for i, name in enumerate(SERVICES):
-            line = f"  {name:<10} {scheme}://{self.settings.addr_for(name)}"
-            if self.settings.metrics_port:
-                line += f"  metrics http://127.0.0.1:{self.settings.metrics_port + i}/metrics"
-            console.print(line)
+            for r in self.replicas[name]:
+                line = f"  {r.name:<10} {scheme}://{r.address}"
+                if self.settings.metrics_port:
+                    line += f"  metrics http://127.0.0.1:{self._metrics_port(i, r.index)}/metrics"
+                console.print(line)
         console.print(f"  traces     {self.home / 'spans.jsonl'}")
         if self.pki is not None:
             mode = "mutual TLS: clients need a certificate from" if self.mtls else "TLS, clients verify with"
@@ -166,14 +188,19 @@ class Stack:
             )
         )
 
+    def _processes(self) -> list[SupervisedService]:
+        return [svc for group in self.services.values() for svc in group]
+
     def _await_healthy(self, wait_s: float) -> None:
+        """Until every replica of every service is SERVING."""
         deadline = time.monotonic() + wait_s
-        pending = set(SERVICES)
+        every = {r.name: r.address for group in self.replicas.values() for r in group}
+        pending = set(every)
         while pending and time.monotonic() < deadline:
-            for svc in self.services.values():
+            for svc in self._processes():
                 svc.poll()
-            addresses = {n: self.settings.addr_for(n) for n in pending}
-            results = asyncio.run(_check_all(addresses, self.settings, self.probe_credentials()))
+            probes = {n: every[n] for n in pending}
+            results = asyncio.run(_check_all(probes, self.settings, self.probe_credentials()))
             pending = {n for n, ok in results.items() if not ok}
             if pending:
                 time.sleep(0.3)
@@ -194,7 +221,8 @@ class Stack:
                 "bootstrap": self.broker.bootstrap,
                 "pid": self.broker.proc.pid if self.broker.proc else None,
             },
-            "services": {n: {"address": self.settings.addr_for(n), "pid": s.pid} for n, s in self.services.items()},
+            # address and pid: replica 0's (what a one-process stack had); replicas: every one.
+            "services": {n: self._service_state(n) for n in self.services},
             # How to reach the services: `flywheel status` probes them with these files.
             "tls": _tls_state(self.probe_credentials(), self.mtls) if self.tls else None,
             "credentials": str(self.credentials_file),
@@ -202,6 +230,13 @@ class Stack:
         tmp = state_file(self.home).with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(state_file(self.home))
+
+    def _service_state(self, name: str) -> dict[str, Any]:
+        replicas = [
+            {"name": r.name, "address": r.address, "pid": svc.pid, "log": str(r.log_file(self.logs))}
+            for r, svc in zip(self.replicas[name], self.services[name], strict=True)
+        ]
+        return {"address": replicas[0]["address"], "pid": replicas[0]["pid"], "replicas": replicas}
 
     def supervise(self) -> None:
         """Block until SIGINT/SIGTERM, restarting whatever crashes."""
@@ -224,7 +259,7 @@ class Stack:
                 self.broker.start()
                 self._create_topics()
                 changed = True
-            for svc in self.services.values():
+            for svc in self._processes():
                 before = svc.pid
                 svc.poll()
                 changed |= svc.pid != before
@@ -235,14 +270,15 @@ class Stack:
     def stop(self) -> None:
         self._stopping = True
         console.print("stopping services")
-        for svc in self.services.values():  # SIGTERM all first so they drain in parallel
+        for svc in self._processes():  # SIGTERM all first so they drain in parallel
             if svc.proc is not None and svc.proc.poll() is None:
                 svc.proc.terminate()
-        for svc in self.services.values():
+        for svc in self._processes():
             svc.stop()
         self.broker.stop()
         self.postgres.stop()
         state_file(self.home).unlink(missing_ok=True)
+        saved_addresses.saved_file(self.home).unlink(missing_ok=True)
         console.print("stopped")
 
 
@@ -290,7 +326,15 @@ async def status(settings: Settings) -> list[tuple[str, str, bool]]:
     rows: list[tuple[str, str, bool]] = []
     rows.append(("postgres", state["postgres"]["dsn"], await postgres_ok(state["postgres"]["dsn"])))
     rows.append(("kafka", state["broker"]["bootstrap"], await broker_ok(state["broker"]["bootstrap"])))
-    svc = state["services"]
-    checks = await _check_all({n: v["address"] for n, v in svc.items()}, settings, _probe_credentials(state))
-    rows += [(n, svc[n]["address"], checks[n]) for n in svc]
+    every = {r["name"]: r["address"] for r in _replica_states(state)}
+    checks = await _check_all(every, settings, _probe_credentials(state))
+    rows += [(n, every[n], checks[n]) for n in every]
     return rows
+
+
+def _replica_states(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every replica in a stack.json (one written before replicas existed lists each service once)."""
+    found: list[dict[str, Any]] = []
+    for name, svc in state["services"].items():
+        found += svc.get("replicas") or [{"name": name, "address": svc["address"], "pid": svc["pid"]}]
+    return found
