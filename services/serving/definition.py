@@ -10,8 +10,8 @@ from services.serving.runtime_state import close_runtime, runtime
 
 
 def register(server: GrpcServer, ctx: ServiceContext) -> list[str]:
-    state = runtime(ctx)
-    return service.register(server, ctx, state.manager, state.logger)
+    state = runtime(ctx, server.port)
+    return service.register(server, ctx, state)
 
 
 DEFINITION = ServiceDefinition(
@@ -19,7 +19,12 @@ DEFINITION = ServiceDefinition(
     register=register,
     handlers=handlers.handlers,
     migrations=Path(__file__).parent / "migrations",
-    reconcile=handlers.reconcile,
-    background=[handlers.run_swap_consumer, handlers.run_prediction_logger, handlers.reconcile_forever],
+    reconcile=handlers.start_up,
+    background=[
+        handlers.run_swap_consumer,
+        handlers.run_prediction_logger,
+        handlers.reconcile_forever,
+        handlers.refresh_views_forever,
+    ],
     shutdown=close_runtime,
 )

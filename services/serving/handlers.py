@@ -1,9 +1,10 @@
 """Event reactions of serving.
 
 model.registered -> staging checks, reported to the registry (one replica checks: the service's
-shared consumer group). model.promoted -> warm the new version and swap. Every replica must swap,
-so that topic is read by a consumer group of this process alone, from the latest offset; what
-happened before the process started is covered by reconciliation at start-up.
+shared consumer group). model.promoted -> warm the new version and swap; deployment.changed ->
+apply the stored traffic policy. Every replica must do both, so those topics are read by a consumer
+group of this process alone, from the latest offset; what happened before the process started (or
+while its group joined) is covered by reconciliation at start-up and every serving_reconcile_s.
 
 Both events are hints (services/serving/hints.py): the registry is asked before anything loads,
 so a forged or stale event swaps nothing and checks nothing the registry does not hold.
@@ -56,11 +57,19 @@ def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
 
 async def run_swap_consumer(ctx: ServiceContext) -> None:
     async def on_promoted(conn: asyncpg.Connection, event: events_pb2.ModelPromoted, ectx: EventContext) -> None:
-        await swap_if_production(ctx, event.model.name, event.model.version, ectx.event_id)
+        if await swap_if_production(ctx, event.model.name, event.model.version, ectx.event_id):
+            # A split whose challenger this was is over: end it in the store now (one replica wins).
+            await runtime(ctx).traffic.sync_model(event.model.name)
+
+    async def on_changed(conn: asyncpg.Connection, event: events_pb2.DeploymentChanged, ectx: EventContext) -> None:
+        # A hint: the stored row is read and applied, whatever the event says.
+        if event.model_name:
+            await runtime(ctx).traffic.sync_model(event.model_name)
 
     instance = f"flywheel-serving-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     consumer = EventConsumer(
-        ctx.settings, ctx.name, ctx.pool, ctx.producer, {Topics.MODEL_PROMOTED: on_promoted},
+        ctx.settings, ctx.name, ctx.pool, ctx.producer,
+        {Topics.MODEL_PROMOTED: on_promoted, Topics.DEPLOYMENT_CHANGED: on_changed},
         group_id=instance, offset_reset="latest",
     )  # fmt: skip
     try:
@@ -87,10 +96,17 @@ async def swap_if_production(ctx: ServiceContext, name: str, version: int, event
     return True
 
 
+async def start_up(ctx: ServiceContext) -> None:
+    """Before reporting SERVING: production models loaded, then the stored traffic policies applied
+    (a restarted replica comes back with the canary in force) and the first heartbeat written."""
+    await reconcile(ctx)
+    await runtime(ctx).traffic.sync_all()
+
+
 async def reconcile(ctx: ServiceContext) -> None:
-    """Load every model the registry has in production before reporting SERVING (waiting out a
-    registry that is not up yet). Models load one by one; one that fails is reported and skipped,
-    never holding serving back from starting."""
+    """Load every model the registry has in production (waiting out a registry that is not up yet).
+    Models load one by one; one that fails is reported and skipped, never holding serving back
+    from starting."""
     await retry(
         lambda: reconcile_once(ctx),
         backoff=Backoff.from_settings(ctx.settings),
@@ -132,6 +148,24 @@ async def reconcile_forever(ctx: ServiceContext) -> None:
         except Exception as exc:  # the registry's list is unreachable: the next pass asks again
             metrics.background_failures.add(1, {"loop": "reconcile"})
             log.warning("reconcile: failed, will retry", error=repr(exc))
+        try:  # the stored traffic policies and this replica's heartbeat, whatever the registry did
+            await runtime(ctx).traffic.sync_all()
+        except Exception as exc:  # the database is away: the next pass tries again
+            metrics.background_failures.add(1, {"loop": "traffic"})
+            log.warning("traffic sync: failed, will retry", error=repr(exc))
+
+
+async def refresh_views_forever(ctx: ServiceContext) -> None:
+    """Re-reads the stored policies and every replica's view every second (two indexed queries), so
+    that deploy status and GetDeployment answer from memory and are never more than a second behind."""
+    period = min(1.0, ctx.settings.serving_reconcile_s)
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await runtime(ctx).traffic.refresh_views()
+        except Exception as exc:  # the database is away: keep the last views, their ages keep growing
+            metrics.background_failures.add(1, {"loop": "traffic views"})
+            log.warning("traffic views: refresh failed, will retry", error=repr(exc))
 
 
 async def run_prediction_logger(ctx: ServiceContext) -> None:

@@ -44,10 +44,20 @@ from services.serving.load_guard import LoadGuard, TrialResult
 from services.serving.pins import PinnedLru, pin_refusal
 from services.serving.runtime import InferenceMemory, ModelLoadError, OnnxModel, execution_providers
 from services.serving.stats import ModelStats
+from services.serving.traffic_rules import (
+    PRODUCTION_ONLY,
+    SPLIT_MODES,
+    AppliedView,
+    StoredPolicy,
+    TrafficPolicy,
+    effective,
+    requested,
+)
 
 log = get_logger(__name__)
 S = serving_pb2
 Role: TypeAlias = common_pb2.ServingRole.ValueType
+Mode: TypeAlias = serving_pb2.TrafficMode.ValueType
 MAX_VERSION = 2**31 - 1  # the registry numbers versions in a PostgreSQL integer
 PRODUCTION, CANARY, SHADOW, STAGING = (
     common_pb2.SERVING_ROLE_PRODUCTION,
@@ -155,6 +165,11 @@ class Deployment:
     percent: float = 0.0
     updated_by: str = ""
     updated_at: datetime | None = None
+    reason: str = ""
+    # The stored policy's generation this replica applies (traffic_rules), and why the stored one
+    # could not be applied when it could not (its challenger failed to load): retried every reconcile.
+    generation: int = 0
+    traffic_error: str = ""
     staging: dict[int, Slot] = field(default_factory=dict)
     failure: LoadFailure | None = None  # the production version that last failed to load, until one loads
 
@@ -162,6 +177,18 @@ class Deployment:
         for slot in (self.production, self.challenger, *self.staging.values()):
             if slot is not None:
                 yield slot
+
+    @property
+    def policy(self) -> TrafficPolicy:
+        """The traffic this replica applies now."""
+        if self.challenger is None or self.mode not in SPLIT_MODES:
+            return PRODUCTION_ONLY
+        return TrafficPolicy(self.mode, self.challenger.version, self.percent)
+
+    def view(self) -> AppliedView:
+        """What this replica reports applying (its heartbeat's view of the model)."""
+        production = self.production.version if self.production is not None else 0
+        return AppliedView(self.name, self.generation, self.policy, production, self.traffic_error)
 
 
 class ModelManager:
@@ -292,8 +319,10 @@ class ModelManager:
         if dep.production is not None and dep.production.version == version:
             dep.failure = None
             return dep.production, None, False
+        # The challenger being promoted is loaded and warm already: it becomes production as it is.
+        promoted = dep.challenger if dep.challenger is not None and dep.challenger.version == version else None
         try:
-            slot = dep.staging.pop(version, None) or await self.load(name, version, PRODUCTION, mv)
+            slot = promoted or dep.staging.pop(version, None) or await self.load(name, version, PRODUCTION, mv)
         except Exception as exc:
             dep.failure = load_failures.record(
                 dep.failure, version, PRODUCTION, _describe(exc), permanent=isinstance(exc, ModelLoadError)
@@ -345,35 +374,68 @@ class ModelManager:
         if slot is not None:
             await slot.retire()
 
-    async def set_challenger(
-        self, name: str, version: int, mode: serving_pb2.TrafficMode.ValueType, percent: float, actor: str
-    ) -> Deployment:
-        if not 0 < percent <= 100:
-            raise InvalidArgument("must be in (0, 100]", field="percent")
-        if not 1 <= version <= MAX_VERSION:
-            raise InvalidArgument(f"must be a version number, 1 to {MAX_VERSION}", field="challenger_version")
+    async def load_challenger(self, name: str, version: int, mode: Mode, percent: float) -> Slot:
+        """Checks a SetCanary/SetShadow and loads its challenger, before anything is stored: a version
+        that does not exist or does not load fails the call and changes nothing."""
+        policy = requested(mode, version, percent)
         dep = self.deployment(name)
         if dep.production is None:
             raise NotFound(f"model {name!r} has nothing in production", field="model_name")
-        role = CANARY if mode == S.TRAFFIC_MODE_CANARY else SHADOW
-        slot = await self.load(name, version, role)
-        async with self._lock(name):
-            old, dep.challenger = dep.challenger, slot
-            dep.mode, dep.percent, dep.updated_by, dep.updated_at = mode, percent, actor, datetime.now(UTC)
-        if old is not None:
-            await old.retire()
-        return dep
+        if dep.production.version == version:
+            raise FailedPrecondition(f"version {version} of {name!r} is production already", field="challenger_version")
+        if dep.challenger is not None and dep.challenger.version == version:
+            return dep.challenger
+        return await self.load(name, version, policy.role)
 
-    async def clear_traffic(self, name: str, actor: str) -> Deployment:
-        dep = self.deployment(name)
+    async def apply_policy(self, stored: StoredPolicy, preloaded: Slot | None = None) -> bool:
+        """Applies the stored policy of a model this replica serves, unless it applies that generation
+        (or a later one) already. True when it changed what the replica does. A challenger that fails to
+        load is recorded on the deployment (the replica then disagrees) and tried again next time."""
+        name = stored.model
+        dep = self.deployments.get(name)
+        if dep is None or dep.production is None:  # production first; the next reconcile applies it
+            await self._discard(preloaded, dep)
+            return False
+        if stored.generation < dep.generation or (stored.generation == dep.generation and not dep.traffic_error):
+            await self._discard(preloaded, dep)
+            return False
+        want = effective(stored.policy, dep.production.version)
+        slot: Slot | None = None
+        if want.split:
+            if dep.challenger is not None and dep.challenger.version == want.challenger_version:
+                slot = dep.challenger
+            elif preloaded is not None and preloaded.version == want.challenger_version:
+                slot = preloaded
+            else:
+                try:
+                    slot = await self.load(name, want.challenger_version, want.role)
+                except Exception as exc:
+                    dep.traffic_error = f"challenger v{want.challenger_version}: {_describe(exc)}"[:1000]
+                    log.error("traffic policy not applied: the challenger failed to load", model=name,
+                              generation=stored.generation, error=dep.traffic_error)  # fmt: skip
+                    await self._discard(preloaded, dep)
+                    return False
         async with self._lock(name):
-            old, dep.challenger = dep.challenger, None
-            dep.mode, dep.percent, dep.updated_by, dep.updated_at = (
-                S.TRAFFIC_MODE_PRODUCTION_ONLY, 0.0, actor, datetime.now(UTC),
-            )  # fmt: skip
-        if old is not None:
-            await old.retire()
-        return dep
+            if stored.generation < dep.generation:  # a newer one was applied while this one loaded
+                await self._discard(slot, dep)
+                return False
+            old, dep.challenger = dep.challenger, slot
+            if slot is not None:
+                slot.role = want.role
+            dep.mode, dep.percent = want.mode, want.percent
+            dep.generation, dep.traffic_error = stored.generation, ""
+            dep.updated_by, dep.updated_at, dep.reason = stored.updated_by, stored.updated_at, stored.reason
+        if preloaded is not None and preloaded is not slot:
+            await self._discard(preloaded, dep)
+        if old is not None and old is not slot:
+            self._retire_later(old)  # after the calls it is still answering
+        log.info("traffic policy applied", model=name, generation=stored.generation, traffic=want.describe())
+        return True
+
+    async def _discard(self, slot: Slot | None, dep: Deployment | None) -> None:
+        """Retires a loaded slot that did not become the challenger (unless it is the one serving)."""
+        if slot is not None and (dep is None or slot is not dep.challenger):
+            await slot.retire()
 
     async def unload(self, name: str) -> None:
         dep = self.deployments.pop(name, None)
@@ -480,6 +542,8 @@ class ModelManager:
         out.traffic.mode = dep.mode
         out.traffic.percent = dep.percent
         out.traffic.updated_by = dep.updated_by
+        out.traffic.reason = dep.reason
+        out.traffic.generation = dep.generation
         if dep.challenger is not None:
             out.traffic.challenger.CopyFrom(common_pb2.ModelRef(name=dep.name, version=dep.challenger.version))
         if dep.updated_at is not None:

@@ -7,6 +7,7 @@ import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Mapping
+from dataclasses import replace
 from typing import Any, TypeAlias
 
 import grpc
@@ -18,16 +19,19 @@ from tritonclient.grpc import service_pb2_grpc as oip_grpc
 import flywheel
 from flywheel import clients
 from flywheel.app import ServiceContext
-from flywheel.errors import FlywheelError
+from flywheel.errors import FlywheelError, InvalidArgument
 from flywheel.grpc import GrpcServer, status_for
 from flywheel.grpc.context import actor
 from flywheel.logging import get_logger
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.v1 import serving_pb2, serving_pb2_grpc
+from services.serving import traffic_rules as rules
 from services.serving.models import ModelManager, Slot, feature_rows
 from services.serving.prediction_log import PredictionLogger
+from services.serving.runtime_state import ServingRuntime
 from services.serving.shadow import ShadowMirror
 from services.serving.tensors import decode_inputs, encode_outputs
+from services.serving.traffic_store import ReplicaRow, split_proto, stored_proto
 
 log = get_logger(__name__)
 S = serving_pb2
@@ -225,51 +229,122 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
 
 class ServingAdmin(serving_pb2_grpc.ServingAdminServicer):
-    def __init__(self, manager: ModelManager, logger: PredictionLogger) -> None:
-        self._manager = manager
-        self._logger = logger
+    """Deployments as this replica serves them, with the stored traffic policy and every replica's
+    view of it; traffic changes go to the store (any replica) and are applied here at once."""
 
-    def _proto(self, name: str) -> serving_pb2.Deployment:
-        dep = self._manager.deployment(name)
-        return self._manager.to_proto(dep, self._logger.sample_rate, self._logger.dropped)
+    def __init__(self, state: ServingRuntime, reconcile_s: float) -> None:
+        self._manager = state.manager
+        self._logger = state.logger
+        self._sync = state.traffic
+        self._stale_after = rules.stale_after_s(reconcile_s)
+
+    async def _protos(self, names: list[str]) -> list[serving_pb2.Deployment]:
+        """This replica's deployments with the stored policy and every replica's view, from what the
+        traffic sync last read (at most a second old): reading never waits on the database."""
+        out = [
+            self._manager.to_proto(self._manager.deployment(n), self._logger.sample_rate, self._logger.dropped)
+            for n in names
+        ]
+        for dep in out:
+            dep.replica = self._sync.store.replica
+            stored = self._sync.stored(dep.model_name)
+            if stored is not None:
+                dep.traffic.CopyFrom(stored_proto(stored))
+            policy = stored or rules.StoredPolicy(dep.model_name)
+            for row in self._sync.replica_rows(dep.model_name):
+                if row.replica == dep.replica:  # this replica: what it applies now, not at its last heartbeat
+                    local = self._manager.deployment(dep.model_name).view()
+                    view = self._replica_view(replace(row, view=local, slots=b""), policy)
+                    view.slots.extend(dep.slots)
+                else:
+                    view = self._replica_view(row, policy)
+                dep.replicas.append(view)
+        return out
+
+    def _replica_view(self, row: ReplicaRow, stored: rules.StoredPolicy) -> serving_pb2.ReplicaView:
+        state, detail = rules.replica_state(row.view, stored, row.age_s, self._stale_after)
+        view = S.ReplicaView.FromString(row.slots) if row.slots else S.ReplicaView()
+        view.replica, view.pid, view.state, view.detail = row.replica, row.pid, state, detail
+        view.started_at.FromDatetime(row.started_at)
+        view.heartbeat_time.FromDatetime(row.heartbeat_at)
+        if row.view is not None:
+            view.traffic.CopyFrom(split_proto(stored.model, row.view.policy, row.view.generation))
+            view.production_version, view.error = row.view.production_version, row.view.error
+        return view
+
+    async def _proto(self, name: str) -> serving_pb2.Deployment:
+        return (await self._protos([name]))[0]
 
     async def ListDeployments(self, request: S.ListDeploymentsRequest, context: Context) -> S.ListDeploymentsResponse:
         size, offset = page_size(request.page_size), decode_token(request.page_token)
         names = sorted(self._manager.deployments)[offset : offset + size]
         return S.ListDeploymentsResponse(
-            deployments=[self._proto(n) for n in names], next_page_token=next_token(offset, size, len(names))
+            deployments=await self._protos(names), next_page_token=next_token(offset, size, len(names))
         )
 
     async def GetDeployment(self, request: S.GetDeploymentRequest, context: Context) -> S.GetDeploymentResponse:
-        return S.GetDeploymentResponse(deployment=self._proto(request.model_name))
+        return S.GetDeploymentResponse(deployment=await self._proto(request.model_name))
+
+    async def _set(
+        self, name: str, version: int, mode: rules.Mode, percent: float, who: str, reason: str
+    ) -> serving_pb2.Deployment:
+        policy = rules.requested(mode, version, percent)
+        reason, who = rules.check_reason(reason), rules.check_actor(who)
+        # Loaded before it is stored: a version that cannot be served fails the call and stores nothing.
+        slot = await self._manager.load_challenger(name, version, mode, percent)
+        try:
+            stored = await self._sync.store.change(name, policy, who, reason)
+        except BaseException:
+            dep = self._manager.deployments.get(name)
+            if dep is None or slot is not dep.challenger:
+                await slot.retire()
+            raise
+        await self._sync.apply(stored, preloaded=slot)
+        await self._sync.heartbeat()
+        return await self._proto(name)
 
     async def SetCanary(self, request: S.SetCanaryRequest, context: Context) -> S.SetCanaryResponse:
-        await self._manager.set_challenger(
+        dep = await self._set(
             request.model_name, request.challenger_version, S.TRAFFIC_MODE_CANARY, request.percent,
-            actor(context, request.actor),
+            actor(context, request.actor), request.reason,
         )  # fmt: skip
-        return S.SetCanaryResponse(deployment=self._proto(request.model_name))
+        return S.SetCanaryResponse(deployment=dep)
 
     async def SetShadow(self, request: S.SetShadowRequest, context: Context) -> S.SetShadowResponse:
-        await self._manager.set_challenger(
+        dep = await self._set(
             request.model_name, request.challenger_version, S.TRAFFIC_MODE_SHADOW, request.percent or 100.0,
-            actor(context, request.actor),
+            actor(context, request.actor), request.reason,
         )  # fmt: skip
-        return S.SetShadowResponse(deployment=self._proto(request.model_name))
+        return S.SetShadowResponse(deployment=dep)
 
     async def ClearTraffic(self, request: S.ClearTrafficRequest, context: Context) -> S.ClearTrafficResponse:
-        await self._manager.clear_traffic(request.model_name, actor(context, request.actor))
-        return S.ClearTrafficResponse(deployment=self._proto(request.model_name))
+        reason, who = rules.check_reason(request.reason), rules.check_actor(actor(context, request.actor))
+        self._manager.deployment(request.model_name)  # NotFound for a model this replica does not serve
+        stored = await self._sync.store.change(request.model_name, rules.PRODUCTION_ONLY, who, reason)
+        await self._sync.apply(stored)
+        await self._sync.heartbeat()
+        return S.ClearTrafficResponse(deployment=await self._proto(request.model_name))
+
+    async def ListTrafficChanges(
+        self, request: S.ListTrafficChangesRequest, context: Context
+    ) -> S.ListTrafficChangesResponse:
+        if not request.model_name:
+            raise InvalidArgument("required", field="model_name")
+        size, offset = page_size(request.page_size), decode_token(request.page_token)
+        changes = await self._sync.store.history(request.model_name, size, offset)
+        return S.ListTrafficChangesResponse(changes=changes, next_page_token=next_token(offset, size, len(changes)))
 
 
-def register(server: GrpcServer, ctx: ServiceContext, manager: ModelManager, logger: PredictionLogger) -> list[str]:
+def register(server: GrpcServer, ctx: ServiceContext, state: ServingRuntime) -> list[str]:
+    manager, logger = state.manager, state.logger
     if not ctx.settings.trace_inference:  # as in Triton, a span per prediction is opt-in
         infer = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
         server.untrace(f"/{infer}/ModelInfer", f"/{infer}/ModelStreamInfer")
     server.add_servicer(
         oip_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceService(ctx, server, manager, logger)
     )
-    server.add_servicer(serving_pb2_grpc.add_ServingAdminServicer_to_server, ServingAdmin(manager, logger))
+    admin = ServingAdmin(state, ctx.settings.serving_reconcile_s)
+    server.add_servicer(serving_pb2_grpc.add_ServingAdminServicer_to_server, admin)
     return [
         oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         serving_pb2.DESCRIPTOR.services_by_name["ServingAdmin"].full_name,

@@ -642,6 +642,7 @@ def fakes(monkeypatch):
             "SetCanary": serving_pb2.SetCanaryResponse(deployment=_deployment(serving_pb2.TRAFFIC_MODE_CANARY, 8, 10)),
             "SetShadow": serving_pb2.SetShadowResponse(deployment=_deployment(serving_pb2.TRAFFIC_MODE_SHADOW, 8, 100)),
             "ClearTraffic": serving_pb2.ClearTrafficResponse(deployment=_deployment()),
+            "ListTrafficChanges": serving_pb2.ListTrafficChangesResponse(changes=[_change()]),
         }
     )
     audit = [
@@ -770,3 +771,64 @@ def test_canary_shadow_clear(fakes, capsys):
     admin.errors["SetCanary"] = FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "version 8 is not loaded")
     assert run("deploy", "canary", "churn", "--version", "8", "--percent", "5") == 1
     assert capsys.readouterr().err == "error: FAILED_PRECONDITION: version 8 is not loaded\n"
+
+
+def _change() -> serving_pb2.TrafficChange:
+    change = serving_pb2.TrafficChange(
+        id=4, model_name="churn", actor="ana", reason="try v8 [ticket 3]", replica="serving-1:50054"
+    )
+    change.before.mode = serving_pb2.TRAFFIC_MODE_PRODUCTION_ONLY
+    change.after.CopyFrom(_deployment(serving_pb2.TRAFFIC_MODE_CANARY, 8, 10).traffic)
+    change.after.generation = 3
+    return change
+
+
+def _replicas(d: serving_pb2.Deployment) -> serving_pb2.Deployment:
+    """Two replicas: one applying the stored generation, one that could not load the challenger."""
+    d.replica = "serving-0:50054"
+    d.traffic.generation = 3
+    good = serving_pb2.ReplicaView(replica="serving-0:50054", state=serving_pb2.REPLICA_STATE_IN_SYNC,
+                                   production_version=7, detail="applies generation 3")  # fmt: skip
+    good.traffic.CopyFrom(d.traffic)
+    bad = serving_pb2.ReplicaView(replica="serving-1:50054", state=serving_pb2.REPLICA_STATE_DISAGREES,
+                                  production_version=7, error="challenger v8: out of [memory]",
+                                  detail="cannot apply generation 3")  # fmt: skip
+    bad.traffic.mode, bad.traffic.generation = serving_pb2.TRAFFIC_MODE_PRODUCTION_ONLY, 2
+    d.replicas.extend([good, bad])
+    return d
+
+
+def test_status_shows_every_replica_and_flags_the_one_that_disagrees():
+    d = _replicas(_deployment(serving_pb2.TRAFFIC_MODE_CANARY, 8, 10))
+    text = render(deploy.deployment_detail(d))
+    assert "replicas (answered by serving-0:50054)" in text
+    lines = [line for line in text.splitlines() if "serving-1:50054" in line and "DISAGREES" in line]
+    assert lines and "challenger v8: out of [memory]" in text  # the error, not markup
+    assert any("serving-0:50054" in line and "in sync" in line for line in text.splitlines())
+    assert "1 of 2 replicas do not apply the stored policy: serving-1:50054" in text
+    assert "slots and statistics are this replica's" in text
+    listing = render(deploy.deployments_table([d]))
+    assert "serving-1:50054 DISAGREES: cannot apply generation 3" in listing
+    assert "serving-0:50054 in sync: canary v8 10% (gen 3)" in listing
+    stale = serving_pb2.ReplicaView(
+        replica="old:1", state=serving_pb2.REPLICA_STATE_STALE, detail="no heartbeat for 40 s"
+    )
+    assert deploy.replica_line(stale) == "old:1 [yellow]STALE[/]: no heartbeat for 40 s"
+
+
+def test_history_and_reasons(fakes, capsys):
+    admin, _ = fakes
+    assert run("deploy", "history", "churn") == 0
+    out = capsys.readouterr().out
+    assert "production only -> canary v8 10%" in out and "try v8 [ticket 3]" in out and "ana" in out
+    assert "serving-1:50054" in out
+    assert admin.requests[-1][0] == "ListTrafficChanges" and admin.requests[-1][1].model_name == "churn"
+    assert run("deploy", "history", "churn", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["changes"][0]["reason"] == "try v8 [ticket 3]"
+    assert run("deploy", "canary", "churn", "--version", "8", "--percent", "10", "--reason", "why not") == 0
+    assert admin.requests[-1][1].reason == "why not"
+    assert run("deploy", "shadow", "churn", "--version", "8", "--reason", "mirror") == 0
+    assert admin.requests[-1][1].reason == "mirror"
+    assert run("deploy", "clear", "churn", "--reason", "done") == 0
+    assert admin.requests[-1][1].reason == "done"
+    capsys.readouterr()

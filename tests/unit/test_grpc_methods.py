@@ -126,13 +126,14 @@ async def test_serving_leaves_inference_untraced_unless_asked(tmp_path, trace_in
     from flywheel.config import Settings
     from flywheel.grpc import GrpcServer
     from services.serving.models import ModelManager
+    from services.serving.runtime_state import ServingRuntime
     from services.serving.service import register
 
     settings = Settings(home=tmp_path, trace_inference=trace_inference)
     server = GrpcServer(settings, free_port())
     ctx = SimpleNamespace(settings=settings)
     manager = ModelManager(settings)
-    register(server, ctx, manager, None)  # type: ignore[arg-type]
+    register(server, ctx, ServingRuntime(manager, None, None))  # type: ignore[arg-type]
     await manager.close()
     infer = {"/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelStreamInfer"}
     assert server.untraced == (set() if trace_inference else infer)

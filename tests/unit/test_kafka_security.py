@@ -389,6 +389,7 @@ def test_each_event_has_its_one_producing_service() -> None:
         Topics.MODEL_PROMOTED: "svc-registry",
         Topics.DRIFT_DETECTED: "svc-monitoring",
         Topics.PREDICTIONS_LOGGED: "svc-serving",
+        Topics.DEPLOYMENT_CHANGED: "svc-serving",
     }
     assert set(producers) | EXTERNAL == EVENTS
     for topic, service in producers.items():

@@ -1101,7 +1101,7 @@ async def test_a_challenger_version_out_of_range_is_invalid_argument(tmp_path):
     try:
         for version in (0, -1, 2**31, 2**63 - 1):
             with pytest.raises(InvalidArgument, match=r"^challenger_version: must be a version number"):
-                await manager.set_challenger("m", version, serving_pb2.TRAFFIC_MODE_CANARY, 10.0, "test")
+                await manager.load_challenger("m", version, serving_pb2.TRAFFIC_MODE_CANARY, 10.0)
     finally:
         await manager.close()
 

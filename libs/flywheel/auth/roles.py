@@ -111,6 +111,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
             "SetCanary": _only(DEPLOYER, ADMIN),
             "SetShadow": _only(DEPLOYER, ADMIN),
             "ClearTraffic": _only(DEPLOYER, ADMIN),
+            "ListTrafficChanges": READ,
         },
     ),
     **_svc(

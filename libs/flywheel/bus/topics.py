@@ -21,6 +21,7 @@ class Topics:
     PREDICTIONS_LOGGED = "flywheel.predictions.logged"
     FEEDBACK = "flywheel.feedback"
     INGEST_RECORDS = "flywheel.ingest.records"
+    DEPLOYMENT_CHANGED = "flywheel.deployment.changed"
 
 
 EVENT_TYPES: dict[str, type[Message]] = {
@@ -31,6 +32,7 @@ EVENT_TYPES: dict[str, type[Message]] = {
     Topics.PREDICTIONS_LOGGED: events_pb2.PredictionsLogged,
     Topics.FEEDBACK: events_pb2.Feedback,
     Topics.INGEST_RECORDS: events_pb2.IngestRecords,
+    Topics.DEPLOYMENT_CHANGED: events_pb2.DeploymentChanged,
 }
 
 

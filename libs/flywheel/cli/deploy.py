@@ -1,5 +1,6 @@
-"""`flywheel deploy status|approve|reject|rollback|canary|shadow|clear`: what serving runs (ServingAdmin)
-and how versions get there (the registry's staging reports, promotion decisions and rollback)."""
+"""`flywheel deploy status|history|approve|reject|rollback|canary|shadow|clear`: what serving runs
+(ServingAdmin: the stored traffic policy, its audit trail, and each serving replica's view of it) and
+how versions get there (the registry's staging reports, promotion decisions and rollback)."""
 
 from __future__ import annotations
 
@@ -197,14 +198,67 @@ def fmt_batching(batching: serving_pb2.BatchingConfig) -> str:
 
 
 def deployments_table(deployments: Sequence[serving_pb2.Deployment]) -> Table:
-    table = Table("model", "production", "slots", "traffic", "log rate / dropped")
+    table = Table("model", "production", "slots", "traffic", "replicas", "log rate / dropped")
     for d in deployments:
         table.add_row(
             d.model_name,
             fmt_version(production_version(d)),
             "\n".join(fmt_slot(s) for s in d.slots) or "-",
             fmt_traffic(d),
+            "\n".join(replica_line(r) for r in d.replicas) or "-",
             fmt_logging(d),
+        )
+    if deployments and deployments[0].replica:
+        table.caption = f"slots, statistics and log counts: replica {escape(deployments[0].replica)}"
+    return table
+
+
+REPLICA_STATE_MARKUP = {
+    serving_pb2.REPLICA_STATE_IN_SYNC: "[green]in sync[/]",
+    serving_pb2.REPLICA_STATE_DISAGREES: "[red]DISAGREES[/]",
+    serving_pb2.REPLICA_STATE_STALE: "[yellow]STALE[/]",
+}
+
+
+def fmt_split(model: str, split: serving_pb2.TrafficSplit) -> str:
+    return fmt_traffic(serving_pb2.Deployment(model_name=model, traffic=split))
+
+
+def replica_line(view: serving_pb2.ReplicaView) -> str:
+    """ "host:50054 in sync: canary v8 10% (gen 3)"; a disagreeing or stale one says why."""
+    state = REPLICA_STATE_MARKUP.get(view.state, "unknown")
+    text = f"{escape(view.replica)} {state}"
+    if view.state == serving_pb2.REPLICA_STATE_IN_SYNC:
+        return text + f": {fmt_split('', view.traffic)} (gen {view.traffic.generation})"
+    return text + f": {escape(view.detail)}" if view.detail else text
+
+
+def replicas_table(deployment: serving_pb2.Deployment) -> Table:
+    """One line per serving replica: what it applies, against the stored policy."""
+    title = f"replicas (answered by {escape(deployment.replica)})" if deployment.replica else "replicas"
+    table = client.titled_table(title, "replica", "state", "traffic", "production", "heartbeat", "detail")
+    for r in deployment.replicas:
+        table.add_row(
+            escape(r.replica),
+            REPLICA_STATE_MARKUP.get(r.state, "unknown"),
+            f"{fmt_split(deployment.model_name, r.traffic)} (gen {r.traffic.generation})",
+            fmt_version(r.production_version),
+            fmt_time(r.heartbeat_time),
+            escape(r.error or r.detail) or "-",
+        )
+    return table
+
+
+def history_table(changes: Sequence[serving_pb2.TrafficChange]) -> Table:
+    table = client.titled_table("traffic changes", "time", "change", "gen", "actor", "reason", "replica")
+    for c in changes:
+        table.add_row(
+            fmt_time(c.time),
+            f"{fmt_split(c.model_name, c.before)} -> {fmt_split(c.model_name, c.after)}",
+            str(c.after.generation),
+            escape(c.actor) or "-",
+            escape(c.reason) or "-",
+            escape(c.replica) or "-",
         )
     return table
 
@@ -242,14 +296,23 @@ def deployment_detail(deployment: serving_pb2.Deployment) -> Group:
     rows: list[tuple[str, Any]] = [
         ("model", deployment.model_name),
         ("production", fmt_version(production_version(deployment))),
-        ("traffic", fmt_traffic(deployment)),
-        ("traffic updated", updated),
+        ("traffic", fmt_traffic(deployment) + (f" (gen {traffic.generation})" if traffic.generation else "")),
+        ("traffic updated", updated + (f": {escape(traffic.reason)}" if traffic.reason else "")),
         ("batching", fmt_batching(deployment.batching)),
         ("prediction log", f"sample rate {fmt_number(deployment.log_sample_rate)}, dropped {deployment.log_dropped}"),
     ]
+    if deployment.replica:  # slots, their statistics and the log counts are the answering replica's own
+        rows.append(("answered by", f"{escape(deployment.replica)} (slots and statistics are this replica's)"))
     parts: list[RenderableType] = [client.kv_table(rows)]
     if deployment.slots:
         parts.append(slots_table(deployment.slots))
+    if deployment.replicas:
+        parts.append(replicas_table(deployment))
+        off = [r for r in deployment.replicas if r.state != serving_pb2.REPLICA_STATE_IN_SYNC]
+        if off:
+            names = ", ".join(escape(r.replica) for r in off)
+            count = f"{len(off)} of {len(deployment.replicas)}"
+            parts.append(f"[red]{count} replicas do not apply the stored policy:[/] {names}")
     return Group(*parts)
 
 
@@ -488,9 +551,21 @@ def _print_traffic(args: argparse.Namespace, response: Any) -> int:
 
 
 @command
+def cmd_history(args: argparse.Namespace) -> int:
+    request = serving_pb2.ListTrafficChangesRequest(model_name=args.model, page_size=args.limit)
+    with connect_admin() as admin:
+        changes = client.paged(admin.ListTrafficChanges, request, "changes", limit=args.limit or None)
+    return client.print_listing(args.json, "changes", changes, history_table)
+
+
+@command
 def cmd_canary(args: argparse.Namespace) -> int:
     request = serving_pb2.SetCanaryRequest(
-        model_name=args.model, challenger_version=args.version, percent=args.percent, actor=_actor(args)
+        model_name=args.model,
+        challenger_version=args.version,
+        percent=args.percent,
+        actor=_actor(args),
+        reason=args.reason or "",
     )
     with connect_admin() as admin:
         response = admin.SetCanary(request, timeout=client.RPC_TIMEOUT_S)
@@ -500,7 +575,11 @@ def cmd_canary(args: argparse.Namespace) -> int:
 @command
 def cmd_shadow(args: argparse.Namespace) -> int:
     request = serving_pb2.SetShadowRequest(
-        model_name=args.model, challenger_version=args.version, percent=args.percent, actor=_actor(args)
+        model_name=args.model,
+        challenger_version=args.version,
+        percent=args.percent,
+        actor=_actor(args),
+        reason=args.reason or "",
     )
     with connect_admin() as admin:
         response = admin.SetShadow(request, timeout=client.RPC_TIMEOUT_S)
@@ -509,7 +588,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
 
 @command
 def cmd_clear(args: argparse.Namespace) -> int:
-    request = serving_pb2.ClearTrafficRequest(model_name=args.model, actor=_actor(args))
+    request = serving_pb2.ClearTrafficRequest(model_name=args.model, actor=_actor(args), reason=args.reason or "")
     with connect_admin() as admin:
         response = admin.ClearTraffic(request, timeout=client.RPC_TIMEOUT_S)
     return _print_traffic(args, response)
@@ -522,6 +601,10 @@ def _add_actor(parser: argparse.ArgumentParser) -> None:
         help="recorded in the audit log only when authentication is off (default: your login name);"
         " otherwise the log names the identity of your credentials",
     )
+
+
+def _add_reason(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", metavar="TEXT", help="why; recorded in the traffic audit (`deploy history`)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -541,6 +624,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     client.add_json_flag(status)
     status.set_defaults(func=cmd_status)
+
+    history = cmds.add_parser("history", help="a model's traffic changes (canary, shadow, clear): who, when, why")
+    history.add_argument("model", type=model_name_arg, metavar="MODEL")
+    history.add_argument(
+        "--limit", type=client.non_negative_int, default=20, metavar="N", help="newest changes (20; 0 = all)"
+    )
+    client.add_json_flag(history)
+    history.set_defaults(func=cmd_history)
 
     approve = cmds.add_parser("approve", help="approve a version pending manual approval (promotes it)")
     approve.add_argument("ref", type=versioned_ref_arg, metavar="MODEL:VERSION")
@@ -570,6 +661,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     canary.add_argument("model", type=model_name_arg, metavar="MODEL")
     canary.add_argument("--version", required=True, type=client.positive_int, metavar="V", help="challenger")
     canary.add_argument("--percent", required=True, type=percent_arg, metavar="P", help="in (0, 100]")
+    _add_reason(canary)
     _add_actor(canary)
     client.add_json_flag(canary)
     canary.set_defaults(func=cmd_canary)
@@ -580,12 +672,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     shadow.add_argument(
         "--percent", type=percent_arg, default=100.0, metavar="P", help="share of requests mirrored, (0, 100] (100)"
     )
+    _add_reason(shadow)
     _add_actor(shadow)
     client.add_json_flag(shadow)
     shadow.set_defaults(func=cmd_shadow)
 
     clear = cmds.add_parser("clear", help="end canary or shadow traffic: production answers everything")
     clear.add_argument("model", type=model_name_arg, metavar="MODEL")
+    _add_reason(clear)
     _add_actor(clear)
     client.add_json_flag(clear)
     clear.set_defaults(func=cmd_clear)

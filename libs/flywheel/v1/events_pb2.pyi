@@ -218,6 +218,54 @@ class ModelPromoted(_message.Message):
 Global___ModelPromoted: _TypeAlias = ModelPromoted  # noqa: Y015
 
 @_typing.final
+class DeploymentChanged(_message.Message):
+    """Topic flywheel.deployment.changed, key: model name. Emitted by serving (outbox)
+    when a model's traffic policy (canary, shadow, cleared) changes. A hint: every
+    serving replica reads the stored policy and applies that, not the event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CHALLENGER_VERSION_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    generation: _builtins.int
+    """The stored policy's generation after the change."""
+    role: _common_pb2.ServingRole.ValueType
+    """SERVING_ROLE_CANARY, SERVING_ROLE_SHADOW, or unspecified once cleared."""
+    challenger_version: _builtins.int
+    percent: _builtins.float
+    actor: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta: ...
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        model_name: _builtins.str = ...,
+        generation: _builtins.int = ...,
+        role: _common_pb2.ServingRole.ValueType = ...,
+        challenger_version: _builtins.int = ...,
+        percent: _builtins.float = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "challenger_version", b"challenger_version", "generation", b"generation", "meta", b"meta", "model_name", b"model_name", "percent", b"percent", "reason", b"reason", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentChanged: _TypeAlias = DeploymentChanged  # noqa: Y015
+
+@_typing.final
 class DriftDetected(_message.Message):
     """Topic flywheel.drift.detected, key: model name. Emitted by monitoring."""
 

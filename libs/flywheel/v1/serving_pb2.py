@@ -26,47 +26,57 @@ from flywheel.v1 import common_pb2 as flywheel_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lywheel/v1/serving.proto\x12\x0b\x66lywheel.v1\x1a\x18\x66lywheel/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\tSlotStats\x12\x15\n\rrequest_count\x18\x01 \x01(\x03\x12\x13\n\x0b\x65rror_count\x18\x02 \x01(\x03\x12\x16\n\x0elatency_p50_ms\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x04 \x01(\x01\"\xae\x02\n\tModelSlot\x12&\n\x04role\x18\x01 \x01(\x0e\x32\x18.flywheel.v1.ServingRole\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.flywheel.v1.ModelRef\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.flywheel.v1.SlotState\x12\x1a\n\x12\x65xecution_provider\x18\x04 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x05 \x01(\t\x12-\n\tloaded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11inflight_requests\x18\x07 \x01(\x03\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12%\n\x05stats\x18\t \x01(\x0b\x32\x16.flywheel.v1.SlotStats\"\xb7\x01\n\x0cTrafficSplit\x12&\n\x04mode\x18\x01 \x01(\x0e\x32\x18.flywheel.v1.TrafficMode\x12)\n\nchallenger\x18\x02 \x01(\x0b\x32\x15.flywheel.v1.ModelRef\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x05 \x01(\t\"U\n\x0e\x42\x61tchingConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\x05\x12\x1a\n\x12max_queue_delay_us\x18\x03 \x01(\x03\"\xd0\x01\n\nDeployment\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12%\n\x05slots\x18\x02 \x03(\x0b\x32\x16.flywheel.v1.ModelSlot\x12*\n\x07traffic\x18\x03 \x01(\x0b\x32\x19.flywheel.v1.TrafficSplit\x12-\n\x08\x62\x61tching\x18\x04 \x01(\x0b\x32\x1b.flywheel.v1.BatchingConfig\x12\x17\n\x0flog_sample_rate\x18\x05 \x01(\x01\x12\x13\n\x0blog_dropped\x18\x06 \x01(\x03\"?\n\x16ListDeploymentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x17ListDeploymentsResponse\x12,\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x17.flywheel.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14GetDeploymentRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"D\n\x15GetDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flywheel.v1.Deployment\"b\n\x10SetCanaryRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x1a\n\x12\x63hallenger_version\x18\x02 \x01(\x03\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\"@\n\x11SetCanaryResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flywheel.v1.Deployment\"b\n\x10SetShadowRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x1a\n\x12\x63hallenger_version\x18\x02 \x01(\x03\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\"@\n\x11SetShadowResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flywheel.v1.Deployment\"8\n\x13\x43learTrafficRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\"C\n\x14\x43learTrafficResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flywheel.v1.Deployment*\x9d\x01\n\tSlotState\x12\x1a\n\x16SLOT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SLOT_STATE_LOADING\x10\x01\x12\x16\n\x12SLOT_STATE_WARMING\x10\x02\x12\x14\n\x10SLOT_STATE_READY\x10\x03\x12\x17\n\x13SLOT_STATE_DRAINING\x10\x04\x12\x15\n\x11SLOT_STATE_FAILED\x10\x05*\x7f\n\x0bTrafficMode\x12\x1c\n\x18TRAFFIC_MODE_UNSPECIFIED\x10\x00\x12 \n\x1cTRAFFIC_MODE_PRODUCTION_ONLY\x10\x01\x12\x17\n\x13TRAFFIC_MODE_CANARY\x10\x02\x12\x17\n\x13TRAFFIC_MODE_SHADOW\x10\x03\x32\xb1\x03\n\x0cServingAdmin\x12\\\n\x0fListDeployments\x12#.flywheel.v1.ListDeploymentsRequest\x1a$.flywheel.v1.ListDeploymentsResponse\x12V\n\rGetDeployment\x12!.flywheel.v1.GetDeploymentRequest\x1a\".flywheel.v1.GetDeploymentResponse\x12J\n\tSetCanary\x12\x1d.flywheel.v1.SetCanaryRequest\x1a\x1e.flywheel.v1.SetCanaryResponse\x12J\n\tSetShadow\x12\x1d.flywheel.v1.SetShadowRequest\x1a\x1e.flywheel.v1.SetShadowResponse\x12S\n\x0c\x43learTraffic\x12 .flywheel.v1.ClearTrafficRequest\x1a!.flywheel.v1.ClearTrafficResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lywheel/v1/serving.proto\x12\x0b\x66lywheel.v1\x1a\x18\x66lywheel/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\tSlotStats\x12\x15\n\rrequest_count\x18\x01 \x01(\x03\x12\x13\n\x0b\x65rror_count\x18\x02 \x01(\x03\x12\x16\n\x0elatency_p50_ms\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x04 \x01(\x01\"\xae\x02\n\tModelSlot\x12&\n\x04role\x18\x01 \x01(\x0e\x32\x18.flywheel.v1.ServingRole\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.flywheel.v1.ModelRef\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.flywheel.v1.SlotState\x12\x1a\n\x12\x65xecution_provider\x18\x04 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x05 \x01(\t\x12-\n\tloaded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11inflight_requests\x18\x07 \x01(\x03\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12%\n\x05stats\x18\t \x01(\x0b\x32\x16.flywheel.v1.SlotStats\"\xdb\x01\n\x0cTrafficSplit\x12&\n\x04mode\x18\x01 \x01(\x0e\x32\x18.flywheel.v1.TrafficMode\x12)\n\nchallenger\x18\x02 \x01(\x0b\x32\x15.flywheel.v1.ModelRef\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x12\n\ngeneration\x18\x07 \x01(\x03\"\xc7\x02\n\x0bReplicaView\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eheartbeat_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07traffic\x18\x05 \x01(\x0b\x32\x19.flywheel.v1.TrafficSplit\x12\x1a\n\x12production_version\x18\x06 \x01(\x03\x12%\n\x05slots\x18\x07 \x03(\x0b\x32\x16.flywheel.v1.ModelSlot\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12(\n\x05state\x18\t \x01(\x0e\x32\x19.flywheel.v1.ReplicaState\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\"U\n\x0e\x42\x61tchingConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\x05\x12\x1a\n\x12max_queue_delay_us\x18\x03 \x01(\x03\"\x8d\x02\n\nDeployment\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12%\n\x05slots\x18\x02 \x03(\x0b\x32\x16.flywheel.v1.ModelSlot\x12*\n\x07traffic\x18\x03 \x01(\x0b\x32\x19.flywheel.v1.TrafficSplit\x12-\n\x08\x62\x61tching\x18\x04 \x01(\x0b\x32\x1b.flywheel.v1.BatchingConfig\x12\x17\n\x0flog_sample_rate\x18\x05 \x01(\x01\x12\x13\n\x0blog_dropped\x18\x06 \x01(\x03\x12\x0f\n\x07replica\x18\x07 \x01(\t\x12*\n\x08replicas\x18\x08 \x03(\x0b\x32\x18.flywheel.v1.ReplicaView\"?\n\x16ListDeploymentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x17ListDeploymentsResponse\x12,\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x17.flywheel.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14GetDeploymentRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"D\n\x15GetDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flywheel.v1.Deployment\"r\n\x10SetCanaryRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x1a\n\x12\x63hallenger_version\x18\x02 \x01(\x03\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"@\n\x11SetCanaryResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flywheel.v1.Deployment\"r\n\x10SetShadowRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x1a\n\x12\x63hallenger_version\x18\x02 \x01(\x03\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"@\n\x11SetShadowResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flywheel.v1.Deployment\"H\n\x13\x43learTrafficRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"C\n\x14\x43learTrafficResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flywheel.v1.Deployment\"\xde\x01\n\rTrafficChange\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07replica\x18\x06 \x01(\t\x12)\n\x06\x62\x65\x66ore\x18\x07 \x01(\x0b\x32\x19.flywheel.v1.TrafficSplit\x12(\n\x05\x61\x66ter\x18\x08 \x01(\x0b\x32\x19.flywheel.v1.TrafficSplit\"V\n\x19ListTrafficChangesRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"b\n\x1aListTrafficChangesResponse\x12+\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1a.flywheel.v1.TrafficChange\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9d\x01\n\tSlotState\x12\x1a\n\x16SLOT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SLOT_STATE_LOADING\x10\x01\x12\x16\n\x12SLOT_STATE_WARMING\x10\x02\x12\x14\n\x10SLOT_STATE_READY\x10\x03\x12\x17\n\x13SLOT_STATE_DRAINING\x10\x04\x12\x15\n\x11SLOT_STATE_FAILED\x10\x05*\x7f\n\x0bTrafficMode\x12\x1c\n\x18TRAFFIC_MODE_UNSPECIFIED\x10\x00\x12 \n\x1cTRAFFIC_MODE_PRODUCTION_ONLY\x10\x01\x12\x17\n\x13TRAFFIC_MODE_CANARY\x10\x02\x12\x17\n\x13TRAFFIC_MODE_SHADOW\x10\x03*~\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REPLICA_STATE_IN_SYNC\x10\x01\x12\x1b\n\x17REPLICA_STATE_DISAGREES\x10\x02\x12\x17\n\x13REPLICA_STATE_STALE\x10\x03\x32\x98\x04\n\x0cServingAdmin\x12\\\n\x0fListDeployments\x12#.flywheel.v1.ListDeploymentsRequest\x1a$.flywheel.v1.ListDeploymentsResponse\x12V\n\rGetDeployment\x12!.flywheel.v1.GetDeploymentRequest\x1a\".flywheel.v1.GetDeploymentResponse\x12J\n\tSetCanary\x12\x1d.flywheel.v1.SetCanaryRequest\x1a\x1e.flywheel.v1.SetCanaryResponse\x12J\n\tSetShadow\x12\x1d.flywheel.v1.SetShadowRequest\x1a\x1e.flywheel.v1.SetShadowResponse\x12S\n\x0c\x43learTraffic\x12 .flywheel.v1.ClearTrafficRequest\x1a!.flywheel.v1.ClearTrafficResponse\x12\x65\n\x12ListTrafficChanges\x12&.flywheel.v1.ListTrafficChangesRequest\x1a\'.flywheel.v1.ListTrafficChangesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flywheel.v1.serving_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SLOTSTATE']._serialized_start=1732
-  _globals['_SLOTSTATE']._serialized_end=1889
-  _globals['_TRAFFICMODE']._serialized_start=1891
-  _globals['_TRAFFICMODE']._serialized_end=2018
+  _globals['_SLOTSTATE']._serialized_start=2620
+  _globals['_SLOTSTATE']._serialized_end=2777
+  _globals['_TRAFFICMODE']._serialized_start=2779
+  _globals['_TRAFFICMODE']._serialized_end=2906
+  _globals['_REPLICASTATE']._serialized_start=2908
+  _globals['_REPLICASTATE']._serialized_end=3034
   _globals['_SLOTSTATS']._serialized_start=101
   _globals['_SLOTSTATS']._serialized_end=204
   _globals['_MODELSLOT']._serialized_start=207
   _globals['_MODELSLOT']._serialized_end=509
   _globals['_TRAFFICSPLIT']._serialized_start=512
-  _globals['_TRAFFICSPLIT']._serialized_end=695
-  _globals['_BATCHINGCONFIG']._serialized_start=697
-  _globals['_BATCHINGCONFIG']._serialized_end=782
-  _globals['_DEPLOYMENT']._serialized_start=785
-  _globals['_DEPLOYMENT']._serialized_end=993
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=995
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1058
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1060
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1156
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1158
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1200
-  _globals['_GETDEPLOYMENTRESPONSE']._serialized_start=1202
-  _globals['_GETDEPLOYMENTRESPONSE']._serialized_end=1270
-  _globals['_SETCANARYREQUEST']._serialized_start=1272
-  _globals['_SETCANARYREQUEST']._serialized_end=1370
-  _globals['_SETCANARYRESPONSE']._serialized_start=1372
-  _globals['_SETCANARYRESPONSE']._serialized_end=1436
-  _globals['_SETSHADOWREQUEST']._serialized_start=1438
-  _globals['_SETSHADOWREQUEST']._serialized_end=1536
-  _globals['_SETSHADOWRESPONSE']._serialized_start=1538
-  _globals['_SETSHADOWRESPONSE']._serialized_end=1602
-  _globals['_CLEARTRAFFICREQUEST']._serialized_start=1604
-  _globals['_CLEARTRAFFICREQUEST']._serialized_end=1660
-  _globals['_CLEARTRAFFICRESPONSE']._serialized_start=1662
-  _globals['_CLEARTRAFFICRESPONSE']._serialized_end=1729
-  _globals['_SERVINGADMIN']._serialized_start=2021
-  _globals['_SERVINGADMIN']._serialized_end=2454
+  _globals['_TRAFFICSPLIT']._serialized_end=731
+  _globals['_REPLICAVIEW']._serialized_start=734
+  _globals['_REPLICAVIEW']._serialized_end=1061
+  _globals['_BATCHINGCONFIG']._serialized_start=1063
+  _globals['_BATCHINGCONFIG']._serialized_end=1148
+  _globals['_DEPLOYMENT']._serialized_start=1151
+  _globals['_DEPLOYMENT']._serialized_end=1420
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1422
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1485
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1487
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1583
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1585
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1627
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_start=1629
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_end=1697
+  _globals['_SETCANARYREQUEST']._serialized_start=1699
+  _globals['_SETCANARYREQUEST']._serialized_end=1813
+  _globals['_SETCANARYRESPONSE']._serialized_start=1815
+  _globals['_SETCANARYRESPONSE']._serialized_end=1879
+  _globals['_SETSHADOWREQUEST']._serialized_start=1881
+  _globals['_SETSHADOWREQUEST']._serialized_end=1995
+  _globals['_SETSHADOWRESPONSE']._serialized_start=1997
+  _globals['_SETSHADOWRESPONSE']._serialized_end=2061
+  _globals['_CLEARTRAFFICREQUEST']._serialized_start=2063
+  _globals['_CLEARTRAFFICREQUEST']._serialized_end=2135
+  _globals['_CLEARTRAFFICRESPONSE']._serialized_start=2137
+  _globals['_CLEARTRAFFICRESPONSE']._serialized_end=2204
+  _globals['_TRAFFICCHANGE']._serialized_start=2207
+  _globals['_TRAFFICCHANGE']._serialized_end=2429
+  _globals['_LISTTRAFFICCHANGESREQUEST']._serialized_start=2431
+  _globals['_LISTTRAFFICCHANGESREQUEST']._serialized_end=2517
+  _globals['_LISTTRAFFICCHANGESRESPONSE']._serialized_start=2519
+  _globals['_LISTTRAFFICCHANGESRESPONSE']._serialized_end=2617
+  _globals['_SERVINGADMIN']._serialized_start=3037
+  _globals['_SERVINGADMIN']._serialized_end=3573
 # @@protoc_insertion_point(module_scope)

@@ -59,6 +59,11 @@ class ServingAdminStub:
                 request_serializer=flywheel_dot_v1_dot_serving__pb2.ClearTrafficRequest.SerializeToString,
                 response_deserializer=flywheel_dot_v1_dot_serving__pb2.ClearTrafficResponse.FromString,
                 _registered_method=True)
+        self.ListTrafficChanges = channel.unary_unary(
+                '/flywheel.v1.ServingAdmin/ListTrafficChanges',
+                request_serializer=flywheel_dot_v1_dot_serving__pb2.ListTrafficChangesRequest.SerializeToString,
+                response_deserializer=flywheel_dot_v1_dot_serving__pb2.ListTrafficChangesResponse.FromString,
+                _registered_method=True)
 
 
 class ServingAdminServicer:
@@ -99,6 +104,14 @@ class ServingAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTrafficChanges(self, request, context):
+        """The audit trail of a model's traffic policy (who, when, why, before and
+        after), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServingAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +139,11 @@ def add_ServingAdminServicer_to_server(servicer, server):
                     servicer.ClearTraffic,
                     request_deserializer=flywheel_dot_v1_dot_serving__pb2.ClearTrafficRequest.FromString,
                     response_serializer=flywheel_dot_v1_dot_serving__pb2.ClearTrafficResponse.SerializeToString,
+            ),
+            'ListTrafficChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrafficChanges,
+                    request_deserializer=flywheel_dot_v1_dot_serving__pb2.ListTrafficChangesRequest.FromString,
+                    response_serializer=flywheel_dot_v1_dot_serving__pb2.ListTrafficChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +281,33 @@ class ServingAdmin:
             '/flywheel.v1.ServingAdmin/ClearTraffic',
             flywheel_dot_v1_dot_serving__pb2.ClearTrafficRequest.SerializeToString,
             flywheel_dot_v1_dot_serving__pb2.ClearTrafficResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrafficChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.v1.ServingAdmin/ListTrafficChanges',
+            flywheel_dot_v1_dot_serving__pb2.ListTrafficChangesRequest.SerializeToString,
+            flywheel_dot_v1_dot_serving__pb2.ListTrafficChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,
