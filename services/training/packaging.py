@@ -47,6 +47,9 @@ _DATATYPES: dict[int, str] = {  # onnx element type -> KServe v2 datatype
 }
 
 
+GRAPH_NAME = "flywheel"
+
+
 def export_onnx(pipeline: Pipeline, n_features: int) -> bytes:
     """Converts a fitted pipeline; raises ValueError when the graph's outputs are not the contract's."""
     final = pipeline.steps[-1][1]
@@ -57,11 +60,19 @@ def export_onnx(pipeline: Pipeline, n_features: int) -> bytes:
         initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
         options=options,
         target_opset=TARGET_OPSET,
+        # skl2onnx names the graph with a random UUID by default; a fixed name makes the export
+        # reproducible, so a seed gives the same artifact (the same sha256) on every backend and retry.
+        name=GRAPH_NAME,
     )
     expected = CLASSIFIER_OUTPUTS if classifier else REGRESSOR_OUTPUTS
     names = tuple(o.name for o in model.graph.output)
     if names != expected:
         raise ValueError(f"ONNX outputs are {names}, expected {expected}")
+    # skl2onnx lists the opset domains in set order, which varies with the process's hash seed: sorted,
+    # the same model serialises to the same bytes in any process.
+    opsets = sorted(model.opset_import, key=lambda o: o.domain)
+    del model.opset_import[:]
+    model.opset_import.extend(opsets)
     return model.SerializeToString()
 
 

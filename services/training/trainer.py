@@ -4,6 +4,8 @@ train(job) loads the dataset version's Parquet, runs the hyperparameter search o
 refits the best parameters on the whole train split, exports ONNX, checks ONNX Runtime against the
 estimator on the test split and returns everything the service records. Inputs and outputs are
 picklable; progress goes to an optional queue-like object (a multiprocessing Manager queue proxy).
+Its steps (load, search_folds, run_trial, best_of, finish) are public so that the Ray backend
+(services/training/ray_tasks.py) runs exactly the same code, one Ray task per trial.
 
 Data rules (this version):
 - Features: numeric and bool columns only, as a float32 matrix in `feature_fields` order; bool ->
@@ -195,9 +197,14 @@ def _encode_labels(train: list[Any], test: list[Any]) -> tuple[np.ndarray, np.nd
     return y_train, y_test, labels
 
 
-def load_dataset(path: str, feature_fields: list[str], label_field: str, task: Task) -> Dataset:
-    _check_columns(pq.read_schema(path), feature_fields, label_field)
-    table = pq.read_table(path, columns=[*feature_fields, label_field, SPLIT_COLUMN])
+def _parquet(source: str | bytes) -> str | pa.BufferReader:
+    """A path, or a fresh reader over the file's bytes (the Ray backend's data comes from the object store)."""
+    return pa.BufferReader(source) if isinstance(source, bytes) else source
+
+
+def load_dataset(source: str | bytes, feature_fields: list[str], label_field: str, task: Task) -> Dataset:
+    _check_columns(pq.read_schema(_parquet(source)), feature_fields, label_field)
+    table = pq.read_table(_parquet(source), columns=[*feature_fields, label_field, SPLIT_COLUMN])
     labelled = table.filter(pc.is_valid(table.column(label_field)))
     split = labelled.column(SPLIT_COLUMN)
     train = labelled.filter(pc.equal(split, "train"))
@@ -227,7 +234,7 @@ def load_dataset(path: str, feature_fields: list[str], label_field: str, task: T
 # --- progress ---------------------------------------------------------------------------------------
 
 
-class _Reporter:
+class Reporter:
     """Best-effort progress: a watcher that went away must never fail the run."""
 
     def __init__(self, queue: Any | None) -> None:
@@ -332,7 +339,7 @@ def _mean_metrics(per_fold: list[dict[str, float]]) -> dict[str, float]:
     return {name: float(np.mean([f[name] for f in per_fold if name in f])) for name in names}
 
 
-def _json_params(params: dict[str, Any]) -> dict[str, Any]:
+def json_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
 
 
@@ -344,7 +351,7 @@ def _run_trial(
     folds: list[tuple[np.ndarray, np.ndarray]],
     task: Task,
 ) -> training_pb2.Trial:
-    trial = training_pb2.Trial(number=number, params=_struct(_json_params(params)))
+    trial = training_pb2.Trial(number=number, params=_struct(json_params(params)))
     started = time.perf_counter()
     try:
         per_fold = []
@@ -382,30 +389,68 @@ def _trial_score(trial: training_pb2.Trial, metric: str) -> float:
     return next((m.value for m in trial.metrics if m.name == metric), math.nan)
 
 
-def _search(
-    job: TrainJob, data: Dataset, candidates: list[dict[str, Any]], task: Task, reporter: _Reporter
-) -> tuple[list[training_pb2.Trial], int]:
-    """Runs every trial; returns them and the best successful trial's number."""
-    metric = estimators.effective_metric(job.spec)
-    direction = job.spec.direction or evaluation.default_direction(metric)
-    folds = _folds(data, job.spec.search_space.cv_folds, job.seed, task)
-    trials: list[training_pb2.Trial] = []
-    best, best_score = -1, math.nan
-    for number, params in enumerate(candidates):
-        trial = _run_trial(number, params, job, data, folds, task)
-        trials.append(trial)
-        ok = trial.status == training_pb2.RUN_STATUS_SUCCEEDED
-        # ties keep the earlier trial; a NaN score (metric undefined on the holdout) never wins
-        if ok and (best < 0 or evaluation.better(_trial_score(trial, metric), best_score, direction)):
-            best, best_score = number, _trial_score(trial, metric)
-        reporter.completed, reporter.best_score = number + 1, best_score
-        reporter.emit(f"trial {number} {'done' if ok else 'failed'}", last_trial=trial)
-    if best < 0:
+class BestTrial:
+    """The best successful trial so far by the spec's metric: ties keep the trial offered first, and a
+    NaN score (the metric undefined on the holdout) never wins. Offered in trial-number order it picks
+    the same trial whichever backend ran the trials."""
+
+    def __init__(self, spec: training_pb2.TrainingSpec) -> None:
+        self.metric = estimators.effective_metric(spec)
+        self.direction = spec.direction or evaluation.default_direction(self.metric)
+        self.number = -1
+        self.score = math.nan
+
+    def offer(self, trial: training_pb2.Trial) -> None:
+        if trial.status != training_pb2.RUN_STATUS_SUCCEEDED:
+            return
+        score = _trial_score(trial, self.metric)
+        if self.number < 0 or evaluation.better(score, self.score, self.direction):
+            self.number, self.score = trial.number, score
+
+
+def best_of(spec: training_pb2.TrainingSpec, trials: list[training_pb2.Trial]) -> int:
+    """The best trial's number (`trials` in number order); TrainingFailed when every trial failed."""
+    best = BestTrial(spec)
+    for trial in trials:
+        best.offer(trial)
+    if best.number < 0:
         first_error = trials[0].error if trials else "no trials"
         raise TrainingFailed(
             Stage.RUN_STAGE_SEARCHING, f"all {len(trials)} trials failed; first: {first_error}", trials
         )
-    return trials, best
+    return best.number
+
+
+def search_folds(job: TrainJob, data: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (fit rows, validation rows) every trial of the run is scored on."""
+    with _stage(Stage.RUN_STAGE_SEARCHING):
+        return _folds(data, job.spec.search_space.cv_folds, job.seed, estimators.effective_task(job.spec))
+
+
+def run_trial(
+    number: int, params: dict[str, Any], job: TrainJob, data: Dataset, folds: list[tuple[np.ndarray, np.ndarray]]
+) -> training_pb2.Trial:
+    """One trial, scored on `folds`; a failing parameter combination is a FAILED trial, a MemoryError
+    is raised (the whole run is over its memory limit)."""
+    return _run_trial(number, params, job, data, folds, estimators.effective_task(job.spec))
+
+
+def _search(
+    job: TrainJob, data: Dataset, candidates: list[dict[str, Any]], reporter: Reporter
+) -> tuple[list[training_pb2.Trial], int]:
+    """Runs every trial in this process; returns them and the best successful trial's number."""
+    folds = search_folds(job, data)
+    trials: list[training_pb2.Trial] = []
+    best = BestTrial(job.spec)
+    with _stage(Stage.RUN_STAGE_SEARCHING):
+        for number, params in enumerate(candidates):
+            trial = run_trial(number, params, job, data, folds)
+            trials.append(trial)
+            best.offer(trial)
+            reporter.completed, reporter.best_score = number + 1, best.score
+            ok = trial.status == training_pb2.RUN_STATUS_SUCCEEDED
+            reporter.emit(f"trial {number} {'done' if ok else 'failed'}", last_trial=trial)
+    return trials, best_of(job.spec, trials)
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -418,25 +463,36 @@ def _onnx_evaluation(onnx_bytes: bytes, data: Dataset, task: Task) -> training_p
     return evaluation.regression_metrics(data.y_test, outputs[0])
 
 
-def train(job: TrainJob, progress: Any | None = None) -> TrainResult:
-    """Runs the whole job. Raises TrainingFailed(stage, reason) or InvalidArgument (bad spec/columns)."""
-    reporter = _Reporter(progress)
+def load(job: TrainJob, reporter: Reporter, source: str | bytes) -> tuple[Dataset, list[dict[str, Any]]]:
+    """Checks the spec, reads the data (a Parquet path or its bytes) and lists the search's trials."""
     spec = job.spec
     validate_spec(spec)
     task = estimators.effective_task(spec)
     reporter.emit(f"loading {len(job.feature_fields)} features", Stage.RUN_STAGE_LOADING_DATA)
     with _stage(Stage.RUN_STAGE_LOADING_DATA):
-        data = load_dataset(job.data_path, job.feature_fields, job.label_field, task)
+        data = load_dataset(source, job.feature_fields, job.label_field, task)
         candidates = search.trials(spec.search_space, spec.estimator, seed=job.seed)
-    reporter.total = len(candidates)
-    reporter.emit(
+    return data, candidates
+
+
+def searching_message(data: Dataset, candidates: list[dict[str, Any]]) -> str:
+    return (
         f"{len(data.y_train)} train rows, {len(data.y_test)} test rows, {data.dropped_rows} unlabelled rows "
-        f"dropped; {len(candidates)} trials",
-        Stage.RUN_STAGE_SEARCHING,
+        f"dropped; {len(candidates)} trials"
     )
-    with _stage(Stage.RUN_STAGE_SEARCHING):
-        trials, best = _search(job, data, candidates, task, reporter)
-    params = candidates[best]
+
+
+def finish(
+    job: TrainJob,
+    data: Dataset,
+    best: int,
+    params: dict[str, Any],
+    trials: list[training_pb2.Trial],
+    reporter: Reporter,
+) -> TrainResult:
+    """Refits trial `best`'s `params` on the whole train split, exports ONNX and checks it."""
+    spec = job.spec
+    task = estimators.effective_task(spec)
     reporter.emit(f"refitting trial {best} on the train split", Stage.RUN_STAGE_EVALUATING)
     with _stage(Stage.RUN_STAGE_EVALUATING, trials):
         pipeline = _fit(spec.estimator, params, job.seed, data.X_train, data.y_train)
@@ -454,9 +510,21 @@ def train(job: TrainJob, progress: Any | None = None) -> TrainResult:
     return TrainResult(
         trials=trials,
         best_trial=best,
-        best_params=_json_params(params),
+        best_params=json_params(params),
         evaluation=test_eval,
         signature=signature,
         parity=parity,
         onnx=onnx_bytes,
     )
+
+
+def train(job: TrainJob, progress: Any | None = None) -> TrainResult:
+    """Runs the whole job in this process (the local backend). Raises TrainingFailed(stage, reason) or
+    InvalidArgument (bad spec/columns). The Ray backend runs the same steps as tasks
+    (services/training/ray_tasks.py)."""
+    reporter = Reporter(progress)
+    data, candidates = load(job, reporter, job.data_path)
+    reporter.total = len(candidates)
+    reporter.emit(searching_message(data, candidates), Stage.RUN_STAGE_SEARCHING)
+    trials, best = _search(job, data, candidates, reporter)
+    return finish(job, data, best, candidates[best], trials, reporter)
