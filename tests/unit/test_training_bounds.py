@@ -460,6 +460,7 @@ class _Listener:
 async def test_the_worker_goes_on_after_a_run_it_cannot_handle(loop_errors: _Count):
     worker = jobs.TrainingWorker.__new__(jobs.TrainingWorker)  # no process pool: nothing here trains
     worker._settings = Settings(retry_base_s=0.01, retry_max_s=0.02)
+    worker._backend = "local"
     worker._ctx = types.SimpleNamespace(pool=_Pool(None))  # type: ignore[assignment]
     worker._wake = asyncio.Event()
     worker._executor = types.SimpleNamespace(shutdown=lambda **_: None)  # type: ignore[assignment]
