@@ -33,8 +33,9 @@ $(SYSTEM_STAMP):
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql)
 	@touch $@
 
+# The slowest tests are printed, so that what makes the suite slow is seen where it happens.
 test: $(STAMP) $(SYSTEM_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
@@ -68,13 +69,20 @@ $(SCALE_STAMP): $(STAMP)
 	@touch $(SCALE_STAMP)
 
 test-scale: $(SCALE_STAMP)
-	$(BIN)/python -m pytest -q tests/scale
+	$(BIN)/python -m pytest -q --durations=10 tests/scale
 
 # The fuzz suite runs bounded inside `make test`; this is the long run (examples per property).
 fuzz: $(STAMP)
 	FLYWHEEL_FUZZ_EXAMPLES=$${FLYWHEEL_FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest -q tests/fuzz
 
-bench: $(BENCH_STAMP)
+# MLServer, the serving bench's peer, lives in its own venv (it pins its own web and gRPC stack); this
+# creates it, or recreates it when tests/bench/requirements-mlserver.txt changes.
+MLSERVER_STAMP := $(VENV)/bench-mlserver/.requirements
+$(MLSERVER_STAMP): $(STAMP) tests/bench/requirements-mlserver.txt
+	$(BIN)/python -m tests.bench.mlserver_peer install
+	@touch $@
+
+bench: $(BENCH_STAMP) $(MLSERVER_STAMP)
 	$(BIN)/python -m pytest -q -s tests/bench -p no:cacheprovider; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 clean:

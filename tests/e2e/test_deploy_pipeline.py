@@ -328,12 +328,16 @@ def test_swaps_under_load_fail_no_request(api, stack, data):
     stop = threading.Event()
 
     def watch() -> None:  # serving's own view of production, sampled every 2 ms
+        # A change is stamped with the start of the sample before the one that saw it: the swap
+        # happened after that instant, however long one GetDeployment takes on a loaded machine.
+        previous = time.monotonic()
         while not stop.is_set():
+            started = time.monotonic()
             dep = admin.GetDeployment(serving_pb2.GetDeploymentRequest(model_name=MODEL)).deployment
             prod = [s.model.version for s in dep.slots if s.role == common_pb2.SERVING_ROLE_PRODUCTION]
-            t = time.monotonic()
             if prod and (not timeline or timeline[-1][1] != prod[0]):
-                timeline.append((t, prod[0]))
+                timeline.append((previous if timeline else started, prod[0]))
+            previous = started
             time.sleep(0.002)
 
     results: list[tuple[float, float, str]] = []
