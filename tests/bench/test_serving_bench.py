@@ -1,8 +1,12 @@
-"""Serving latency and throughput: Flywheel vs raw ONNX Runtime and `mlflow models serve`.
+"""Serving latency and throughput: Flywheel vs raw ONNX Runtime, MLServer and `mlflow models serve`.
 
 One small model, one run: a scikit-learn LogisticRegression (20 features, 2 classes) exported to ONNX
 by the training service's own packaging (skl2onnx, no ZipMap). Every request is one row, on 127.0.0.1.
 - raw ONNX Runtime: InferenceSession.run in this process, the floor every server is compared with;
+- MLServer (SeldonIO's OIP server, tests/bench/mlserver_peer.py, its own venv): the same fitted pipeline
+  saved with joblib for mlserver-sklearn, over gRPC OIP with the same tritonclient load generator (unary;
+  each request asks for `predict` and `predict_proba`): its defaults, in-process inference, one worker
+  per core, and one worker per core with adaptive batching (MLSERVER_CONFIGS);
 - MLflow: `mlflow models serve --env-manager local` with the same fitted pipeline (mlflow.sklearn) and
   MLflow's defaults (uvicorn, 1 worker), JSON {"inputs": ...} over keep-alive HTTP connections;
 - Flywheel: `flywheel up` (tests/e2e/stack.py), the ONNX bytes registered through the registry and
@@ -18,12 +22,16 @@ by the training service's own packaging (skl2onnx, no ZipMap). Every request is 
   prebuilt response, no model at all: the most any Python gRPC server can do here.
 Each is measured as p50/p99 latency at 1 client (sequential calls) and requests/s at 64 concurrent
 clients (closed loop over a fixed duration, after a warm-up). Load generators run in this process, on
-the same CPUs as the servers; the CPU time each server process used per request is printed too.
-Goals, printed and not asserted (machines vary): Flywheel p50 within 1 ms of raw ORT, >= 5x MLflow's
-requests/s at 64 clients, batching on >= 3x batching off at 64 clients, and the token check costing
-under 5% of requests/s at 64 clients (auth / no auth >= 0.95); TLS / plaintext (both with tokens) is
-printed as measured. Failed requests or wrong answers do fail the test. MLflow comes from
-tests/bench/requirements.txt (`make bench` installs it).
+the same CPUs as the servers (FLYWHEEL_BENCH_PIN=1 splits them); the CPU time each server's processes
+and this process used per request is printed too.
+Goals, printed and not asserted (machines vary): Flywheel p50 within 1 ms of raw ORT and below MLServer's,
+>= 2x the best MLServer configuration's and >= 5x MLflow's requests/s at 64 clients, batching on >= 3x
+batching off at 64 clients, and the token check costing under 5% of requests/s at 64 clients (auth / no
+auth >= 0.95); TLS / plaintext (both with tokens) is printed as measured. Failed requests or wrong
+answers do fail the test. MLflow comes from tests/bench/requirements.txt (`make bench` installs it),
+MLServer from requirements-mlserver.txt.
+A second test, the heavy model (an MLP with HEAVY_HIDDEN layers: a run has a real fixed cost), measures
+Flywheel batching on vs off (goal >= 2x) and Flywheel vs MLServer with adaptive batching (goal >= 1.5x).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +58,10 @@ import psutil
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from tritonclient.utils import InferenceServerException
 
@@ -62,6 +74,14 @@ from flywheel.stack.up import read_state
 from flywheel.v1 import auth_pb2, auth_pb2_grpc, common_pb2, registry_pb2, registry_pb2_grpc
 from services.serving.runtime import execution_providers
 from services.training import packaging
+from tests.bench.mlserver_peer import (
+    PREDICT,
+    PREDICT_PROBA,
+    MLServerConfig,
+    MLServerPeer,
+    mlserver_python,
+    mlserver_version,
+)
 from tests.e2e.stack import UpProcess
 
 _BENCH_DEP = "bench-only dependency: `make bench` installs tests/bench/requirements.txt"
@@ -81,11 +101,19 @@ SERVER_START_S = 120.0
 MODEL_READY_S = 60.0
 GOAL_P50_OVERHEAD_MS = 1.0
 GOAL_VS_MLFLOW = 5.0
+GOAL_VS_MLSERVER = 2.0  # unary req/s at CLIENTS, Flywheel / the best MLServer configuration
 GOAL_BATCHING = 3.0
 GOAL_AUTH_COST = 0.05  # the token check may cost at most this fraction of requests/s at CLIENTS
 ROUNDS = 3  # stacks compared with each other are measured in turns, this many times; the median counts
 MAX_BATCH_ENV = "FLYWHEEL_SERVING_MAX_BATCH_SIZE"
 BIN = Path(sys.executable).parent
+HEAVY_HIDDEN = (512, 512, 512)  # the heavy model's hidden layers
+GOAL_HEAVY_BATCHING = 2.0  # heavy model: Flywheel batching on / off, req/s at CLIENTS
+GOAL_HEAVY_VS_MLSERVER = 1.5  # heavy model: Flywheel (batching on) / MLServer with adaptive batching
+# FLYWHEEL_BENCH_PIN=1: the load generators (this process) on the first CPU and every server's process
+# tree on the others (taskset's split), so neither side takes the other's cores.
+PIN = os.environ.get("FLYWHEEL_BENCH_PIN") == "1"
+_CPUS = sorted(os.sched_getaffinity(0))  # before any pinning: this process's own affinity changes with it
 
 
 @dataclass
@@ -112,19 +140,22 @@ class Result:
     notes: list[str] = field(default_factory=list)
     error: str = ""
     server_cpu_us: float | None = None  # server process CPU time per request under load
+    client_cpu_us: float | None = None  # this process's (the load generator's) CPU time per request under load
 
 
 class CpuMeter:
-    """CPU time (user + system) used by some processes between start() and per_request()."""
+    """CPU time (user + system) used by some processes (with their children, unless `children` is
+    False) between start() and per_request()."""
 
-    def __init__(self, pids: list[int]) -> None:
+    def __init__(self, pids: list[int], children: bool = True) -> None:
         self._procs = [psutil.Process(pid) for pid in pids]
+        self._children = children
         self._start = 0.0
 
     def _total(self) -> float:
         total = 0.0
         for proc in self._procs:
-            for p in [proc, *proc.children(recursive=True)]:
+            for p in [proc, *(proc.children(recursive=True) if self._children else [])]:
                 try:
                     times = p.cpu_times()
                     total += times.user + times.system
@@ -139,6 +170,43 @@ class CpuMeter:
         return (self._total() - self._start) / max(1, m.calls) * 1e6
 
 
+def _pin(server_pids: list[int]) -> None:
+    """With PIN: this process's threads on CPU 0, the servers' processes (with their children and
+    threads; new threads inherit) on the other CPUs. Without PIN: nothing."""
+    cpus = _CPUS
+    if not PIN or len(cpus) < 2:
+        return
+
+    def place(procs: list[psutil.Process], where: set[int]) -> None:
+        for proc in procs:
+            try:
+                for thread in proc.threads():
+                    os.sched_setaffinity(thread.id, where)
+            except (psutil.Error, OSError):
+                pass  # a process or thread that ended meanwhile
+
+    place([psutil.Process()], {cpus[0]})
+    for pid in server_pids:
+        root = psutil.Process(pid)
+        place([root, *root.children(recursive=True)], set(cpus[1:]))
+
+
+def _unpin() -> None:
+    """This process's threads back on all its CPUs: in-process timings (BLAS starts a thread per CPU it
+    saw at import) are not taken squeezed onto one CPU by an earlier test's _pin."""
+    if PIN:
+        for thread in psutil.Process().threads():
+            try:
+                os.sched_setaffinity(thread.id, _CPUS)
+            except OSError:
+                pass
+
+
+def _load_generator_meter() -> CpuMeter:
+    """This process alone: the load generators run here (the servers it started are its children)."""
+    return CpuMeter([os.getpid()], children=False)
+
+
 @dataclass
 class Target:
     """How the load generators reach an OIP server: its address, TLS (verified against the CA file
@@ -149,6 +217,11 @@ class Target:
     root_certificates: str | None = None
     tokens: list[str] = field(default_factory=list)
     admin_headers: dict[str, str] | None = None  # for what a predictor may not call (statistics)
+    model: str = MODEL
+    outputs: tuple[str, ...] = ()  # outputs every request asks for by name; none: the server's default
+
+    def requested_outputs(self) -> list[tgrpc.InferRequestedOutput] | None:
+        return [tgrpc.InferRequestedOutput(name) for name in self.outputs] or None
 
     def headers(self, k: int) -> dict[str, str] | None:
         return {"authorization": f"Bearer {self.tokens[k % len(self.tokens)]}"} if self.tokens else None
@@ -175,14 +248,28 @@ class BenchModel:
     accuracy: float
 
 
-@pytest.fixture(scope="module")
-def model() -> BenchModel:
+def _fit(estimator: BaseEstimator) -> BenchModel:
+    """`estimator` fitted on 3,000 seeded rows, exported to ONNX; the 1,000 held-out rows are what clients send."""
     rng = np.random.default_rng(7)
     X = rng.normal(size=(4_000, N_FEATURES)).astype(np.float32)
     y = (X @ np.linspace(1.0, -1.0, N_FEATURES) + rng.normal(scale=0.5, size=len(X)) > 0).astype(np.int64)
-    pipeline = Pipeline([("model", LogisticRegression(max_iter=500))]).fit(X[:3_000], y[:3_000])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a bench model, not a tuned one
+        pipeline = Pipeline([("model", estimator)]).fit(X[:3_000], y[:3_000])
     accuracy = float((pipeline.predict(X[3_000:]) == y[3_000:]).mean())
     return BenchModel(pipeline, packaging.export_onnx(pipeline, N_FEATURES), X[3_000:], accuracy)
+
+
+@pytest.fixture(scope="module")
+def model() -> BenchModel:
+    return _fit(LogisticRegression(max_iter=500))
+
+
+@pytest.fixture(scope="module")
+def heavy_model() -> BenchModel:
+    """A model run with a real cost per call: an MLP whose weights (HEAVY_HIDDEN) are read once per run,
+    whether the run has one row or a batch of them."""
+    return _fit(MLPClassifier(hidden_layer_sizes=HEAVY_HIDDEN, max_iter=20, random_state=7))
 
 
 # ------------------------------------------------------------------------------------ load generators
@@ -239,12 +326,15 @@ def _latency_and_load(
     make_call: Callable[[], Callable[[int], None]], result: Result, server_pids: list[int] | None = None
 ) -> None:
     """1-client latency, then load at CLIENTS threads; the servers' CPU per request when pids are given."""
+    _pin(server_pids or [])
     _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
     result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
     _threads(make_call, CLIENTS, WARMUP_S, LOAD_MAX_CALLS_PER_CLIENT)
-    cpu = CpuMeter(server_pids or [])
+    cpu, client_cpu = CpuMeter(server_pids or []), _load_generator_meter()
     cpu.start()
+    client_cpu.start()
     result.load = _threads(make_call, CLIENTS, LOAD_S, LOAD_MAX_CALLS_PER_CLIENT)
+    result.client_cpu_us = client_cpu.per_request_us(result.load)
     if server_pids:
         result.server_cpu_us = cpu.per_request_us(result.load)
 
@@ -434,6 +524,7 @@ async def _aio_load(
     """Closed loop: `clients` coroutines sharing one tritonclient.grpc.aio client (one HTTP/2 channel),
     each sending its own token (when the target has tokens) on every call."""
     async with target.aio_client() as client:
+        outputs = target.requested_outputs()
 
         async def worker(k: int) -> tuple[list[float], int, str, float]:
             headers = target.headers(k)
@@ -446,7 +537,10 @@ async def _aio_load(
                     break
                 try:
                     await client.infer(
-                        MODEL, inputs[(k * LOAD_MAX_CALLS_PER_CLIENT + n) % len(inputs)], headers=headers
+                        target.model,
+                        inputs[(k * LOAD_MAX_CALLS_PER_CLIENT + n) % len(inputs)],
+                        outputs=outputs,
+                        headers=headers,
                     )
                     latencies.append((time.perf_counter() - t0) * 1e3)
                 except InferenceServerException as exc:
@@ -478,7 +572,7 @@ async def _aio_stream_load(
 
             def send(n: int) -> float:
                 row = inputs[(k * LOAD_MAX_CALLS_PER_CLIENT + n) % len(inputs)]
-                outbox.put_nowait({"model_name": MODEL, "inputs": row})
+                outbox.put_nowait({"model_name": target.model, "inputs": row})
                 return time.perf_counter()
 
             deadline = time.perf_counter() + duration_s
@@ -501,27 +595,41 @@ async def _aio_stream_load(
     return _merge(list(per_client), start)
 
 
-def _measure(target: Target, model: BenchModel, result: Result, streamed: Result, pids: list[int]) -> None:
-    """1-client latency, then unary and streaming load at CLIENTS, on a server already answering."""
+def _measure(
+    target: Target,
+    model: BenchModel,
+    result: Result,
+    streamed: Result | None,
+    pids: list[int],
+    pin_pids: list[int] | None = None,
+) -> None:
+    """1-client latency, then unary (and, given a `streamed` row, streaming) load at CLIENTS, on a
+    server already answering; `pids`: the server processes whose CPU is counted; `pin_pids` (default:
+    `pids`) the process trees that go on the servers' CPUs with PIN."""
+    _pin(pids if pin_pids is None else pin_pids)
     inputs = [_infer_input(model.X[i : i + 1]) for i in range(len(model.X))]
-    headers = target.headers(0)
+    headers, outputs = target.headers(0), target.requested_outputs()
     with target.client() as client:
 
         def make_call() -> Callable[[int], None]:
             def call(i: int) -> None:
-                client.infer(MODEL, inputs[i % len(inputs)], headers=headers)
+                client.infer(target.model, inputs[i % len(inputs)], outputs=outputs, headers=headers)
 
             return call
 
         _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
         result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
-    cpu = CpuMeter(pids)
-    for row, load in ((result, _aio_load), (streamed, _aio_stream_load)):
+    cpu, client_cpu = CpuMeter(pids), _load_generator_meter()
+    loads = [(result, _aio_load)] + ([(streamed, _aio_stream_load)] if streamed is not None else [])
+    for row, load in loads:
         asyncio.run(load(target, inputs, CLIENTS, WARMUP_S))
         cpu.start()
+        client_cpu.start()
         row.load = asyncio.run(load(target, inputs, CLIENTS, LOAD_S))
         row.server_cpu_us = cpu.per_request_us(row.load)
-    streamed.latency = result.latency  # streaming changes nothing for one client calling in sequence
+        row.client_cpu_us = client_cpu.per_request_us(row.load)
+    if streamed is not None:
+        streamed.latency = result.latency  # streaming changes nothing for one client calling in sequence
 
 
 def bench_floor(model: BenchModel, work: Path, result: Result, streamed: Result) -> None:
@@ -550,6 +658,88 @@ def bench_floor(model: BenchModel, work: Path, result: Result, streamed: Result)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# -------------------------------------------------------------------------------------------- MLServer
+
+# The same batching limits as Flywheel's defaults (FLYWHEEL_SERVING_MAX_BATCH_SIZE=32,
+# FLYWHEEL_SERVING_MAX_QUEUE_DELAY_US=500), so the batching rows wait and group alike.
+MLSERVER_BATCHING = {"max_batch_size": 32, "max_batch_time": 0.0005}
+# Tuned for throughput as MLServer's docs say: one parallel inference worker per core; and its access log
+# (on by default: `debug`) off, as Flywheel keeps none.
+_WORKERS = os.cpu_count() or 1
+MLSERVER_THROUGHPUT = {"parallel_workers": _WORKERS, "debug": False}
+# parallel_workers=0 runs the model in the server's own process: no hop to a worker process, so its
+# quickest at one client.
+MLSERVER_INLINE = {"parallel_workers": 0, "debug": False}
+MLSERVER_CONFIGS = {
+    "mlserver": MLServerConfig("MLServer, defaults, unary"),
+    "mlserver_inline": MLServerConfig("MLServer, inference in-process, no log, unary", MLSERVER_INLINE),
+    "mlserver_workers": MLServerConfig(f"MLServer, {_WORKERS} workers, no log, unary", MLSERVER_THROUGHPUT),
+    "mlserver_batch": MLServerConfig(
+        f"MLServer, {_WORKERS} workers + adaptive batching, unary", MLSERVER_THROUGHPUT, MLSERVER_BATCHING
+    ),
+}
+
+
+def _check_concurrent(
+    target: Target, rows: np.ndarray, want: tuple[np.ndarray, np.ndarray], outputs: tuple[str, str], atol: float
+) -> None:
+    """One single-row call per row, all at once (so a batching server groups them): each must get its
+    own row's answer (`want`: labels, probabilities; `outputs`: their names), so a batch split back
+    wrongly fails here."""
+    clients = len(rows)
+    (want_label, want_proba), (label, proba) = want, outputs
+
+    async def run() -> list[tgrpc.InferResult]:
+        async with target.aio_client() as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.infer(
+                            target.model,
+                            _infer_input(rows[k : k + 1]),
+                            outputs=target.requested_outputs(),
+                            headers=target.headers(k),
+                        )
+                        for k in range(clients)
+                    )
+                )
+            )
+
+    for k, got in enumerate(asyncio.run(run())):
+        assert np.array_equal(got.as_numpy(label).ravel(), want_label[k : k + 1]), f"{target.url}: row {k}'s label"
+        assert np.allclose(got.as_numpy(proba), want_proba[k : k + 1], atol=atol), (
+            f"{target.url}: row {k}'s probabilities"
+        )
+
+
+def bench_mlserver(model: BenchModel, work: Path, config: MLServerConfig, result: Result) -> None:
+    """MLServer (its own venv) serving the fitted pipeline, saved with joblib, through mlserver-sklearn.
+    Every request asks for both `predict` and `predict_proba`, the label and probabilities Flywheel's
+    ONNX model answers with (mlserver-sklearn runs predict and predict_proba for them)."""
+    python = mlserver_python()
+    peer = MLServerPeer(python, model.pipeline, MODEL, config, work)
+    try:
+        peer.wait_ready(SERVER_START_S)
+        target = Target(peer.url, outputs=(PREDICT, PREDICT_PROBA))
+        with target.client() as client:  # a 16-row request, then 64 single rows at once
+            got = client.infer(MODEL, _infer_input(model.X[:16]), outputs=target.requested_outputs())
+            assert np.array_equal(got.as_numpy(PREDICT).ravel(), model.pipeline.predict(model.X[:16])), (
+                "MLServer labels differ"
+            )
+            proba = model.pipeline.predict_proba(model.X[:16])
+            assert np.allclose(got.as_numpy(PREDICT_PROBA), proba, atol=1e-6), "MLServer probabilities differ"
+        rows = model.X[:CLIENTS]
+        want = model.pipeline.predict(rows), model.pipeline.predict_proba(rows)
+        _check_concurrent(target, rows, want, (PREDICT, PREDICT_PROBA), 1e-6)
+        settings = {**config.settings, **config.model_settings}
+        result.notes.append(
+            f"MLServer {mlserver_version(python)}, {json.dumps(settings) if settings else 'its defaults'}"
+        )
+        _measure(target, model, result, None, [peer.proc.pid])
+    finally:
+        peer.stop()
 
 
 @dataclass(frozen=True)
@@ -609,6 +799,11 @@ def start_flywheel(model: BenchModel, work: Path, setup: FlywheelSetup) -> Runni
             got = client.infer(MODEL, _infer_input(model.X[:16]), headers=target.headers(0))
             assert np.array_equal(got.as_numpy("label"), want_label), "Flywheel labels differ from ONNX Runtime's"
             assert np.allclose(got.as_numpy("probabilities"), want_proba, atol=1e-5), "Flywheel probabilities differ"
+        rows = model.X[:CLIENTS]
+        _check_concurrent(
+            target, rows, session.run(None, {packaging.INPUT_NAME: rows}), ("label", "probabilities"), 1e-5
+        )
+        with target.client() as client:
             if setup.auth:  # the check is real: without a token, no answer
                 with pytest.raises(InferenceServerException) as refused:
                     client.infer(MODEL, _infer_input(model.X[:1]))
@@ -636,6 +831,7 @@ def _median_round(rounds: list[Result], into: Result) -> None:
     p50 = sorted(rounds, key=lambda r: r.latency.pct(50) if r.latency else 0.0)
     mid = len(rounds) // 2
     into.load, into.server_cpu_us, into.latency = rps[mid].load, rps[mid].server_cpu_us, p50[mid].latency
+    into.client_cpu_us = rps[mid].client_cpu_us
     if len(rounds) > 1:
         low, high = (r.load.rps if r.load else 0.0 for r in (rps[0], rps[-1]))
         into.notes.append(f"median of {len(rounds)} rounds, req/s {low:,.0f}-{high:,.0f}")
@@ -663,7 +859,7 @@ def bench_flywheel(
         for _ in range(rounds):
             for taken, (unary, streamed, fly) in zip(samples, running, strict=True):
                 u, st = Result(unary.name), Result(streamed.name)
-                _measure(fly.target, model, u, st, fly.pids)
+                _measure(fly.target, model, u, st, fly.pids, [fly.stack.proc.pid] if fly.stack.proc else None)
                 taken.append((u, st))
         errors = []
         for taken, (unary, streamed, fly) in zip(samples, running, strict=True):
@@ -719,6 +915,7 @@ def _row(r: Result) -> str:
     line = f"  {r.name:<46} {r.latency.pct(50):8.3f} {r.latency.pct(99):8.3f} {r.load.rps:11,.0f}"
     line += f" {r.load.pct(50):9.3f} {r.load.pct(99):9.3f}"
     line += f" {r.server_cpu_us:10,.0f}" if r.server_cpu_us is not None else f" {'-':>10}"
+    line += f" {r.client_cpu_us:10,.0f}" if r.client_cpu_us is not None else f" {'-':>10}"
     return line + (f"   ({'; '.join(r.notes)})" if r.notes else "")
 
 
@@ -744,22 +941,37 @@ def _cost(ratio: float | None) -> float | None:
     return None if ratio is None else 1.0 - ratio
 
 
+def _table(model: str, rows: dict[str, Result]) -> list[str]:
+    return [
+        f"\nserving bench: {model}; 1-row requests; {os.cpu_count()} CPUs; load generators in this process"
+        + (" pinned to CPU 0, servers to the others (FLYWHEEL_BENCH_PIN=1)" if PIN else ""),
+        f"  latency: 1 client, {LATENCY_S:.0f} s (at most {LATENCY_MAX_CALLS:,} calls);"
+        f" throughput: {CLIENTS} clients, {LOAD_S:.0f} s; {WARMUP_S:.0f} s warm-up before each;"
+        f" server / client µs: CPU time per request at {CLIENTS} clients of the server's processes / of this"
+        " process (the load generator; for raw ORT, everything)",
+        f"  {'':<46} {'p50 ms':>8} {'p99 ms':>8} {f'req/s @{CLIENTS}':>11} {f'p50@{CLIENTS}':>9} {f'p99@{CLIENTS}':>9}"
+        f" {'server µs':>10} {'client µs':>10}",
+        *(_row(r) for r in rows.values()),
+    ]
+
+
 def _report(rows: dict[str, Result], check_us: float | None = None) -> str:
     ort_r, mlflow_r, on, off = rows["ort"], rows["mlflow"], rows["on"], rows["off"]
     on_s, off_s, floor = rows["on_stream"], rows["off_stream"], rows["floor"]
     auth, auth_s, tls, tls_s = rows["auth"], rows["auth_stream"], rows["tls"], rows["tls_stream"]
     auth_goal = f"< {GOAL_AUTH_COST:.0%}"
-    overhead = on.latency.pct(50) - ort_r.latency.pct(50) if _ok(on) and _ok(ort_r) and on.latency else None
+    overhead = on.latency.pct(50) - ort_r.latency.pct(50) if on.latency and ort_r.latency else None
     vs = f">= {GOAL_VS_MLFLOW}x"
+    peers = [rows[k] for k in MLSERVER_CONFIGS if _ok(rows[k])]
+    best = max(peers, key=lambda r: r.load.rps if r.load else 0.0, default=rows["mlserver"])
+    quickest = min(peers, key=lambda r: r.latency.pct(50) if r.latency else 0.0, default=rows["mlserver"])
+    p50s = (
+        (on.latency.pct(50), quickest.latency.pct(50))
+        if _ok(on) and _ok(quickest) and on.latency and quickest.latency
+        else None
+    )
     lines = [
-        f"\nserving bench: LogisticRegression, {N_FEATURES} features, {len(CLASS_LABELS)} classes; 1-row requests;"
-        f" {os.cpu_count()} CPUs; load generators in this process",
-        f"  latency: 1 client, {LATENCY_S:.0f} s (at most {LATENCY_MAX_CALLS:,} calls);"
-        f" throughput: {CLIENTS} clients, {LOAD_S:.0f} s; {WARMUP_S:.0f} s warm-up before each;"
-        " server CPU: the server process's CPU time per request at 64 clients",
-        f"  {'':<46} {'p50 ms':>8} {'p99 ms':>8} {f'req/s @{CLIENTS}':>11} {f'p50@{CLIENTS}':>9} {f'p99@{CLIENTS}':>9}"
-        f" {'server µs':>10}",
-        *(_row(r) for r in rows.values()),
+        *_table(f"LogisticRegression, {N_FEATURES} features, {len(CLASS_LABELS)} classes", rows),
         _goal(
             "p50 overhead, Flywheel (batching on) - raw ORT",
             overhead,
@@ -770,6 +982,21 @@ def _report(rows: dict[str, Result], check_us: float | None = None) -> str:
         *(
             _goal(f"req/s @{CLIENTS}, {label} / MLflow", _ratio(r, mlflow_r), ".2f", vs, lambda v: v >= GOAL_VS_MLFLOW)
             for label, r in (("Flywheel unary", on), ("Flywheel streaming", on_s), ("gRPC floor, unary", floor))
+        ),
+        _goal(
+            f"req/s @{CLIENTS}, Flywheel unary / best MLServer ({best.name})",
+            _ratio(on, best),
+            ".2f",
+            f">= {GOAL_VS_MLSERVER}x",
+            lambda v: v >= GOAL_VS_MLSERVER,
+        ),
+        _measured(f"req/s @{CLIENTS}, Flywheel streaming / best MLServer (unary)", _ratio(on_s, best)),
+        _measured(f"req/s @{CLIENTS}, gRPC floor unary / best MLServer", _ratio(floor, best)),
+        (
+            f"  p50 at 1 client, Flywheel (batching on) vs quickest MLServer ({quickest.name}):"
+            f" {p50s[0]:.3f} vs {p50s[1]:.3f} ms (goal lower: {'met' if p50s[0] < p50s[1] else 'NOT met'})"
+            if p50s
+            else "  p50 at 1 client, Flywheel vs MLServer: not measured (goal lower: not met)"
         ),
         _goal(
             f"req/s @{CLIENTS}, Flywheel batching on / off, unary",
@@ -818,10 +1045,12 @@ def _report(rows: dict[str, Result], check_us: float | None = None) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.timeout(1800)
 def test_serving_latency_and_throughput(model: BenchModel) -> None:
     rows = {
         "ort": Result("raw ONNX Runtime, in-process"),
         "mlflow": Result("mlflow models serve"),
+        **{key: Result(config.label) for key, config in MLSERVER_CONFIGS.items()},
         "floor": Result("gRPC floor: prebuilt answer, unary"),
         "floor_stream": Result("gRPC floor: prebuilt answer, streaming"),
         "on": Result("Flywheel, batching on (defaults), unary"),
@@ -866,6 +1095,10 @@ def test_serving_latency_and_throughput(model: BenchModel) -> None:
             rows["ort"] = bench_raw_ort(model)
             check_us = guard_check_us()
             attempt(("mlflow",), lambda: rows.__setitem__("mlflow", bench_mlflow(model, work)))
+            for key, config in MLSERVER_CONFIGS.items():
+                row_work = work / key
+                row_work.mkdir()
+                attempt((key,), lambda: bench_mlserver(model, row_work, config, rows[key]))  # noqa: B023 (called at once)
             attempt(("floor", "floor_stream"), lambda: bench_floor(model, work, rows["floor"], rows["floor_stream"]))
             names = tuple(k for k in rows if k.startswith(("on", "auth", "tls")))
             attempt(names, lambda: bench_flywheel(model, work, compared, ROUNDS, failed))
@@ -875,6 +1108,105 @@ def test_serving_latency_and_throughput(model: BenchModel) -> None:
                 attempt(("off", "off_stream"), lambda: bench_flywheel(model, work, batching_off, 1, failed))
         finally:
             print(_report(rows, check_us))
+    for r in rows.values():
+        for m in (r.latency, r.load):
+            if m is not None and m.errors:
+                failures.append(f"{r.name}: {m.errors} failed requests, first: {m.first_error}")
+    assert not failures, "\n\n".join(failures)
+
+
+def _run_cost_us(run: Callable[[np.ndarray], object], X: np.ndarray, rows: int, calls: int = 200) -> float:
+    """µs one in-process call of `run` takes on `rows` rows (median of `calls`)."""
+    batch = X[:rows]
+    run(batch)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e6
+
+
+def _heavy_report(rows: dict[str, Result], costs: list[str]) -> str:
+    on, off, on_s, off_s = rows["on"], rows["off"], rows["on_stream"], rows["off_stream"]
+    peers = [rows[k] for k in MLSERVER_CONFIGS if _ok(rows[k])]
+    best = max(peers, key=lambda r: r.load.rps if r.load else 0.0, default=rows["mlserver_batch"])
+    layers = "x".join(str(n) for n in HEAVY_HIDDEN)
+    return "\n".join(
+        [
+            *_table(f"heavy model: MLPClassifier, hidden layers {layers}, {N_FEATURES} features", rows),
+            *(f"  {line}" for line in costs),
+            _goal(
+                f"heavy model, req/s @{CLIENTS}, Flywheel batching on / off, unary",
+                _ratio(on, off),
+                ".2f",
+                f">= {GOAL_HEAVY_BATCHING}x",
+                lambda v: v >= GOAL_HEAVY_BATCHING,
+            ),
+            _measured(f"heavy model, req/s @{CLIENTS}, Flywheel batching on / off, streaming", _ratio(on_s, off_s)),
+            _goal(
+                f"heavy model, req/s @{CLIENTS}, Flywheel unary (batching on) / MLServer with adaptive batching",
+                _ratio(on, rows["mlserver_batch"]),
+                ".2f",
+                f">= {GOAL_HEAVY_VS_MLSERVER}x",
+                lambda v: v >= GOAL_HEAVY_VS_MLSERVER,
+            ),
+            _measured(f"heavy model, req/s @{CLIENTS}, Flywheel unary / best MLServer ({best.name})", _ratio(on, best)),
+        ]
+    )
+
+
+@pytest.mark.timeout(1800)
+def test_serving_heavy_model_batching(heavy_model: BenchModel) -> None:
+    """Batching where a model run has a real fixed cost: the heavy MLP through Flywheel with batching on
+    and off (measured in turns) and through MLServer, with and without its adaptive batching."""
+    model = heavy_model
+    _unpin()
+    rows = {
+        "ort": Result("raw ONNX Runtime, in-process"),
+        "on": Result("Flywheel, batching on (defaults), unary"),
+        "on_stream": Result("Flywheel, batching on (defaults), streaming"),
+        "off": Result("Flywheel, batching off (MAX_BATCH=1), unary"),
+        "off_stream": Result("Flywheel, batching off (MAX_BATCH=1), stream"),
+        **{key: Result(config.label) for key, config in MLSERVER_CONFIGS.items()},
+    }
+    session = ort.InferenceSession(model.onnx_bytes, providers=execution_providers("auto"))
+    batch = int(Settings().serving_max_batch_size)
+    ort_1, ort_b = (
+        _run_cost_us(lambda x: session.run(None, {packaging.INPUT_NAME: x}), model.X, n) for n in (1, batch)
+    )
+    skl_1, skl_b = (_run_cost_us(model.pipeline.predict_proba, model.X, n) for n in (1, batch))
+    costs = [
+        f"one model run in process, 1 row / {batch} rows: ONNX Runtime {ort_1:,.0f} / {ort_b:,.0f} µs"
+        f" ({ort_b / batch:,.1f} µs per row batched); scikit-learn predict_proba {skl_1:,.0f} / {skl_b:,.0f} µs",
+        f"test accuracy {model.accuracy:.3f}",
+    ]
+    no_auth = {"FLYWHEEL_AUTH_MODE": "off"}
+    group = [
+        (rows["on"], rows["on_stream"], FlywheelSetup("heavy-batching-on", no_auth)),
+        (rows["off"], rows["off_stream"], FlywheelSetup("heavy-batching-off", {**no_auth, MAX_BATCH_ENV: "1"})),
+    ]
+    failures: list[str] = []
+
+    def failed(unary: Result, streamed: Result, exc: BaseException) -> None:
+        for r in (unary, streamed):
+            r.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        failures.append(f"{unary.name}: {exc}")
+
+    with tempfile.TemporaryDirectory(prefix="flywheel-serving-heavy-") as tmp:
+        work = Path(tmp)
+        try:
+            rows["ort"] = bench_raw_ort(model)
+            for key, config in MLSERVER_CONFIGS.items():
+                (work / key).mkdir()
+                try:
+                    bench_mlserver(model, work / key, config, rows[key])
+                except Exception as exc:
+                    rows[key].error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    failures.append(f"{rows[key].name}: {exc}")
+            bench_flywheel(model, work, group, ROUNDS, failed)
+        finally:
+            print(_heavy_report(rows, costs))
     for r in rows.values():
         for m in (r.latency, r.load):
             if m is not None and m.errors:
