@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,6 +60,11 @@ S = serving_pb2
 Role: TypeAlias = common_pb2.ServingRole.ValueType
 Mode: TypeAlias = serving_pb2.TrafficMode.ValueType
 MAX_VERSION = 2**31 - 1  # the registry numbers versions in a PostgreSQL integer
+# A challenger that fails to load is tried again after 5 s, then 10, 20 ... at most every 5 minutes
+# (a new policy generation is tried at once): a version that can never load must not cost a trial
+# load on every reconcile pass forever.
+TRAFFIC_RETRY_FIRST_S = 5.0
+TRAFFIC_RETRY_MAX_S = 300.0
 PRODUCTION, CANARY, SHADOW, STAGING = (
     common_pb2.SERVING_ROLE_PRODUCTION,
     common_pb2.SERVING_ROLE_CANARY,
@@ -167,9 +173,13 @@ class Deployment:
     updated_at: datetime | None = None
     reason: str = ""
     # The stored policy's generation this replica applies (traffic_rules), and why the stored one
-    # could not be applied when it could not (its challenger failed to load): retried every reconcile.
+    # could not be applied when it could not (its challenger failed to load): retried on the
+    # reconciles after a backoff that doubles per failure of that generation (each try is a trial load).
     generation: int = 0
     traffic_error: str = ""
+    traffic_failed_generation: int = 0
+    traffic_failures: int = 0
+    traffic_retry_at: float = 0.0  # time.monotonic() before which the failed generation is not tried again
     staging: dict[int, Slot] = field(default_factory=dict)
     failure: LoadFailure | None = None  # the production version that last failed to load, until one loads
 
@@ -399,6 +409,13 @@ class ModelManager:
         if stored.generation < dep.generation or (stored.generation == dep.generation and not dep.traffic_error):
             await self._discard(preloaded, dep)
             return False
+        if (
+            dep.traffic_error
+            and stored.generation == dep.traffic_failed_generation
+            and preloaded is None
+            and time.monotonic() < dep.traffic_retry_at
+        ):
+            return False  # its challenger failed to load moments ago: not another trial load yet
         want = effective(stored.policy, dep.production.version)
         slot: Slot | None = None
         if want.split:
@@ -411,8 +428,13 @@ class ModelManager:
                     slot = await self.load(name, want.challenger_version, want.role)
                 except Exception as exc:
                     dep.traffic_error = f"challenger v{want.challenger_version}: {_describe(exc)}"[:1000]
+                    same = dep.traffic_failed_generation == stored.generation
+                    dep.traffic_failures = dep.traffic_failures + 1 if same else 1
+                    dep.traffic_failed_generation = stored.generation
+                    wait_s = min(TRAFFIC_RETRY_MAX_S, TRAFFIC_RETRY_FIRST_S * 2 ** (dep.traffic_failures - 1))
+                    dep.traffic_retry_at = time.monotonic() + wait_s
                     log.error("traffic policy not applied: the challenger failed to load", model=name,
-                              generation=stored.generation, error=dep.traffic_error)  # fmt: skip
+                              generation=stored.generation, error=dep.traffic_error, retry_in_s=wait_s)  # fmt: skip
                     await self._discard(preloaded, dep)
                     return False
         async with self._lock(name):

@@ -4,6 +4,7 @@ standing against it, and how the model manager applies a stored policy by its ge
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -163,13 +164,21 @@ async def test_the_manager_applies_the_newest_generation_retries_a_failed_one_an
         assert not await manager.apply_policy(StoredPolicy("m", canary_2, 2))
         assert dep.policy == canary_2
 
-        # A challenger that cannot load: the replica keeps what it applied, says why, and tries again.
+        # A challenger that cannot load: the replica keeps what it applied, says why, and tries again
+        # after a backoff that doubles per failure (each try is a trial load), not on every reconcile.
         assert not await manager.apply_policy(StoredPolicy("m", CANARY_8, 3))
         view = dep.view()
         assert view.generation == 2 and view.policy == canary_2 and "challenger v8" in view.error
         stored = StoredPolicy("m", CANARY_8, 3)
         assert rules.replica_state(view, stored, 0.0, STALE_AFTER)[0] == S.REPLICA_STATE_DISAGREES
+        assert 4.0 < dep.traffic_retry_at - time.monotonic() <= 5.0
+        dep.traffic_retry_at = 0.0  # the backoff has passed: tried again, fails again, waits twice as long
+        assert not await manager.apply_policy(stored)
+        assert 9.0 < dep.traffic_retry_at - time.monotonic() <= 10.0
         registry.versions.add(8)
+        assert not await manager.apply_policy(stored)  # loadable now, but within the backoff: not tried yet
+        assert dep.view().generation == 2
+        dep.traffic_retry_at = 0.0
         assert await manager.apply_policy(stored)
         assert dep.view() == AppliedView("m", 3, CANARY_8, production_version=1)
 
