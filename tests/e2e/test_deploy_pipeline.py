@@ -324,19 +324,21 @@ def test_swaps_under_load_fail_no_request(api, stack, data):
     x = data[2][0][:1]
     admin = api.serving
     headers = stack.headers
-    timeline: list[tuple[float, int]] = []
+    # (lo, hi, version): serving swapped to `version` at some instant between lo and hi.
+    timeline: list[tuple[float, float, int]] = []
     stop = threading.Event()
 
     def watch() -> None:  # serving's own view of production, sampled every 2 ms
-        # A change is stamped with the start of the sample before the one that saw it: the swap
-        # happened after that instant, however long one GetDeployment takes on a loaded machine.
-        previous = time.monotonic()
+        # The swap happened after the previous sample started (it still saw the old version) and
+        # before this one returned, however long one GetDeployment takes on a loaded machine.
+        previous = float("-inf")
         while not stop.is_set():
             started = time.monotonic()
             dep = admin.GetDeployment(serving_pb2.GetDeploymentRequest(model_name=MODEL)).deployment
+            returned = time.monotonic()
             prod = [s.model.version for s in dep.slots if s.role == common_pb2.SERVING_ROLE_PRODUCTION]
-            if prod and (not timeline or timeline[-1][1] != prod[0]):
-                timeline.append((previous if timeline else started, prod[0]))
+            if prod and (not timeline or timeline[-1][2] != prod[0]):
+                timeline.append((previous, returned, prod[0]))
             previous = started
             time.sleep(0.002)
 
@@ -369,7 +371,7 @@ def test_swaps_under_load_fail_no_request(api, stack, data):
     for v in versions:
         time.sleep(1.5)
         api.registry.SetAlias(R.SetAliasRequest(name=MODEL, alias="production", version=v, actor="swap-test"))
-        wait_until(lambda v=v: timeline and timeline[-1][1] == v, 30, f"serving to swap to v{v}", 0.01)
+        wait_until(lambda v=v: timeline and timeline[-1][2] == v, 30, f"serving to swap to v{v}", 0.01)
     time.sleep(1.5)
     stop.set()
     for t in [*clients, watcher]:
@@ -377,16 +379,21 @@ def test_swaps_under_load_fail_no_request(api, stack, data):
 
     assert failures == []
     assert len(results) > 200 * 5 * 0.5, len(results)
-    assert [v for _, v in timeline][-3:] == versions
-    slack = 0.005  # the watcher's sampling period and clock reads
+    assert [v for _, _, v in timeline][-3:] == versions
+    slack = 0.001  # clock reads
 
     def production_during(start: float, end: float) -> set[int]:
-        held = {v for t, v in timeline if start - slack <= t <= end + slack}
-        before = [v for t, v in timeline if t < start - slack]
-        return held | ({before[-1]} if before else set())
+        """Every version that may have been production at some instant of [start, end]: one held
+        from the earliest its swap could have happened to the latest the next swap could have."""
+        held = set()
+        for i, (lo, _, v) in enumerate(timeline):
+            until = timeline[i + 1][1] if i + 1 < len(timeline) else float("inf")
+            if lo - slack <= end and start <= until + slack:
+                held.add(v)
+        return held
 
     wrong = [(s, e, v) for s, e, v in results if int(v) not in production_during(s, e)]
-    assert wrong == []
+    assert wrong == [], timeline
 
 
 def test_restarted_serving_comes_back_with_the_same_production(api, stack, data, triton_client):
