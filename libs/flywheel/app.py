@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import structlog
 
 from flywheel import db
 from flywheel.artifacts import ArtifactStore, open_store
@@ -30,6 +31,7 @@ from flywheel.grpc import GrpcServer
 from flywheel.logging import configure_logging, get_logger
 from flywheel.tasks import TaskSet
 from flywheel.telemetry import setup_telemetry, shutdown_telemetry, untraced
+from flywheel.workers import run_pool
 
 log = get_logger(__name__)
 
@@ -60,11 +62,18 @@ class ServiceDefinition:
     # Releases what the service built (model sessions, executors) after calls and tasks have stopped
     # and before the database pool and the producer close.
     shutdown: Callable[[ServiceContext], Awaitable[None]] | None = None
+    # How many processes share the service's port (flywheel.workers); None: always one.
+    workers: Callable[[Settings], int] | None = None
 
 
 def run(definition: ServiceDefinition) -> None:
     settings = get_settings()
     configure_logging(definition.name, settings.log_level)
+    count = definition.workers(settings) if definition.workers and settings.worker_index is None else 1
+    if count > 1:  # this process only supervises the workers, each of which comes back through here
+        sys.exit(run_pool(definition.name, count, stop_timeout_s=settings.grpc_grace_s + 15))
+    if settings.worker_index is not None:
+        structlog.contextvars.bind_contextvars(worker=settings.worker_index)
     setup_telemetry(definition.name, settings)
     try:
         code = asyncio.run(_main(definition, settings))
@@ -112,9 +121,16 @@ async def _main(definition: ServiceDefinition, settings: Settings) -> int:
         )
         ctx = ServiceContext(name, settings, pool, producer, open_store(settings))
         server.add_services(definition.register(server, ctx))
-        await server.start()
+        # A worker of a pool (flywheel.workers) listens only once reconciled: the kernel hands new
+        # connections to any listening worker, and they must find its models loaded. A lone process
+        # listens first, so that liveness answers while it loads.
+        listen_late = settings.worker_index is not None
+        if not listen_late:
+            await server.start()
         if definition.reconcile is not None:
             await definition.reconcile(ctx)
+        if listen_late:
+            await server.start()
 
         handlers = definition.handlers(ctx)
         relay = OutboxRelay(pool, producer, settings)

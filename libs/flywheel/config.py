@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     monitoring_addr: str | None = None
 
     # Serving.
+    # Serving processes sharing serving's port (SO_REUSEPORT), each with its own event loop and ONNX
+    # Runtime sessions; 0: one per usable core (CPU affinity and the cgroup's CPU quota). 1: the
+    # service runs in one process, as every other service does.
+    serving_workers: int = Field(default=0, ge=0, le=256)
+    # Set by the worker pool in each worker it starts (0-based); not a user setting.
+    worker_index: int | None = Field(default=None, ge=0)
     serving_provider: str = "auto"  # auto | cuda | cpu; decided once per process
     serving_intra_op_threads: int = 0  # 0: ONNX Runtime's default
     serving_inter_op_threads: int = 0

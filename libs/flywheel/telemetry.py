@@ -104,7 +104,8 @@ def _setup_metrics(resource: Resource, settings: Settings) -> None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, addr=settings.grpc_host)
+        # Worker i of a pool (flywheel.workers) answers on the port + i: each has its own meters.
+        start_http_server(settings.metrics_port + (settings.worker_index or 0), addr=settings.grpc_host)
         readers.append(PrometheusMetricReader())
     if settings.otel_exporter_otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter

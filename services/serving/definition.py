@@ -5,6 +5,7 @@ from pathlib import Path
 
 from flywheel.app import ServiceContext, ServiceDefinition
 from flywheel.grpc import GrpcServer
+from flywheel.workers import worker_count
 from services.serving import handlers, service
 from services.serving.runtime_state import close_runtime, runtime
 
@@ -27,4 +28,5 @@ DEFINITION = ServiceDefinition(
         handlers.refresh_views_forever,
     ],
     shutdown=close_runtime,
+    workers=lambda settings: worker_count(settings.serving_workers),
 )

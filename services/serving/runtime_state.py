@@ -24,9 +24,11 @@ class ServingRuntime:
 _runtime: ServingRuntime | None = None
 
 
-def replica_name(port: int) -> str:
-    """host:port: unique among running replicas (a pod's hostname in Kubernetes, the port on one host)."""
-    return f"{socket.gethostname()}:{port}"
+def replica_name(port: int, worker: int | None = None) -> str:
+    """host:port, and /wN for worker N of a pool sharing that port: unique among running replicas
+    (a pod's hostname in Kubernetes, the port on one host)."""
+    name = f"{socket.gethostname()}:{port}"
+    return name if worker is None else f"{name}/w{worker}"
 
 
 def runtime(ctx: ServiceContext, port: int | None = None) -> ServingRuntime:
@@ -35,7 +37,8 @@ def runtime(ctx: ServiceContext, port: int | None = None) -> ServingRuntime:
     if _runtime is None:
         s = ctx.settings
         manager = ModelManager(s, ctx.tasks)  # first: a StartupError (no GPU) ends start-up here
-        store = TrafficStore(ctx.pool, replica_name(port if port is not None else s.grpc_port or s.serving_port))
+        bound = port if port is not None else s.grpc_port or s.serving_port
+        store = TrafficStore(ctx.pool, replica_name(bound, s.worker_index))
         _runtime = ServingRuntime(
             manager,
             PredictionLogger(ctx.producer, s.serving_log_sample_rate, s.serving_log_buffer, s.serving_log_flush_s),

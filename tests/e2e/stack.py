@@ -51,6 +51,9 @@ class UpProcess:
             "FLYWHEEL_BROKER_PORT": str(free_port()),
             **{f"FLYWHEEL_{n.upper()}_PORT": str(p) for n, p in self.ports.items()},
             "FLYWHEEL_REPLICA_PORT_STEP": str(step),
+            # One serving process, as the tests were written for; tests/e2e/test_serving_workers.py
+            # runs the worker pool (the default elsewhere: one worker per core).
+            "FLYWHEEL_SERVING_WORKERS": "1",
             **(env or {}),
         }
         self.output = home / "up.out"

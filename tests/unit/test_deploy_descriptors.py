@@ -453,7 +453,10 @@ def test_prometheus_scrapes_every_service_on_its_metrics_port() -> None:
     for name in SERVICES:
         env = services[name]["environment"]
         assert env["FLYWHEEL_SERVICE"] == name
-        expected.add((f"{name}:{env['FLYWHEEL_METRICS_PORT']}", name))
+        # A service with workers (serving) has one endpoint per worker: the port + i.
+        workers = int(env.get(f"FLYWHEEL_{name.upper()}_WORKERS", 1))
+        port = int(env["FLYWHEEL_METRICS_PORT"])
+        expected |= {(f"{name}:{port + i}", name) for i in range(workers)}
         # Scraped over the compose network only, never published.
         assert all(env["FLYWHEEL_METRICS_PORT"] not in str(p).split(":") for p in services[name].get("ports", []))
     assert targets == expected

@@ -71,10 +71,11 @@ class GrpcServer:
         self._settings = settings
         self.port = port
         self.server = grpc.aio.server(
-            # so_reuseport=0: a second process on a taken port must fail, not silently share it.
+            # so_reuseport=0: a second process on a taken port must fail, not silently share it;
+            # only the workers of one pool (flywheel.workers) share their port on purpose.
             options=[
                 *channel_options(settings),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if settings.worker_index is not None else 0),
                 # One connection cannot open unbounded concurrent calls (each holds memory and a task).
                 ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
                 *_connection_age(settings),
