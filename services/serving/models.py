@@ -44,7 +44,7 @@ from services.serving.load_failures import LoadFailure
 from services.serving.load_guard import LoadGuard, TrialResult
 from services.serving.pins import PinnedLru, pin_refusal
 from services.serving.runtime import InferenceMemory, ModelLoadError, OnnxModel, execution_providers
-from services.serving.stats import ModelStats
+from services.serving.stats import ModelStats, slot_counters
 from services.serving.traffic_rules import (
     PRODUCTION_ONLY,
     SPLIT_MODES,
@@ -158,6 +158,7 @@ class Slot:
                 latency_p99_ms=p99,
             ),
         )
+        slot_counters(self.stats, slot.stats)
         slot.loaded_at.FromDatetime(self.loaded_at)
         return slot
 

@@ -30,8 +30,10 @@ from services.serving.models import ModelManager, Slot, feature_rows
 from services.serving.prediction_log import PredictionLogger
 from services.serving.runtime_state import ServingRuntime
 from services.serving.shadow import ShadowMirror
+from services.serving.stats import add_counters, sibling_slots
 from services.serving.tensors import decode_inputs, encode_outputs
 from services.serving.traffic_store import ReplicaRow, split_proto, stored_proto
+from services.serving.traffic_sync import TrafficSync
 
 log = get_logger(__name__)
 S = serving_pb2
@@ -48,12 +50,19 @@ CONFIG_TYPES = {
 # tritonclient ships no type information, so its servicer base (and its messages) are Any here.
 class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, ctx: ServiceContext, server: GrpcServer, manager: ModelManager, logger: PredictionLogger
+        self,
+        ctx: ServiceContext,
+        server: GrpcServer,
+        manager: ModelManager,
+        logger: PredictionLogger,
+        traffic: TrafficSync,
     ) -> None:
         self._ctx = ctx
         self._server = server
         self._manager = manager
         self._logger = logger
+        self._traffic = traffic
+        self._stale_after_s = rules.stale_after_s(ctx.settings.serving_reconcile_s)
         self.shadow = ShadowMirror(self._spawn, ctx.settings.serving_shadow_max_inflight)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -109,14 +118,23 @@ class InferenceService(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelStatistics(
         self, request: oip.ModelStatisticsRequest, context: Context
     ) -> oip.ModelStatisticsResponse:
+        # A worker of a pool answers for the whole pool: its own counts, live, plus every other
+        # worker's as of that worker's last heartbeat (at most serving_reconcile_s old).
         out = oip.ModelStatisticsResponse()
+        me = self._traffic.store.replica
         for dep in self._manager.deployments.values():
             if request.name and dep.name != request.name:
                 continue
+            rows = [(r.replica, r.age_s, r.slots) for r in self._traffic.replica_rows(dep.name)]
+            others = list(sibling_slots(me, rows, self._stale_after_s))
             for slot in dep.slots():
                 if request.version and str(slot.version) != request.version:
                     continue
-                out.model_stats.append(slot.stats.to_proto(dep.name, str(slot.version)))
+                stats = slot.stats.to_proto(dep.name, str(slot.version))
+                for other in others:
+                    if other.model.version == slot.version and other.role == slot.role:
+                        add_counters(stats, other.stats)
+                out.model_stats.append(stats)
         return out
 
     async def RepositoryIndex(
@@ -340,9 +358,8 @@ def register(server: GrpcServer, ctx: ServiceContext, state: ServingRuntime) -> 
     if not ctx.settings.trace_inference:  # as in Triton, a span per prediction is opt-in
         infer = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
         server.untrace(f"/{infer}/ModelInfer", f"/{infer}/ModelStreamInfer")
-    server.add_servicer(
-        oip_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceService(ctx, server, manager, logger)
-    )
+    inference = InferenceService(ctx, server, manager, logger, state.traffic)
+    server.add_servicer(oip_grpc.add_GRPCInferenceServiceServicer_to_server, inference)
     admin = ServingAdmin(state, ctx.settings.serving_reconcile_s)
     server.add_servicer(serving_pb2_grpc.add_ServingAdminServicer_to_server, admin)
     return [

@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from tritonclient.grpc import service_pb2 as oip
+
+from flywheel.v1 import serving_pb2
 
 RESERVOIR_SIZE = 2048
 
@@ -84,6 +87,51 @@ class ModelStats:
                     compute_infer=_duration(success, self._compute_ns),
                 ),
             )
+
+
+def slot_counters(stats: ModelStats, into: serving_pb2.SlotStats) -> None:
+    """Copies the protocol's counters into a slot's stats (what a heartbeat carries)."""
+    p = stats.to_proto("", "")
+    into.inference_count, into.execution_count = p.inference_count, p.execution_count
+    into.success_ns, into.queue_ns = p.inference_stats.success.ns, p.inference_stats.queue.ns
+    into.compute_infer_ns, into.fail_ns = p.inference_stats.compute_infer.ns, p.inference_stats.fail.ns
+    into.last_inference_ms = p.last_inference
+    into.success_count, into.fail_count = p.inference_stats.success.count, p.inference_stats.fail.count
+
+
+def add_counters(into: oip.ModelStatistics, other: serving_pb2.SlotStats) -> None:
+    """Adds another worker's counters (from its heartbeat) to `into`."""
+    into.inference_count += other.inference_count
+    into.execution_count += other.execution_count
+    into.last_inference = max(into.last_inference, other.last_inference_ms)
+    s, success = into.inference_stats, other.success_count
+    for duration, count, ns in (
+        (s.success, success, other.success_ns),
+        (s.queue, success, other.queue_ns),
+        (s.compute_infer, success, other.compute_infer_ns),
+        (s.fail, other.fail_count, other.fail_ns),
+    ):
+        duration.count += count
+        duration.ns += ns
+
+
+def pool_prefix(replica: str) -> str | None:
+    """ "host:port/w" for a worker "host:port/wN" of a pool; None for a lone process."""
+    head, sep, _ = replica.rpartition("/w")
+    return f"{head}/w" if sep else None
+
+
+def sibling_slots(
+    me: str, rows: Iterable[tuple[str, float, bytes]], stale_after_s: float
+) -> Iterator[serving_pb2.ModelSlot]:
+    """The slots the other live workers of `me`'s pool reported in their last heartbeat, from
+    (replica, heartbeat age in s, serialised ReplicaView) rows; nothing for a lone process."""
+    prefix = pool_prefix(me)
+    if prefix is None:
+        return
+    for replica, age_s, view in rows:
+        if replica != me and replica.startswith(prefix) and age_s <= stale_after_s and view:
+            yield from serving_pb2.ReplicaView.FromString(view).slots
 
 
 def _duration(count: int, ns: int) -> oip.StatisticDuration:

@@ -1,7 +1,8 @@
 """Serving as a pool of worker processes on one port (FLYWHEEL_SERVING_WORKERS=2): both workers
 answer on the port, a SIGKILLed worker is replaced while a client that retries as Flywheel's
-channels do (gRPC retry policy on UNAVAILABLE) sees no failed call, and a traffic change made
-through one worker is applied by every worker."""
+channels do (gRPC retry policy on UNAVAILABLE) sees no failed call, a traffic change made
+through one worker is applied by every worker, and ModelStatistics from either worker counts the
+requests both answered."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2 as oip
+from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
 from flywheel.grpc.channels import channel_target
 from flywheel.v1 import serving_pb2, serving_pb2_grpc
@@ -24,11 +27,15 @@ from .stack import UpProcess
 from .test_durable_canary import MODEL, deployed_model, status_json
 
 WORKERS = 2
+# A new connection per channel: channels with equal arguments in one process share one otherwise.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
-    up = UpProcess(tmp_path_factory.mktemp("workers") / "home", env={"FLYWHEEL_SERVING_WORKERS": str(WORKERS)})
+    # Heartbeats (which carry each worker's statistics to the others) every second.
+    env = {"FLYWHEEL_SERVING_WORKERS": str(WORKERS), "FLYWHEEL_SERVING_RECONCILE_S": "1"}
+    up = UpProcess(tmp_path_factory.mktemp("workers") / "home", env=env)
     up.start()
     yield up
     up.kill_all()
@@ -51,7 +58,7 @@ def answered_by(stack: UpProcess, connections: int = 24) -> set[str]:
     per connection)."""
     seen = set()
     for _ in range(connections):
-        with grpc.insecure_channel(stack.address("serving")) as ch:
+        with grpc.insecure_channel(stack.address("serving"), options=OWN_CONNECTION) as ch:
             dep = serving_pb2_grpc.ServingAdminStub(ch).GetDeployment(
                 serving_pb2.GetDeploymentRequest(model_name=MODEL), metadata=stack.metadata, timeout=10
             )
@@ -157,3 +164,65 @@ def test_a_traffic_change_reaches_every_worker(stack: UpProcess, models: tuple[i
     wait_until(applied_everywhere, 15, "every worker to apply the canary")
     print(f"canary applied by both workers within {time.monotonic() - started:.1f} s")
     assert stack.cli("deploy", "clear", MODEL, "--reason", "done").returncode == 0
+
+
+def statistics_by_worker(stack: UpProcess, version: int) -> dict[str, int]:
+    """Successful requests for `version` as ModelStatistics reports them, per answering worker (each
+    asked on a new connection, with GetDeployment on the same one to learn which worker it is)."""
+    seen: dict[str, int] = {}
+    for _ in range(40):
+        with grpc.insecure_channel(stack.address("serving"), options=OWN_CONNECTION) as ch:
+            worker = (
+                serving_pb2_grpc.ServingAdminStub(ch)
+                .GetDeployment(serving_pb2.GetDeploymentRequest(model_name=MODEL), metadata=stack.metadata, timeout=10)
+                .deployment.replica
+            )
+            stats = oip_grpc.GRPCInferenceServiceStub(ch).ModelStatistics(
+                oip.ModelStatisticsRequest(name=MODEL, version=str(version)), metadata=stack.metadata, timeout=10
+            )
+            seen[worker] = sum(s.inference_stats.success.count for s in stats.model_stats)
+        if len(seen) == WORKERS:
+            break
+    return seen
+
+
+def own_requests(stack: UpProcess, version: int) -> dict[str, int]:
+    """Each worker's own request count for `version`, from its heartbeat in deploy status."""
+    return {
+        r["replica"]: sum(int(s["stats"].get("request_count", 0)) for s in r.get("slots", [])
+                          if int(s["model"]["version"]) == version)
+        for r in status_json(stack)["replicas"]
+    }  # fmt: skip
+
+
+def test_model_statistics_count_every_workers_requests(stack: UpProcess, models: tuple[int, int, np.ndarray]) -> None:
+    production, _, x = models
+    n_clients, calls = 20, 10
+
+    def settled() -> int | None:
+        counts = set(statistics_by_worker(stack, production).values())
+        return counts.pop() if len(counts) == 1 else None
+
+    time.sleep(2.5)  # the last test's traffic reaches every heartbeat
+    before = wait_until(lambda: (v := settled()) is not None and (v,), 15, "both workers to agree")[0]
+    own_before = own_requests(stack, production)
+    inp = triton.InferInput("X", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    for _ in range(n_clients):  # a new connection each: the kernel spreads them over the workers
+        c = triton.InferenceServerClient(stack.address("serving"), channel_args=OWN_CONNECTION)
+        try:
+            for _ in range(calls):
+                c.infer(MODEL, [inp], headers=stack.headers)
+        finally:
+            c.close()
+    want = before + n_clients * calls
+    wait_until(lambda: set(statistics_by_worker(stack, production).values()) == {want}, 15,
+               f"both workers to report {want} requests")  # fmt: skip
+
+    def heartbeats_have_them() -> dict[str, int] | None:
+        now = own_requests(stack, production)
+        return now if sum(now.values()) - sum(own_before.values()) >= n_clients * calls else None
+
+    own_after = wait_until(heartbeats_have_them, 15, "heartbeats with the new requests")
+    grew = [w for w in own_after if own_after[w] > own_before.get(w, 0)]
+    assert len(grew) == WORKERS, (own_before, own_after)  # each answered some: neither alone holds the total

@@ -1038,7 +1038,7 @@ async def test_a_timed_out_request_answers_deadline_exceeded_and_is_counted(tmp_
     counts = serving_metrics.request_counts("spin", 1)
     ok_before, errors_before = counts.ok, counts.error
     service = InferenceService(SimpleNamespace(settings=settings, tasks=TaskSet()), None, manager,  # type: ignore[arg-type]
-                               SimpleNamespace(sampled=lambda: False))  # fmt: skip
+                               SimpleNamespace(sampled=lambda: False), None)  # fmt: skip
 
     def request(value: float) -> oip.ModelInferRequest:
         out = oip.ModelInferRequest(model_name="spin")

@@ -66,6 +66,10 @@ def channel_target(address: str, settings: Settings) -> tuple[str, ChannelOption
         ("grpc.service_config", _service_config(target.balanced)),
         # Our policy, not one a DNS TXT record could substitute.
         ("grpc.service_config_disable_resolution", 1),
+        # A connection of this channel's own: channels with equal arguments in one process would
+        # otherwise share one, and one connection reaches one serving worker (SO_REUSEPORT picks
+        # a worker per connection), however many clients a process makes.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if target.authority is not None:
         options.append(("grpc.default_authority", target.authority))

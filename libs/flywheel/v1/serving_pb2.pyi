@@ -113,10 +113,35 @@ class SlotStats(_message.Message):
     ERROR_COUNT_FIELD_NUMBER: _builtins.int
     LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
     LATENCY_P99_MS_FIELD_NUMBER: _builtins.int
+    INFERENCE_COUNT_FIELD_NUMBER: _builtins.int
+    EXECUTION_COUNT_FIELD_NUMBER: _builtins.int
+    SUCCESS_NS_FIELD_NUMBER: _builtins.int
+    QUEUE_NS_FIELD_NUMBER: _builtins.int
+    COMPUTE_INFER_NS_FIELD_NUMBER: _builtins.int
+    FAIL_NS_FIELD_NUMBER: _builtins.int
+    LAST_INFERENCE_MS_FIELD_NUMBER: _builtins.int
+    SUCCESS_COUNT_FIELD_NUMBER: _builtins.int
+    FAIL_COUNT_FIELD_NUMBER: _builtins.int
     request_count: _builtins.int
     error_count: _builtins.int
     latency_p50_ms: _builtins.float
     latency_p99_ms: _builtins.float
+    inference_count: _builtins.int
+    """The Open Inference Protocol's counters for the slot since it loaded, so
+    that ModelStatistics can add up the workers of one pool from their
+    heartbeats: rows inferred, model runs, and time spent by successful
+    requests (in all, queued, running) and failed ones.
+    """
+    execution_count: _builtins.int
+    success_ns: _builtins.int
+    queue_ns: _builtins.int
+    compute_infer_ns: _builtins.int
+    fail_ns: _builtins.int
+    last_inference_ms: _builtins.int
+    """Unix time of the last request, in milliseconds."""
+    success_count: _builtins.int
+    """Requests answered and failed, as ModelStatistics counts them."""
+    fail_count: _builtins.int
     def __init__(
         self,
         *,
@@ -124,10 +149,19 @@ class SlotStats(_message.Message):
         error_count: _builtins.int = ...,
         latency_p50_ms: _builtins.float = ...,
         latency_p99_ms: _builtins.float = ...,
+        inference_count: _builtins.int = ...,
+        execution_count: _builtins.int = ...,
+        success_ns: _builtins.int = ...,
+        queue_ns: _builtins.int = ...,
+        compute_infer_ns: _builtins.int = ...,
+        fail_ns: _builtins.int = ...,
+        last_inference_ms: _builtins.int = ...,
+        success_count: _builtins.int = ...,
+        fail_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_count", b"error_count", "latency_p50_ms", b"latency_p50_ms", "latency_p99_ms", b"latency_p99_ms", "request_count", b"request_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_infer_ns", b"compute_infer_ns", "error_count", b"error_count", "execution_count", b"execution_count", "fail_count", b"fail_count", "fail_ns", b"fail_ns", "inference_count", b"inference_count", "last_inference_ms", b"last_inference_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p99_ms", b"latency_p99_ms", "queue_ns", b"queue_ns", "request_count", b"request_count", "success_count", b"success_count", "success_ns", b"success_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
