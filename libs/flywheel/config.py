@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     serving_provider: str = "auto"  # auto | cuda | cpu; decided once per process
     serving_intra_op_threads: int = 0  # 0: ONNX Runtime's default
     serving_inter_op_threads: int = 0
+    # ONNX Runtime's pool threads spin between runs (lower latency back to back, a core burnt while
+    # idle); off by default in serving, where runs come between requests.
+    serving_ort_spinning: bool = False
     serving_max_batch_size: int = 32  # 1 turns dynamic batching off
     serving_max_queue_delay_us: int = 500
     # A model whose full batch runs in at most this many microseconds runs on the event loop: handing

@@ -244,6 +244,7 @@ class ModelManager:
                 providers=self.providers,
                 intra_op_threads=s.serving_intra_op_threads,
                 inter_op_threads=s.serving_inter_op_threads,
+                spinning=s.serving_ort_spinning,
                 memory=self.memory,
                 max_output_bytes=s.grpc_max_message_mb << 20,
                 deadlines=self.deadlines,

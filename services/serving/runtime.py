@@ -212,6 +212,7 @@ class OnnxModel:
         providers: list[str],
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
+        spinning: bool = False,
         memory: InferenceMemory = NO_CAP,
         max_output_bytes: int = 0,
         deadlines: RunDeadlines = NO_LIMIT,
@@ -221,6 +222,12 @@ class OnnxModel:
         options.inter_op_num_threads = inter_op_threads
         if inter_op_threads > 1:  # inter-op threads only matter in parallel execution mode
             options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        if not spinning:
+            # ONNX Runtime's pool threads spin after each run, waiting for the next: cheap for one
+            # model run back to back, but a server's runs arrive between requests, so the spinning
+            # burns the cores the event loop (and other workers) need.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 onnx_bytes, sess_options=options, providers=memory.provider_options(providers)

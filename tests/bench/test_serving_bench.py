@@ -10,9 +10,11 @@ by the training service's own packaging (skl2onnx, no ZipMap). Every request is 
 - MLflow: `mlflow models serve --env-manager local` with the same fitted pipeline (mlflow.sklearn) and
   MLflow's defaults (uvicorn, 1 worker), JSON {"inputs": ...} over keep-alive HTTP connections;
 - Flywheel: `flywheel up` (tests/e2e/stack.py), the ONNX bytes registered through the registry and
-  aliased `production`, called with tritonclient's gRPC clients; four stacks: with serving's dynamic
-  batching defaults, and with FLYWHEEL_SERVING_MAX_BATCH_SIZE=1 (batching off), both with
-  FLYWHEEL_AUTH_MODE=off (no credentials: the baseline); then batching on with authentication (as
+  aliased `production`, called with tritonclient's gRPC clients; five stacks: one serving process with
+  serving's dynamic batching defaults, the same with one worker process per core sharing the port
+  (FLYWHEEL_SERVING_WORKERS, its default), and one process with FLYWHEEL_SERVING_MAX_BATCH_SIZE=1
+  (batching off), all with FLYWHEEL_AUTH_MODE=off (no credentials: the baseline); then one process,
+  batching on, with authentication (as
   deployed: a `predictor` token per client, minted through TokenService and sent on every call, which
   serving validates with its cache of validated tokens), and the same over TLS (`flywheel up --tls`:
   a local CA and server certificate made with `cryptography`; tritonclient with ssl=True and the CA as
@@ -23,7 +25,8 @@ by the training service's own packaging (skl2onnx, no ZipMap). Every request is 
 Each is measured as p50/p99 latency at 1 client (sequential calls) and requests/s at 64 concurrent
 clients (closed loop over a fixed duration, after a warm-up). Load generators run in this process, on
 the same CPUs as the servers (FLYWHEEL_BENCH_PIN=1 splits them); the CPU time each server's processes
-and this process used per request is printed too.
+and this process used per request is printed too, and from it which resource ran out at 64 clients
+(every CPU busy, one server process at one core, or neither: the clients' round trips bound it).
 Goals, printed and not asserted (machines vary): Flywheel p50 within 1 ms of raw ORT and below MLServer's,
 >= 2x the best MLServer configuration's and >= 5x MLflow's requests/s at 64 clients, batching on >= 3x
 batching off at 64 clients, and the token check costing under 5% of requests/s at 64 clients (auth / no
@@ -71,7 +74,16 @@ from flywheel.auth.principal import Principal
 from flywheel.config import Settings
 from flywheel.stack.procs import free_port
 from flywheel.stack.up import read_state
-from flywheel.v1 import auth_pb2, auth_pb2_grpc, common_pb2, registry_pb2, registry_pb2_grpc
+from flywheel.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    common_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
+    serving_pb2,
+    serving_pb2_grpc,
+)
+from flywheel.workers import usable_cpus
 from services.serving.runtime import execution_providers
 from services.training import packaging
 from tests.bench.mlserver_peer import (
@@ -104,8 +116,14 @@ GOAL_VS_MLFLOW = 5.0
 GOAL_VS_MLSERVER = 2.0  # unary req/s at CLIENTS, Flywheel / the best MLServer configuration
 GOAL_BATCHING = 3.0
 GOAL_AUTH_COST = 0.05  # the token check may cost at most this fraction of requests/s at CLIENTS
+# Each load-generating client on a connection of its own, as separate client processes would be:
+# gRPC channels with equal arguments in one process share one connection otherwise, and a server
+# with worker processes behind one port (Flywheel's SO_REUSEPORT workers) sees one client.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+SERVING_WORKERS = usable_cpus()  # the workers row: FLYWHEEL_SERVING_WORKERS' default, one per core
 ROUNDS = 3  # stacks compared with each other are measured in turns, this many times; the median counts
 MAX_BATCH_ENV = "FLYWHEEL_SERVING_MAX_BATCH_SIZE"
+SPIN_ENV = "FLYWHEEL_SERVING_ORT_SPINNING"
 BIN = Path(sys.executable).parent
 HEAVY_HIDDEN = (512, 512, 512)  # the heavy model's hidden layers
 GOAL_HEAVY_BATCHING = 2.0  # heavy model: Flywheel batching on / off, req/s at CLIENTS
@@ -141,6 +159,7 @@ class Result:
     error: str = ""
     server_cpu_us: float | None = None  # server process CPU time per request under load
     client_cpu_us: float | None = None  # this process's (the load generator's) CPU time per request under load
+    machine_cores: float | None = None  # cores the whole machine kept busy under load (every process)
 
 
 class CpuMeter:
@@ -168,6 +187,25 @@ class CpuMeter:
 
     def per_request_us(self, m: Measurement) -> float:
         return (self._total() - self._start) / max(1, m.calls) * 1e6
+
+
+class MachineMeter:
+    """Cores the whole machine kept busy (every process: the rest of a stack, PostgreSQL, the broker,
+    other tenants) between start() and cores()."""
+
+    def __init__(self) -> None:
+        self._busy, self._wall = 0.0, 0.0
+
+    @staticmethod
+    def _busy_s() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    def start(self) -> None:
+        self._busy, self._wall = self._busy_s(), time.monotonic()
+
+    def cores(self) -> float:
+        return (self._busy_s() - self._busy) / max(1e-9, time.monotonic() - self._wall)
 
 
 def _pin(server_pids: list[int]) -> None:
@@ -228,12 +266,18 @@ class Target:
 
     def client(self) -> tgrpc.InferenceServerClient:
         return tgrpc.InferenceServerClient(
-            self.url, ssl=self.root_certificates is not None, root_certificates=self.root_certificates
+            self.url,
+            ssl=self.root_certificates is not None,
+            root_certificates=self.root_certificates,
+            channel_args=OWN_CONNECTION,
         )
 
     def aio_client(self) -> tgrpc_aio.InferenceServerClient:
         return tgrpc_aio.InferenceServerClient(
-            self.url, ssl=self.root_certificates is not None, root_certificates=self.root_certificates
+            self.url,
+            ssl=self.root_certificates is not None,
+            root_certificates=self.root_certificates,
+            channel_args=OWN_CONNECTION,
         )
 
 
@@ -330,10 +374,12 @@ def _latency_and_load(
     _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
     result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
     _threads(make_call, CLIENTS, WARMUP_S, LOAD_MAX_CALLS_PER_CLIENT)
-    cpu, client_cpu = CpuMeter(server_pids or []), _load_generator_meter()
+    cpu, client_cpu, machine = CpuMeter(server_pids or []), _load_generator_meter(), MachineMeter()
     cpu.start()
     client_cpu.start()
+    machine.start()
     result.load = _threads(make_call, CLIENTS, LOAD_S, LOAD_MAX_CALLS_PER_CLIENT)
+    result.machine_cores = machine.cores()
     result.client_cpu_us = client_cpu.per_request_us(result.load)
     if server_pids:
         result.server_cpu_us = cpu.per_request_us(result.load)
@@ -493,15 +539,19 @@ def _deploy(stack: UpProcess, model: BenchModel, target: Target) -> None:
             ),
             timeout=30,
         )
+    # Every worker of the pool swaps on its own: ready means each one's heartbeat shows the version.
+    workers = int(stack.env.get("FLYWHEEL_SERVING_WORKERS", "1"))
     client = target.client()
     try:
         deadline = time.monotonic() + MODEL_READY_S
         last = ""
         while time.monotonic() < deadline:
             try:
-                if client.is_model_ready(MODEL, headers=target.admin_headers):
+                if client.is_model_ready(MODEL, headers=target.admin_headers) and (
+                    workers == 1 or _every_worker_serves(stack, version, workers)
+                ):
                     return
-                last = "is_model_ready: False"
+                last = "is_model_ready: False, or not on every worker"
             except InferenceServerException as exc:
                 last = f"is_model_ready: {exc}"
             time.sleep(0.3)
@@ -510,6 +560,16 @@ def _deploy(stack: UpProcess, model: BenchModel, target: Target) -> None:
     log = stack.home / "log" / "serving.log"
     tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no serving.log)"
     raise AssertionError(f"{MODEL} not ready in Flywheel serving after {MODEL_READY_S}s ({last}):\n{tail}")
+
+
+def _every_worker_serves(stack: UpProcess, version: int, workers: int) -> bool:
+    with stack.channel("serving") as channel:
+        dep = (
+            serving_pb2_grpc.ServingAdminStub(channel)
+            .GetDeployment(serving_pb2.GetDeploymentRequest(model_name=MODEL), timeout=10)
+            .deployment
+        )
+    return len(dep.replicas) == workers and all(r.production_version == version for r in dep.replicas)
 
 
 def _infer_input(rows: np.ndarray) -> list[tgrpc.InferInput]:
@@ -619,13 +679,15 @@ def _measure(
 
         _threads(make_call, 1, WARMUP_S, LATENCY_MAX_CALLS)
         result.latency = _threads(make_call, 1, LATENCY_S, LATENCY_MAX_CALLS)
-    cpu, client_cpu = CpuMeter(pids), _load_generator_meter()
+    cpu, client_cpu, machine = CpuMeter(pids), _load_generator_meter(), MachineMeter()
     loads = [(result, _aio_load)] + ([(streamed, _aio_stream_load)] if streamed is not None else [])
     for row, load in loads:
         asyncio.run(load(target, inputs, CLIENTS, WARMUP_S))
         cpu.start()
         client_cpu.start()
+        machine.start()
         row.load = asyncio.run(load(target, inputs, CLIENTS, LOAD_S))
+        row.machine_cores = machine.cores()
         row.server_cpu_us = cpu.per_request_us(row.load)
         row.client_cpu_us = client_cpu.per_request_us(row.load)
     if streamed is not None:
@@ -831,7 +893,7 @@ def _median_round(rounds: list[Result], into: Result) -> None:
     p50 = sorted(rounds, key=lambda r: r.latency.pct(50) if r.latency else 0.0)
     mid = len(rounds) // 2
     into.load, into.server_cpu_us, into.latency = rps[mid].load, rps[mid].server_cpu_us, p50[mid].latency
-    into.client_cpu_us = rps[mid].client_cpu_us
+    into.client_cpu_us, into.machine_cores = rps[mid].client_cpu_us, rps[mid].machine_cores
     if len(rounds) > 1:
         low, high = (r.load.rps if r.load else 0.0 for r in (rps[0], rps[-1]))
         into.notes.append(f"median of {len(rounds)} rounds, req/s {low:,.0f}-{high:,.0f}")
@@ -937,6 +999,33 @@ def _goal(label: str, value: float | None, fmt: str, goal: str, met: Callable[[f
     return f"  {label}: {value:{fmt}} (goal {goal}: {'met' if met(value) else 'NOT met'})"
 
 
+def _ran_out(rows: dict[str, Result]) -> list[str]:
+    """Per row at CLIENTS clients: the cores kept busy by the server's processes and the load generator
+    (CPU µs per request x requests/s) and by everything else on the machine (for Flywheel: the rest of
+    the stack, e.g. monitoring, the broker and PostgreSQL taking the logged predictions), and what that
+    says ran out."""
+    lines = [
+        f"  what ran out at {CLIENTS} clients (cores busy: server + load generator + everything else,"
+        f" of {len(_CPUS)} CPUs):"
+    ]
+    for r in rows.values():
+        if r.load is None or r.server_cpu_us is None or r.client_cpu_us is None or r.machine_cores is None:
+            continue
+        server, client = r.server_cpu_us * r.load.rps / 1e6, r.client_cpu_us * r.load.rps / 1e6
+        rest = max(0.0, r.machine_cores - server - client)
+        busy = r.machine_cores / len(_CPUS)
+        if busy >= 0.8:  # the rest is lost to switching between the processes that share the cores
+            verdict = f"CPU: the machine's cores ({busy:.0%} busy)"
+        elif 0.85 <= server <= 1.15 and "workers" not in r.name:
+            verdict = "one core: the server process is GIL-bound"
+        elif client >= 0.85:
+            verdict = "the load generator's core (its event loop is GIL-bound)"
+        else:
+            verdict = "no CPU: bound by round trips (latency x clients)"
+        lines.append(f"    {r.name:<46} {server:4.2f} + {client:4.2f} + {rest:4.2f} -> {verdict}")
+    return lines
+
+
 def _cost(ratio: float | None) -> float | None:
     return None if ratio is None else 1.0 - ratio
 
@@ -965,6 +1054,9 @@ def _report(rows: dict[str, Result], check_us: float | None = None) -> str:
     peers = [rows[k] for k in MLSERVER_CONFIGS if _ok(rows[k])]
     best = max(peers, key=lambda r: r.load.rps if r.load else 0.0, default=rows["mlserver"])
     quickest = min(peers, key=lambda r: r.latency.pct(50) if r.latency else 0.0, default=rows["mlserver"])
+    workers, workers_s = rows["workers"], rows["workers_stream"]
+    # The platform as deployed (prediction logging on), one process or workers, whichever did more.
+    fly = max((r for r in (on, workers) if _ok(r)), key=lambda r: r.load.rps if r.load else 0.0, default=on)
     p50s = (
         (on.latency.pct(50), quickest.latency.pct(50))
         if _ok(on) and _ok(quickest) and on.latency and quickest.latency
@@ -984,11 +1076,24 @@ def _report(rows: dict[str, Result], check_us: float | None = None) -> str:
             for label, r in (("Flywheel unary", on), ("Flywheel streaming", on_s), ("gRPC floor, unary", floor))
         ),
         _goal(
-            f"req/s @{CLIENTS}, Flywheel unary / best MLServer ({best.name})",
-            _ratio(on, best),
+            f"req/s @{CLIENTS}, best Flywheel unary ({fly.name}) / best MLServer ({best.name})",
+            _ratio(fly, best),
             ".2f",
             f">= {GOAL_VS_MLSERVER}x",
             lambda v: v >= GOAL_VS_MLSERVER,
+        ),
+        _measured(f"req/s @{CLIENTS}, Flywheel 1 process unary / best MLServer", _ratio(on, best)),
+        _measured(f"req/s @{CLIENTS}, Flywheel {SERVING_WORKERS} workers / 1 process, unary", _ratio(workers, on)),
+        _measured(
+            f"req/s @{CLIENTS}, Flywheel {SERVING_WORKERS} workers / 1 process, streaming", _ratio(workers_s, on_s)
+        ),
+        *(
+            _measured(f"req/s @{CLIENTS}, Flywheel {label}", _ratio(rows[a], rows[b]))
+            for label, a, b in (
+                ("prediction log off / on, 1 process, unary", "nolog", "on"),
+                (f"{SERVING_WORKERS} workers / 1 process, log off, unary", "nolog_workers", "nolog"),
+                (f"{SERVING_WORKERS} workers / 1 process, log off, streaming", "nolog_workers_stream", "nolog_stream"),
+            )
         ),
         _measured(f"req/s @{CLIENTS}, Flywheel streaming / best MLServer (unary)", _ratio(on_s, best)),
         _measured(f"req/s @{CLIENTS}, gRPC floor unary / best MLServer", _ratio(floor, best)),
@@ -1036,6 +1141,7 @@ def _report(rows: dict[str, Result], check_us: float | None = None) -> str:
             lambda v: v < GOAL_AUTH_COST,
         ),
     ]
+    lines += _ran_out(rows)
     if check_us is not None:
         share = f" = {check_us / on.server_cpu_us:.2%} of" if on.server_cpu_us else ", vs"
         lines.append(
@@ -1053,22 +1159,41 @@ def test_serving_latency_and_throughput(model: BenchModel) -> None:
         **{key: Result(config.label) for key, config in MLSERVER_CONFIGS.items()},
         "floor": Result("gRPC floor: prebuilt answer, unary"),
         "floor_stream": Result("gRPC floor: prebuilt answer, streaming"),
-        "on": Result("Flywheel, batching on (defaults), unary"),
-        "on_stream": Result("Flywheel, batching on (defaults), streaming"),
+        "on": Result("Flywheel, 1 process, batching on, unary"),
+        "on_stream": Result("Flywheel, 1 process, batching on, streaming"),
+        "workers": Result(f"Flywheel, {SERVING_WORKERS} workers, batching on, unary"),
+        "workers_stream": Result(f"Flywheel, {SERVING_WORKERS} workers, batching on, stream"),
         "auth": Result("Flywheel, batching on, auth (token), unary"),
         "auth_stream": Result("Flywheel, batching on, auth (token), stream"),
         "tls": Result("Flywheel, batching on, auth + TLS, unary"),
         "tls_stream": Result("Flywheel, batching on, auth + TLS, stream"),
         "off": Result("Flywheel, batching off (MAX_BATCH=1), unary"),
         "off_stream": Result("Flywheel, batching off (MAX_BATCH=1), stream"),
+        "nolog": Result("Flywheel, 1 process, prediction log off, unary"),
+        "nolog_stream": Result("Flywheel, 1 process, prediction log off, stream"),
+        "nolog_workers": Result(f"Flywheel, {SERVING_WORKERS} workers, prediction log off, unary"),
+        "nolog_workers_stream": Result(f"Flywheel, {SERVING_WORKERS} workers, prediction log off, stream"),
     }
     no_auth = {"FLYWHEEL_AUTH_MODE": "off"}
     auth = {"FLYWHEEL_AUTH_MODE": "required"}
-    # Compared with each other, so measured in turns: no auth (the baseline), auth, auth over TLS.
+    # Compared with each other, so measured in turns: no auth (the baseline), workers, auth, auth over TLS.
+    workers = {**no_auth, "FLYWHEEL_SERVING_WORKERS": str(SERVING_WORKERS)}
     compared = [
         (rows["on"], rows["on_stream"], FlywheelSetup("flywheel-batching-on", no_auth)),
+        (rows["workers"], rows["workers_stream"], FlywheelSetup("flywheel-workers", workers)),
         (rows["auth"], rows["auth_stream"], FlywheelSetup("flywheel-auth", auth, auth=True)),
         (rows["tls"], rows["tls_stream"], FlywheelSetup("flywheel-tls", auth, ("--tls",), auth=True)),
+    ]
+    # What the rest of the stack costs per request (monitoring, the broker and PostgreSQL taking the
+    # logged predictions), and what workers do with the cores that frees: measured in turns.
+    no_log = {**no_auth, "FLYWHEEL_SERVING_LOG_SAMPLE_RATE": "0"}
+    log_off = [
+        (rows["nolog"], rows["nolog_stream"], FlywheelSetup("flywheel-log-off", no_log)),
+        (
+            rows["nolog_workers"],
+            rows["nolog_workers_stream"],
+            FlywheelSetup("flywheel-log-off-workers", {**no_log, "FLYWHEEL_SERVING_WORKERS": str(SERVING_WORKERS)}),
+        ),
     ]
     batching_off = [
         (rows["off"], rows["off_stream"], FlywheelSetup("flywheel-batching-off", {**no_auth, MAX_BATCH_ENV: "1"}))
@@ -1100,12 +1225,14 @@ def test_serving_latency_and_throughput(model: BenchModel) -> None:
                 row_work.mkdir()
                 attempt((key,), lambda: bench_mlserver(model, row_work, config, rows[key]))  # noqa: B023 (called at once)
             attempt(("floor", "floor_stream"), lambda: bench_floor(model, work, rows["floor"], rows["floor_stream"]))
-            names = tuple(k for k in rows if k.startswith(("on", "auth", "tls")))
+            names = tuple(k for k in rows if k.startswith(("on", "workers", "auth", "tls")))
             attempt(names, lambda: bench_flywheel(model, work, compared, ROUNDS, failed))
             if rows["on"].error or rows["on"].load is None:  # the same model would fail the same way
                 rows["off"].error = rows["off_stream"].error = "skipped: the batching-on run failed"
             else:
                 attempt(("off", "off_stream"), lambda: bench_flywheel(model, work, batching_off, 1, failed))
+                names = ("nolog", "nolog_stream", "nolog_workers", "nolog_workers_stream")
+                attempt(names, lambda: bench_flywheel(model, work, log_off, ROUNDS, failed))
         finally:
             print(_report(rows, check_us))
     for r in rows.values():
@@ -1144,6 +1271,10 @@ def _heavy_report(rows: dict[str, Result], costs: list[str]) -> str:
                 lambda v: v >= GOAL_HEAVY_BATCHING,
             ),
             _measured(f"heavy model, req/s @{CLIENTS}, Flywheel batching on / off, streaming", _ratio(on_s, off_s)),
+            _measured(
+                f"heavy model, req/s @{CLIENTS}, Flywheel ORT spinning off (serving's default) / on, unary",
+                _ratio(on, rows["spin"]),
+            ),
             _goal(
                 f"heavy model, req/s @{CLIENTS}, Flywheel unary (batching on) / MLServer with adaptive batching",
                 _ratio(on, rows["mlserver_batch"]),
@@ -1152,6 +1283,7 @@ def _heavy_report(rows: dict[str, Result], costs: list[str]) -> str:
                 lambda v: v >= GOAL_HEAVY_VS_MLSERVER,
             ),
             _measured(f"heavy model, req/s @{CLIENTS}, Flywheel unary / best MLServer ({best.name})", _ratio(on, best)),
+            *_ran_out(rows),
         ]
     )
 
@@ -1164,10 +1296,12 @@ def test_serving_heavy_model_batching(heavy_model: BenchModel) -> None:
     _unpin()
     rows = {
         "ort": Result("raw ONNX Runtime, in-process"),
-        "on": Result("Flywheel, batching on (defaults), unary"),
-        "on_stream": Result("Flywheel, batching on (defaults), streaming"),
-        "off": Result("Flywheel, batching off (MAX_BATCH=1), unary"),
-        "off_stream": Result("Flywheel, batching off (MAX_BATCH=1), stream"),
+        "on": Result("Flywheel, 1 process, batching on, unary"),
+        "on_stream": Result("Flywheel, 1 process, batching on, streaming"),
+        "off": Result("Flywheel, 1 process, batching off, unary"),
+        "off_stream": Result("Flywheel, 1 process, batching off, stream"),
+        "spin": Result("Flywheel, batching on, ORT threads spinning, unary"),
+        "spin_stream": Result("Flywheel, batching on, ORT threads spinning, stream"),
         **{key: Result(config.label) for key, config in MLSERVER_CONFIGS.items()},
     }
     session = ort.InferenceSession(model.onnx_bytes, providers=execution_providers("auto"))
@@ -1185,6 +1319,8 @@ def test_serving_heavy_model_batching(heavy_model: BenchModel) -> None:
     group = [
         (rows["on"], rows["on_stream"], FlywheelSetup("heavy-batching-on", no_auth)),
         (rows["off"], rows["off_stream"], FlywheelSetup("heavy-batching-off", {**no_auth, MAX_BATCH_ENV: "1"})),
+        # ONNX Runtime's default: its pool threads spin between runs (serving turns that off).
+        (rows["spin"], rows["spin_stream"], FlywheelSetup("heavy-spinning", {**no_auth, SPIN_ENV: "1"})),
     ]
     failures: list[str] = []
 

@@ -6,6 +6,7 @@ requests both answered."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -91,6 +92,17 @@ def test_the_workers_share_one_port(stack: UpProcess, models: tuple[int, int, np
     names = answered_by(stack)
     assert len(names) == WORKERS, names
     assert {n.rsplit("/", 1)[1] for n in names} == {f"w{i}" for i in range(WORKERS)}
+
+
+def test_staging_checks_run_once_per_version(stack: UpProcess, models: tuple[int, int, np.ndarray]) -> None:
+    """Both workers share serving's consumer group for model.registered: one of them checks each
+    version, once (the workers log to serving's one log, each line naming its worker)."""
+    production, challenger, _ = models
+    lines = [json.loads(line) for line in (stack.home / "log" / "serving.log").read_text().splitlines()
+             if "staging checks reported" in line]  # fmt: skip
+    checked = sorted(r["version"] for r in lines if r.get("event") == "staging checks reported" and r["model"] == MODEL)
+    assert checked == sorted([production, challenger])
+    assert all("worker" in r for r in lines), "the line says which worker checked"
 
 
 def test_a_killed_worker_is_replaced_and_no_call_fails(stack: UpProcess, models: tuple[int, int, np.ndarray]) -> None:
