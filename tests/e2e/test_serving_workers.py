@@ -77,9 +77,10 @@ def every_worker_serves(stack: UpProcess, version: int) -> bool:
 
 
 def retrying_client(stack: UpProcess) -> triton.InferenceServerClient:
-    """tritonclient with Flywheel's channel arguments: ModelInfer retried on UNAVAILABLE."""
+    """tritonclient with Flywheel's channel arguments (ModelInfer retried on UNAVAILABLE), on a
+    connection of its own, as `tritonclient_args` gives it."""
     url, options = channel_target(stack.address("serving"), stack.settings())
-    return triton.InferenceServerClient(url=url, channel_args=options)
+    return triton.InferenceServerClient(url=url, channel_args=[*options, *OWN_CONNECTION])
 
 
 def test_the_workers_share_one_port(stack: UpProcess, models: tuple[int, int, np.ndarray]) -> None:

@@ -145,14 +145,17 @@ def test_promoting_the_challenger_ends_the_split_in_the_store_once(
 
     def ended() -> bool:
         deps = [s.GetDeployment(S.GetDeploymentRequest(model_name=MODEL)).deployment for s in (a, b)]
+        # In sync is about the traffic policy; each replica swaps on its own model.promoted, which
+        # may come after the stored split ended, so the swap is waited for too.
         return all(
             d.traffic.mode == S.TRAFFIC_MODE_PRODUCTION_ONLY
             and d.traffic.generation == stored.generation + 1
             and [r.state for r in d.replicas] == [S.REPLICA_STATE_IN_SYNC] * 2
+            and [r.production_version for r in d.replicas] == [challenger] * 2
             for d in deps
         )
 
-    wait_until(ended, 30, "the split ended in the store and both replicas in sync")
+    wait_until(ended, 30, "the split ended in the store and both replicas in sync on the new production")
     for r in (0, 1):
         assert set(answers(stack, r, x, 20)) == {str(challenger)}
     changes = a.ListTrafficChanges(S.ListTrafficChangesRequest(model_name=MODEL)).changes

@@ -44,6 +44,7 @@ _INFERENCE_READS = (
     "ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig",
     "ModelStatistics", "RepositoryIndex", "ModelInfer",
 )  # fmt: skip
+OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
 _READ_RETRY = {
     "maxAttempts": 4,
     "initialBackoff": "0.1s",
@@ -66,10 +67,6 @@ def channel_target(address: str, settings: Settings) -> tuple[str, ChannelOption
         ("grpc.service_config", _service_config(target.balanced)),
         # Our policy, not one a DNS TXT record could substitute.
         ("grpc.service_config_disable_resolution", 1),
-        # A connection of this channel's own: channels with equal arguments in one process would
-        # otherwise share one, and one connection reaches one serving worker (SO_REUSEPORT picks
-        # a worker per connection), however many clients a process makes.
-        ("grpc.use_local_subchannel_pool", 1),
     ]
     if target.authority is not None:
         options.append(("grpc.default_authority", target.authority))
@@ -93,7 +90,10 @@ def tritonclient_args(settings: Settings, service: str = "serving") -> dict[str,
     bare HOST:PORT of one replica instead, tritonclient cannot fail over: point it at a list, a DNS
     name of every replica, or a load balancer."""
     url, options = channel_target(client_address(settings, service), settings)
-    return {"url": url, "channel_args": options}
+    # A connection of each client's own: channels with equal arguments in one process share one
+    # otherwise, and one connection reaches one serving worker (SO_REUSEPORT picks a worker per
+    # connection), however many clients an application makes.
+    return {"url": url, "channel_args": [*options, OWN_CONNECTION]}
 
 
 @lru_cache(maxsize=2)
