@@ -71,7 +71,7 @@ def run(definition: ServiceDefinition) -> None:
     configure_logging(definition.name, settings.log_level)
     count = definition.workers(settings) if definition.workers and settings.worker_index is None else 1
     if count > 1:  # this process only supervises the workers, each of which comes back through here
-        sys.exit(run_pool(definition.name, count, stop_timeout_s=settings.grpc_grace_s + 15))
+        sys.exit(run_pool(count, stop_timeout_s=settings.grpc_grace_s + 15))
     if settings.worker_index is not None:
         structlog.contextvars.bind_contextvars(worker=settings.worker_index)
     setup_telemetry(definition.name, settings)

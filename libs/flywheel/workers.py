@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -81,14 +81,13 @@ class _Worker:
     restart_at: float = 0.0
     starts: int = 0
     ever_healthy: bool = False
-    exits: list[int] = field(default_factory=list)
+    last_exit: int | None = None  # the code of its last exit; None while it never exited
 
 
 class WorkerPool:
     """Starts `count` copies of `command` and keeps them running until SIGTERM/SIGINT."""
 
-    def __init__(self, service: str, count: int, command: list[str], stop_timeout_s: float) -> None:
-        self.service = service
+    def __init__(self, count: int, command: list[str], stop_timeout_s: float) -> None:
         self.command = command
         self.stop_timeout_s = stop_timeout_s
         self.workers = [_Worker(i) for i in range(count)]
@@ -106,8 +105,8 @@ class WorkerPool:
             now = time.monotonic()
             for w in self.workers:
                 self._check(w, now)
-            if all(not w.ever_healthy and w.exits and w.exits[-1] == 2 for w in self.workers):
-                log.error("no worker could start; giving up", exits=[w.exits for w in self.workers])
+            if all(not w.ever_healthy and w.last_exit == 2 for w in self.workers):
+                log.error("no worker could start; giving up", starts=[w.starts for w in self.workers])
                 self._stop_all()
                 return 2
             time.sleep(0.1)
@@ -134,8 +133,7 @@ class WorkerPool:
         code = w.proc.poll()
         if code is None:
             return
-        w.exits.append(code)
-        w.proc = None
+        w.last_exit, w.proc = code, None
         w.restart_at = now + w.backoff_s
         log.warning("worker exited", worker=w.index, code=code, restart_in_s=w.backoff_s)
         w.backoff_s = min(_BACKOFF_MAX_S, w.backoff_s * 2)
@@ -154,6 +152,6 @@ class WorkerPool:
         log.info("worker pool stopped")
 
 
-def run_pool(service: str, count: int, stop_timeout_s: float) -> int:
+def run_pool(count: int, stop_timeout_s: float) -> int:
     """Runs this very command line `count` times as workers (see the module docstring)."""
-    return WorkerPool(service, count, [sys.executable, *sys.orig_argv[1:]], stop_timeout_s).run()
+    return WorkerPool(count, [sys.executable, *sys.orig_argv[1:]], stop_timeout_s).run()

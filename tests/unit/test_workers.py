@@ -31,7 +31,7 @@ POOL = textwrap.dedent(
     """
     import sys
     from flywheel.workers import WorkerPool
-    sys.exit(WorkerPool("test", int(sys.argv[1]), sys.argv[2:], stop_timeout_s=5).run())
+    sys.exit(WorkerPool(int(sys.argv[1]), sys.argv[2:], stop_timeout_s=5).run())
     """
 )
 
