@@ -72,6 +72,7 @@ from flywheel.auth.authenticator import Authenticator
 from flywheel.auth.guard import Guard
 from flywheel.auth.principal import Principal
 from flywheel.config import Settings
+from flywheel.grpc.channels import OWN_CONNECTION
 from flywheel.stack.procs import free_port
 from flywheel.stack.up import read_state
 from flywheel.v1 import (
@@ -116,13 +117,13 @@ GOAL_VS_MLFLOW = 5.0
 GOAL_VS_MLSERVER = 2.0  # unary req/s at CLIENTS, Flywheel / the best MLServer configuration
 GOAL_BATCHING = 3.0
 GOAL_AUTH_COST = 0.05  # the token check may cost at most this fraction of requests/s at CLIENTS
-# Each load-generating client on a connection of its own, as separate client processes would be:
-# gRPC channels with equal arguments in one process share one connection otherwise, and a server
-# with worker processes behind one port (Flywheel's SO_REUSEPORT workers) sees one client.
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+# Each load-generating client on a connection of its own, as separate client processes would be
+# (flywheel.grpc.channels.OWN_CONNECTION): otherwise they share one, and a server with worker
+# processes behind one port (Flywheel's SO_REUSEPORT workers) sees one client.
 SERVING_WORKERS = usable_cpus()  # the workers row: FLYWHEEL_SERVING_WORKERS' default, one per core
 ROUNDS = 3  # stacks compared with each other are measured in turns, this many times; the median counts
 MAX_BATCH_ENV = "FLYWHEEL_SERVING_MAX_BATCH_SIZE"
+WORKERS_ENV = "FLYWHEEL_SERVING_WORKERS"
 SPIN_ENV = "FLYWHEEL_SERVING_ORT_SPINNING"
 BIN = Path(sys.executable).parent
 HEAVY_HIDDEN = (512, 512, 512)  # the heavy model's hidden layers
@@ -269,7 +270,7 @@ class Target:
             self.url,
             ssl=self.root_certificates is not None,
             root_certificates=self.root_certificates,
-            channel_args=OWN_CONNECTION,
+            channel_args=[OWN_CONNECTION],
         )
 
     def aio_client(self) -> tgrpc_aio.InferenceServerClient:
@@ -277,7 +278,7 @@ class Target:
             self.url,
             ssl=self.root_certificates is not None,
             root_certificates=self.root_certificates,
-            channel_args=OWN_CONNECTION,
+            channel_args=[OWN_CONNECTION],
         )
 
 
@@ -540,7 +541,7 @@ def _deploy(stack: UpProcess, model: BenchModel, target: Target) -> None:
             timeout=30,
         )
     # Every worker of the pool swaps on its own: ready means each one's heartbeat shows the version.
-    workers = int(stack.env.get("FLYWHEEL_SERVING_WORKERS", "1"))
+    workers = int(stack.env.get(WORKERS_ENV, "1"))
     client = target.client()
     try:
         deadline = time.monotonic() + MODEL_READY_S
@@ -1177,7 +1178,7 @@ def test_serving_latency_and_throughput(model: BenchModel) -> None:
     no_auth = {"FLYWHEEL_AUTH_MODE": "off"}
     auth = {"FLYWHEEL_AUTH_MODE": "required"}
     # Compared with each other, so measured in turns: no auth (the baseline), workers, auth, auth over TLS.
-    workers = {**no_auth, "FLYWHEEL_SERVING_WORKERS": str(SERVING_WORKERS)}
+    workers = {**no_auth, WORKERS_ENV: str(SERVING_WORKERS)}
     compared = [
         (rows["on"], rows["on_stream"], FlywheelSetup("flywheel-batching-on", no_auth)),
         (rows["workers"], rows["workers_stream"], FlywheelSetup("flywheel-workers", workers)),
@@ -1192,7 +1193,7 @@ def test_serving_latency_and_throughput(model: BenchModel) -> None:
         (
             rows["nolog_workers"],
             rows["nolog_workers_stream"],
-            FlywheelSetup("flywheel-log-off-workers", {**no_log, "FLYWHEEL_SERVING_WORKERS": str(SERVING_WORKERS)}),
+            FlywheelSetup("flywheel-log-off-workers", {**no_log, WORKERS_ENV: str(SERVING_WORKERS)}),
         ),
     ]
     batching_off = [

@@ -19,7 +19,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2 as oip
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
-from flywheel.grpc.channels import channel_target
+from flywheel.grpc.channels import OWN_CONNECTION, tritonclient_args
 from flywheel.v1 import serving_pb2, serving_pb2_grpc
 from tests.polling import wait_until
 
@@ -28,8 +28,6 @@ from .stack import UpProcess
 from .test_durable_canary import MODEL, deployed_model, status_json
 
 WORKERS = 2
-# A new connection per channel: channels with equal arguments in one process share one otherwise.
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +57,7 @@ def answered_by(stack: UpProcess, connections: int = 24) -> set[str]:
     per connection)."""
     seen = set()
     for _ in range(connections):
-        with grpc.insecure_channel(stack.address("serving"), options=OWN_CONNECTION) as ch:
+        with grpc.insecure_channel(stack.address("serving"), options=[OWN_CONNECTION]) as ch:
             dep = serving_pb2_grpc.ServingAdminStub(ch).GetDeployment(
                 serving_pb2.GetDeploymentRequest(model_name=MODEL), metadata=stack.metadata, timeout=10
             )
@@ -77,10 +75,9 @@ def every_worker_serves(stack: UpProcess, version: int) -> bool:
 
 
 def retrying_client(stack: UpProcess) -> triton.InferenceServerClient:
-    """tritonclient with Flywheel's channel arguments (ModelInfer retried on UNAVAILABLE), on a
-    connection of its own, as `tritonclient_args` gives it."""
-    url, options = channel_target(stack.address("serving"), stack.settings())
-    return triton.InferenceServerClient(url=url, channel_args=[*options, *OWN_CONNECTION])
+    """tritonclient as `tritonclient_args` sets it up: ModelInfer retried on UNAVAILABLE, on a
+    connection of its own."""
+    return triton.InferenceServerClient(**tritonclient_args(stack.settings(), "serving"))
 
 
 def test_the_workers_share_one_port(stack: UpProcess, models: tuple[int, int, np.ndarray]) -> None:
@@ -184,7 +181,7 @@ def statistics_by_worker(stack: UpProcess, version: int) -> dict[str, int]:
     asked on a new connection, with GetDeployment on the same one to learn which worker it is)."""
     seen: dict[str, int] = {}
     for _ in range(40):
-        with grpc.insecure_channel(stack.address("serving"), options=OWN_CONNECTION) as ch:
+        with grpc.insecure_channel(stack.address("serving"), options=[OWN_CONNECTION]) as ch:
             worker = (
                 serving_pb2_grpc.ServingAdminStub(ch)
                 .GetDeployment(serving_pb2.GetDeploymentRequest(model_name=MODEL), metadata=stack.metadata, timeout=10)
@@ -222,7 +219,7 @@ def test_model_statistics_count_every_workers_requests(stack: UpProcess, models:
     inp = triton.InferInput("X", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     for _ in range(n_clients):  # a new connection each: the kernel spreads them over the workers
-        c = triton.InferenceServerClient(stack.address("serving"), channel_args=OWN_CONNECTION)
+        c = triton.InferenceServerClient(stack.address("serving"), channel_args=[OWN_CONNECTION])
         try:
             for _ in range(calls):
                 c.infer(MODEL, [inp], headers=stack.headers)
