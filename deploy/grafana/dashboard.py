@@ -145,6 +145,18 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 width=8,
             ),
             Panel(
+                "Estimated performance (no labels)",
+                [
+                    (
+                        f"max by (model, metric) (flywheel_monitoring_estimated_performance{{{MODEL}}})",
+                        "{{model}} {{metric}}",
+                    )
+                ],
+                "A classifier's accuracy, F1 or ROC AUC in its last drift window, estimated from its calibrated"
+                " probabilities before any label arrives (the policy's estimated_performance metric).",
+                width=24,
+            ),
+            Panel(
                 "Windows evaluated",
                 [
                     (

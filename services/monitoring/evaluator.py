@@ -22,10 +22,12 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from flywheel import evaluation
 from flywheel.errors import InvalidArgument
 from flywheel.logging import get_logger
 from flywheel.telemetry import meter
 from flywheel.v1 import common_pb2, monitoring_pb2
+from services.monitoring import estimation
 from services.monitoring import policy as policies
 from services.monitoring.alerts import raise_alerts
 from services.monitoring.policy import DriftKind
@@ -54,6 +56,20 @@ def _observe(_: Any) -> Any:
 
 
 _meter.create_observable_gauge("flywheel.monitoring.drift_score", callbacks=[_observe])
+_last_estimates: dict[tuple[str, str], float] = {}
+
+
+def _observe_estimates(_: Any) -> Any:
+    from opentelemetry.metrics import Observation
+
+    for (model, metric), value in list(_last_estimates.items()):
+        yield Observation(value, {"model": model, "metric": metric})
+
+
+_meter.create_observable_gauge(
+    "flywheel.monitoring.estimated_performance", callbacks=[_observe_estimates],
+    description="A classifier's performance estimated without labels in its last drift window",
+)  # fmt: skip
 
 
 async def load_policy(conn: asyncpg.Connection, model: str) -> monitoring_pb2.MonitoringPolicy:
@@ -116,15 +132,66 @@ def _scalar(v: Any) -> float:
 
 def _judge_drift(
     rows: Sequence[asyncpg.Record],
-    profile_json: str,
+    ref: asyncpg.Record,
     schema: common_pb2.Schema,
     policy: M.MonitoringPolicy,
-    task: Task,
 ) -> M.WindowReport:
-    """Decode a drift window's rows and judge them against the reference profile (CPU only)."""
+    """Decode a drift window's rows and judge them against the reference profile, and estimate the
+    classifier's performance on them where it has a calibration (CPU only)."""
     window = _window_input(rows, schema)
-    profile = json.loads(profile_json)
-    return evaluate_window(profile, schema, policy, window, task=task, label_field=schema.label_field)
+    profile = json.loads(ref["profile"])
+    task = Task(ref["task"])
+    report = evaluate_window(profile, schema, policy, window, task=task, label_field=schema.label_field)
+    estimate = _estimate(ref, policy, [_object(r["outputs"]) for r in rows], policy.window.min_rows)
+    if estimate is not None:
+        report.estimated.CopyFrom(estimate[0])
+        if estimate[0].breached:
+            report.breached.append(common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE)
+    return report
+
+
+def _calibration(ref: asyncpg.Record, policy: M.MonitoringPolicy) -> estimation.Calibration | None:
+    """The reference's calibration, when the model is a classifier with one and estimation is on."""
+    raw = ref["calibration"]
+    if raw is None or policy.estimated_performance.disabled or Task(ref["task"]) == common_pb2.TASK_REGRESSION:
+        return None
+    try:
+        calibration = estimation.Calibration.from_json(json.loads(raw) if isinstance(raw, str | bytes) else raw)
+    except (estimation.CalibrationError, ValueError) as exc:
+        log.warning("stored calibration unusable; no estimate", model=ref["model"], error=str(exc)[:300])
+        return None
+    return calibration if list(calibration.class_labels) == list(ref["class_labels"]) else None
+
+
+def _estimate(
+    ref: asyncpg.Record,
+    policy: M.MonitoringPolicy,
+    outputs: Sequence[dict[str, Any]],
+    min_rows: int,
+    labels: Sequence[int] | None = None,
+) -> tuple[M.PerformanceEstimate, np.ndarray] | None:
+    """The estimate over the rows whose outputs carry probabilities (and, with `labels`, class indices
+    per row, the realized value of the same metric on the same rows), and those rows' indexes; None
+    without a calibration or with fewer than `min_rows` such rows."""
+    calibration = _calibration(ref, policy)
+    if calibration is None:
+        return None
+    k = len(calibration.class_labels)
+    proba, predicted, kept = estimation.decode_outputs(outputs, k)
+    if len(kept) < max(min_rows, 1):
+        return None
+    metric = policy.estimated_performance.metric
+    realized = None
+    if labels is not None:
+        y = np.asarray(labels, dtype=np.int64)[kept]
+        ev = evaluation.classification_metrics(y, predicted, proba, list(calibration.class_labels))
+        realized = evaluation.aggregate(ev).get(metric, math.nan)
+    reference = _reference(json.loads(ref["recorded"]), metric)
+    est = estimation.report(
+        estimation.estimate(calibration, proba, predicted), len(kept), metric, reference,
+        policy.estimated_performance.max_drop, realized,
+    )  # fmt: skip
+    return est, kept
 
 
 async def close_drift_window(conn: asyncpg.Connection, model: str) -> M.WindowReport | None:
@@ -143,7 +210,7 @@ async def close_drift_window(conn: asyncpg.Connection, model: str) -> M.WindowRe
         return None
     schema = common_pb2.Schema.FromString(ref["schema"])
     try:
-        report = await asyncio.to_thread(_judge_drift, rows, ref["profile"], schema, policy, Task(ref["task"]))
+        report = await asyncio.to_thread(_judge_drift, rows, ref, schema, policy)
     except Exception as exc:
         await _set_aside(conn, "predictions", model, rows, "drift", exc)
         return None
@@ -168,6 +235,15 @@ async def close_drift_window(conn: asyncpg.Connection, model: str) -> M.WindowRe
         common_pb2.DRIFT_KIND_PREDICTION_DRIFT: [s for s in report.prediction_scores if s.breached],
         common_pb2.DRIFT_KIND_INTEGRITY: [s for s in report.integrity.scores if s.breached],
     }
+    if report.HasField("estimated"):  # a window without an estimate neither breaks nor extends the streak
+        e = report.estimated
+        _last_estimates[(model, e.metric)] = e.value
+        scores[common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE] = [
+            common_pb2.FeatureScore(
+                feature=e.metric, statistic="estimated_drop", score=e.drop,
+                threshold=policy.estimated_performance.max_drop, breached=e.breached,
+            )
+        ]  # fmt: skip
     tracked = set(scores)
     await raise_alerts(conn, report, policy, set(report.breached) & tracked, tracked, scores)
     log.info("drift window closed", model=model, window=window_id, rows=len(rows), breached=list(report.breached))
@@ -241,6 +317,20 @@ def _judge_quality(
     return quality, seg_stats, gaps
 
 
+def _judge_estimate(
+    rows: Sequence[asyncpg.Record], ref: asyncpg.Record, policy: M.MonitoringPolicy
+) -> M.PerformanceEstimate | None:
+    """Estimated next to realized on a quality window's labelled rows of the reference version."""
+    class_labels = list(ref["class_labels"])
+    index = {c: i for i, c in enumerate(class_labels)}
+    mine = [r for r in rows if r["version"] == ref["version"]]
+    y = [index.get(_label_str(json.loads(r["label"])), -1) for r in mine]
+    labelled = [(r, label) for r, label in zip(mine, y, strict=True) if label >= 0]
+    outputs = [_object(r["predicted"]) for r, _ in labelled]
+    estimate = _estimate(ref, policy, outputs, policy.quality.min_labelled_rows, [label for _, label in labelled])
+    return estimate[0] if estimate is not None else None
+
+
 async def close_quality_windows(conn: asyncpg.Connection, model: str) -> list[M.WindowReport]:
     """Close quality windows while enough labels are open (one, unless a backlog exceeds the cap)."""
     reports = []
@@ -257,7 +347,8 @@ async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.Window
         return None
     policy = await load_policy(conn, model)
     rows = await conn.fetch(
-        "SELECT id, label, predicted, inputs, at FROM labels WHERE model = $1 AND window_id IS NULL ORDER BY id"
+        "SELECT id, version, label, predicted, inputs, at FROM labels WHERE model = $1 AND window_id IS NULL"
+        " ORDER BY id"
         " LIMIT $2",
         model,
         max(policy.quality.min_labelled_rows, QUALITY_WINDOW_MAX_ROWS),
@@ -271,6 +362,7 @@ async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.Window
         quality, seg_stats, gaps = await asyncio.to_thread(
             _judge_quality, rows, task, class_labels, metric, _reference(recorded, metric), policy
         )
+        estimate = await asyncio.to_thread(_judge_estimate, rows, ref, policy)
     except Exception as exc:
         await _set_aside(conn, "labels", model, rows, "quality", exc)
         return None
@@ -282,6 +374,9 @@ async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.Window
         quality=quality,
         reference=common_pb2.DatasetRef(name=ref["dataset"], version=ref["dataset_version"]),
     )
+    if estimate is not None:
+        estimate.breached = False  # reported next to what the labels say; the quality verdict is theirs
+        report.estimated.CopyFrom(estimate)
     report.start.FromDatetime(rows[0]["at"])
     report.end.FromDatetime(rows[-1]["at"])
     segment_breaches = [s for s in seg_stats if s.breached] + [g for g in gaps if g.breached]

@@ -18,6 +18,9 @@ DEFAULT_MIN_ROWS = 100
 DEFAULT_CONSECUTIVE = 1
 DEFAULT_COOLDOWN_S = 300
 DEFAULT_MIN_LABELLED = 50
+DEFAULT_ESTIMATED_METRIC = "accuracy"
+DEFAULT_ESTIMATED_MAX_DROP = 0.05
+ESTIMATED_METRICS = ("accuracy", "f1", "roc_auc")  # what services/monitoring/estimation.py estimates
 
 
 def effective(policy: monitoring_pb2.MonitoringPolicy | None, model: str) -> monitoring_pb2.MonitoringPolicy:
@@ -40,6 +43,10 @@ def effective(policy: monitoring_pb2.MonitoringPolicy | None, model: str) -> mon
         p.cooldown.FromSeconds(DEFAULT_COOLDOWN_S)
     if not p.quality.min_labelled_rows:
         p.quality.min_labelled_rows = DEFAULT_MIN_LABELLED
+    if not p.estimated_performance.metric:
+        p.estimated_performance.metric = DEFAULT_ESTIMATED_METRIC
+    if not p.estimated_performance.max_drop:
+        p.estimated_performance.max_drop = DEFAULT_ESTIMATED_MAX_DROP
     return p
 
 
@@ -68,6 +75,10 @@ def check(policy: monitoring_pb2.MonitoringPolicy) -> None:
     limits.text(q.metric, "policy.quality.metric", limits.MAX_METRIC_CHARS)
     limits.number(q.max_drop, "policy.quality.max_drop", 0.0, limits.MAX_SCORE)
     limits.count(q.min_labelled_rows, "policy.quality.min_labelled_rows", limits.MAX_WINDOW_ROWS)
+    e = policy.estimated_performance
+    if e.metric and e.metric not in ESTIMATED_METRICS:
+        raise InvalidArgument(f"one of {', '.join(ESTIMATED_METRICS)}", field="policy.estimated_performance.metric")
+    limits.number(e.max_drop, "policy.estimated_performance.max_drop", 0.0, limits.MAX_SCORE)
     if len(policy.segments) > limits.MAX_SEGMENTS:
         raise InvalidArgument(f"at most {limits.MAX_SEGMENTS} segments", field="policy.segments")
     for i, seg in enumerate(policy.segments):
@@ -134,4 +145,5 @@ KIND_NAMES: dict[DriftKind, str] = {
     common_pb2.DRIFT_KIND_INTEGRITY: "data integrity",
     common_pb2.DRIFT_KIND_QUALITY: "model quality",
     common_pb2.DRIFT_KIND_SEGMENT: "segment",
+    common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE: "estimated performance",
 }

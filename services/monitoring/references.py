@@ -3,14 +3,18 @@ asked of the registry (lineage, task, recorded metrics) and ingestion (profile, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import asyncpg
+from google.protobuf.message import DecodeError
 
 from flywheel import clients, confirm
 from flywheel.app import ServiceContext
+from flywheel.errors import FlywheelError
 from flywheel.logging import get_logger
 from flywheel.v1 import common_pb2, registry_pb2
+from services.monitoring import estimation
 
 log = get_logger(__name__)
 
@@ -49,11 +53,13 @@ async def load_reference(
     dv = await clients.dataset_version(ctx.settings, dataset)
     profile = await ctx.artifacts.get_bytes(dv.profile_uri.removeprefix("sha256:"))
     recorded = {m.name: m.value for m in mv.metrics if not m.class_label}
+    calibration = await _calibration(ctx, mv)
     await conn.execute(
         "INSERT INTO model_refs (model, version, dataset, dataset_version, profile, schema, task, class_labels,"
-        " recorded) VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7,$8,$9::jsonb)"
+        " recorded, calibration) VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7,$8,$9::jsonb,$10::jsonb)"
         " ON CONFLICT (model) DO UPDATE SET version = $2, dataset = $3, dataset_version = $4, profile = $5::jsonb,"
-        " schema = $6, task = $7, class_labels = $8, recorded = $9::jsonb, updated_at = now()",
+        " schema = $6, task = $7, class_labels = $8, recorded = $9::jsonb, calibration = $10::jsonb,"
+        " updated_at = now()",
         model,
         version,
         dataset.name,
@@ -63,5 +69,39 @@ async def load_reference(
         mv.task or common_pb2.TASK_CLASSIFICATION,
         list(mv.signature.class_labels),
         json.dumps(recorded),
+        calibration,
     )
-    log.info("reference loaded", model=model, version=version, dataset=dataset.name, dataset_version=dataset.version)
+    log.info(
+        "reference loaded", model=model, version=version, dataset=dataset.name, dataset_version=dataset.version,
+        calibrated=calibration is not None,
+    )  # fmt: skip
+
+
+async def _calibration(ctx: ServiceContext, mv: registry_pb2.ModelVersion) -> str | None:
+    """The version's calibration (JSON), fitted on its calibration sample; None when it has none or
+    the sample is unusable (logged: estimation is then off for the model, the rest of monitoring is not)."""
+    uri = mv.calibration_uri
+    if not uri or mv.task == common_pb2.TASK_REGRESSION:
+        return None
+    try:
+        data = bytearray()
+        async for chunk in ctx.artifacts.get(uri.removeprefix("sha256:")):
+            data += chunk
+            if len(data) > estimation.MAX_SAMPLE_BYTES:
+                raise estimation.CalibrationError(f"the sample is over {estimation.MAX_SAMPLE_BYTES} bytes")
+        fitted = await asyncio.to_thread(_fit, bytes(data), list(mv.signature.class_labels))
+    except (estimation.CalibrationError, DecodeError, FlywheelError) as exc:
+        log.warning(
+            "calibration sample unusable; no performance estimate without labels", model=mv.ref.name,
+            version=mv.ref.version, error=str(exc)[:300],
+        )  # fmt: skip
+        return None
+    return json.dumps(fitted.to_json())
+
+
+def _fit(data: bytes, class_labels: list[str]) -> estimation.Calibration:
+    sample = common_pb2.CalibrationSample.FromString(data)
+    if list(sample.class_labels) != class_labels:
+        raise estimation.CalibrationError("its class labels are not the model signature's")
+    proba, y = estimation.sample_arrays(sample.class_labels, sample.probabilities, sample.labels)
+    return estimation.fit(sample.class_labels, proba, y)

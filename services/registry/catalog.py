@@ -63,6 +63,7 @@ class Catalog:
         rules.check_tags(header.tags, "header.tags")
         rules.check_text(header.description, "header.description")
         rules.check_metrics(header.metrics, "header.metrics")
+        await self._check_calibration(header)
         if header.HasField("promotion_policy"):
             rules.check_policy(header.promotion_policy, "header.promotion_policy")
         check_declared(header)
@@ -125,6 +126,19 @@ class Catalog:
             mv = await store.get_version(conn, name, version)
         log.info("model registered", model=name, version=version, checksum=sha)
         return mv, True
+
+    async def _check_calibration(self, header: registry_pb2.RegisterModelHeader) -> None:
+        """A calibration sample is named by a stored artifact's URI (monitoring checks its content)."""
+        uri = header.calibration_uri
+        if not uri:
+            return
+        sha = uri.removeprefix("sha256:")
+        if sha == uri or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise InvalidArgument('must be "sha256:" and 64 hex digits', field="header.calibration_uri")
+        if header.task == common_pb2.TASK_REGRESSION:
+            raise InvalidArgument("a regression model has no calibration sample", field="header.calibration_uri")
+        if not await self._artifacts.exists(sha):
+            raise NotFound("no artifact at that URI", field="header.calibration_uri")
 
     async def _store_artifact(
         self, header: registry_pb2.RegisterModelHeader, chunks: AsyncIterator[bytes]

@@ -24,6 +24,7 @@ Row = Mapping[str, Any]
 VERSION_COLUMNS = (
     "v.name, v.version, v.description, v.task, v.checksum, v.size_bytes, v.format, v.signature, v.metrics,"
     " v.params, v.lineage, v.tags, v.created_by, v.created_at, v.archived, v.archive_reason, v.staging,"
+    " v.calibration_uri,"
     " v.promotion, coalesce((SELECT array_agg(a.alias ORDER BY a.alias) FROM aliases a"
     " WHERE a.name = v.name AND a.version = v.version), '{}') AS aliases"
 )
@@ -79,6 +80,7 @@ def to_version(row: Row) -> registry_pb2.ModelVersion:
         created_by=row["created_by"],
         archived=row["archived"],
         archive_reason=row["archive_reason"],
+        calibration_uri=row["calibration_uri"],
     )
     mv.metrics.extend(registry_pb2.ModelVersion.FromString(row["metrics"]).metrics)
     if row["staging"]:
@@ -221,8 +223,8 @@ async def insert_version(
     await conn.execute(
         "INSERT INTO model_versions (name, version, description, task, checksum, size_bytes, format,"
         " signature, metrics, metric_values, params, lineage, dataset_name, dataset_version, run_id, tags,"
-        " idempotency_key, created_by, promotion)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb,$11::jsonb,$12,$13,$14,$15,$16::jsonb,$17,$18,$19)",
+        " idempotency_key, created_by, promotion, calibration_uri)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb,$11::jsonb,$12,$13,$14,$15,$16::jsonb,$17,$18,$19,$20)",
         name,
         version,
         header.description,
@@ -242,6 +244,7 @@ async def insert_version(
         header.idempotency_key or None,
         created_by,
         promotion.SerializeToString(),
+        header.calibration_uri,
     )
 
 

@@ -451,6 +451,10 @@ class TrainingWorker:
             actor="training",
         )
         header.params.update(json.loads(json.dumps(result.best_params, default=str)))
+        if result.calibration:
+            # Content-addressed, so a retried run stores the same object; monitoring reads it by this URI.
+            sha, _ = await self._ctx.artifacts.put_bytes(result.calibration)
+            header.calibration_uri = self._ctx.artifacts.uri(sha)
         if spec.HasField("promotion_policy"):
             header.promotion_policy.CopyFrom(spec.promotion_policy)
         settings = self._settings

@@ -48,6 +48,7 @@ from services.training.spec_validation import validate_spec
 
 OUT_OF_MEMORY = "out of memory"
 SPLIT_COLUMN = "__split"
+CALIBRATION_MAX_ROWS = 20_000  # test rows in a model's calibration sample (a few hundred KiB at most)
 VALIDATION_FRACTION = 0.2
 MAX_ERROR_CHARS = 2000
 Stage = training_pb2.RunStage
@@ -74,6 +75,7 @@ class TrainResult:
     signature: common_pb2.ModelSignature
     parity: training_pb2.ParityCheck
     onnx: bytes
+    calibration: bytes = b""  # classifiers: a CalibrationSample of the test split (monitoring's CBPE)
 
 
 class TrainingFailed(Exception):
@@ -456,11 +458,28 @@ def _search(
 # --- the run ----------------------------------------------------------------------------------------
 
 
-def _onnx_evaluation(onnx_bytes: bytes, data: Dataset, task: Task) -> training_pb2.Evaluation:
+def _onnx_evaluation(onnx_bytes: bytes, data: Dataset, task: Task, seed: int) -> tuple[
+    training_pb2.Evaluation, bytes
+]:  # fmt: skip
+    """The test split's metrics from the ONNX model's outputs, and (classifiers) its calibration sample."""
     outputs = packaging.onnx_outputs(onnx_bytes, data.X_test)
     if task == CLASSIFICATION:
-        return evaluation.classification_metrics(data.y_test, outputs[0], outputs[1], data.class_labels)
-    return evaluation.regression_metrics(data.y_test, outputs[0])
+        ev = evaluation.classification_metrics(data.y_test, outputs[0], outputs[1], data.class_labels)
+        return ev, calibration_sample(outputs[1], data.y_test, data.class_labels, seed)
+    return evaluation.regression_metrics(data.y_test, outputs[0]), b""
+
+
+def calibration_sample(proba: np.ndarray, y: np.ndarray, class_labels: list[str], seed: int) -> bytes:
+    """At most CALIBRATION_MAX_ROWS test rows' probabilities and true classes, drawn with the run's seed."""
+    rows = np.arange(len(y))
+    if len(rows) > CALIBRATION_MAX_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, CALIBRATION_MAX_ROWS, replace=False))
+    sample = common_pb2.CalibrationSample(
+        class_labels=class_labels,
+        probabilities=np.asarray(proba, dtype=np.float32)[rows].clip(0.0, 1.0).ravel().tolist(),
+        labels=np.asarray(y, dtype=np.int64)[rows].tolist(),
+    )
+    return sample.SerializeToString(deterministic=True)
 
 
 def load(job: TrainJob, reporter: Reporter, source: str | bytes) -> tuple[Dataset, list[dict[str, Any]]]:
@@ -505,7 +524,7 @@ def finish(
         parity = packaging.parity_check(onnx_bytes, pipeline, data.X_test, task, spec.parity_tolerance)
         if not parity.passed:
             raise TrainingFailed(Stage.RUN_STAGE_PARITY_CHECK, parity.reason, trials, parity)
-        test_eval = _onnx_evaluation(onnx_bytes, data, task)
+        test_eval, calibration = _onnx_evaluation(onnx_bytes, data, task, job.seed)
     reporter.emit("parity passed", Stage.RUN_STAGE_PARITY_CHECK)
     return TrainResult(
         trials=trials,
@@ -515,6 +534,7 @@ def finish(
         signature=signature,
         parity=parity,
         onnx=onnx_bytes,
+        calibration=calibration,
     )
 
 

@@ -252,6 +252,11 @@ def window_costs(model: DemoModel, events: list[bytes]) -> None:
     section("monitoring: closing one drift window (decode stored rows + evaluate_window), in-process")
     schema, profile = reference(model)
     profile_json = profile_to_json(profile).decode()
+    # The model_refs row close_drift_window hands over (jsonb as text); no calibration: drift alone.
+    ref = {
+        "model": MODEL, "version": 1, "profile": profile_json, "task": common_pb2.TASK_CLASSIFICATION,
+        "class_labels": CLASS_LABELS, "recorded": "{}", "calibration": None,
+    }  # fmt: skip
     stored = [r for b in events for r in stored_rows(events_pb2.PredictionsLogged.FromString(b))]
     assert len(stored) >= 6_000, "logging_costs makes 20 events of 500 rows"
     # What asyncpg hands close_drift_window: jsonb columns as text.
@@ -261,7 +266,7 @@ def window_costs(model: DemoModel, events: list[bytes]) -> None:
         rows = records[:size]
         cpu, wall = timed(
             lambda rows=rows: evaluator._judge_drift(  # type: ignore[misc]
-                rows, profile_json, schema, policy, common_pb2.TASK_CLASSIFICATION
+                rows, ref, schema, policy
             ),
             20,
             warmup=2,

@@ -35,20 +35,19 @@ import gc
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from flywheel.v1 import common_pb2, monitoring_pb2
 from services.ingestion.profile import bin_index, build_profile
 from services.ingestion.versioning import SPLIT_COLUMN, TRAIN
 from services.monitoring import drift
 from services.monitoring.windows import WindowInput, evaluate_window
+from tests.bench.peer_venv import peer_python
 
 ROWS = 1_000_000
 FEATURES = 20
@@ -59,9 +58,7 @@ SHIFTED = {NAMES[i] for i in SHIFTS}
 REPEATS = 3
 GOAL = 10.0
 PSI_FLAG = 0.2
-ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = Path(__file__).with_name("requirements-drift.txt")
-EVIDENTLY_VENV = ROOT / ".venv" / "bench-evidently"
 
 _EVIDENTLY_SCRIPT = r"""
 import json, sys, time, warnings
@@ -118,26 +115,7 @@ def _schema() -> common_pb2.Schema:
 
 
 def _evidently_python() -> Path:
-    """The Evidently venv's interpreter, created from requirements-drift.txt when missing or stale."""
-    override = os.environ.get("FLYWHEEL_EVIDENTLY_PYTHON")
-    if override:
-        return Path(override)
-    python = EVIDENTLY_VENV / "bin" / "python"
-    stamp = EVIDENTLY_VENV / ".requirements"
-    wanted = REQUIREMENTS.read_text()
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    print(f"\ncreating {EVIDENTLY_VENV} from {REQUIREMENTS.name} (once) ...", flush=True)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(EVIDENTLY_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(REQUIREMENTS)],
-            check=True,
-        )
-    except subprocess.CalledProcessError as e:
-        pytest.skip(f"bench-only baseline: could not install {REQUIREMENTS.name} into {EVIDENTLY_VENV}: {e}")
-    stamp.write_text(wanted)
-    return python
+    return peer_python("bench-evidently", REQUIREMENTS, "FLYWHEEL_EVIDENTLY_PYTHON")
 
 
 def _run_evidently(python: Path, work: Path) -> dict:

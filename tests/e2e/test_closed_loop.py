@@ -9,6 +9,7 @@ import asyncio
 import json
 
 import grpc
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from google.protobuf.duration_pb2 import Duration
@@ -253,6 +254,64 @@ def test_feedback_raises_quality_and_segment_alerts_and_bad_messages_go_to_the_d
         assert dict(parked[0].headers)["error.type"] == b"MalformedEvent"
     # Monitoring kept going past the bad messages: the predictions sent after them were consumed and
     # joined (the quality alert above needed all 200).
+
+
+def test_an_estimated_performance_drop_retrains_before_any_label_and_labels_confirm_it(stack, api, infer, headers):
+    """Traffic crowds the decision boundary (the concept is unchanged): the model's calibrated
+    probabilities say it got worse, monitoring alerts with no label sent, and training retrains on
+    that alert as on any drift; labels sent afterwards land near the estimate."""
+    model = "estimate-model"
+    _bootstrap(
+        api, infer, headers, "estimate", model,
+        spec("estimate-lr", "estimate", model, on_data=False, margin=0.5, cooldown_s=600),  # v2 stays out
+    )  # fmt: skip
+    assert api.registry.GetModelVersion(
+        registry_pb2.GetModelVersionRequest(name=model, version=1)
+    ).version.calibration_uri.startswith("sha256:"), "training recorded the test split's calibration sample"
+    # Only the estimate can alert: drift checks off, the quality window waits for all the labels.
+    _policy(
+        api, model, cooldown_s=600,
+        default_thresholds=M.FeatureThresholds(ignore=True),
+        prediction_thresholds=M.FeatureThresholds(psi=1e6, chi2_p_value=0.0),
+        estimated_performance=M.EstimatedPerformanceThreshold(metric="accuracy", max_drop=0.05),
+        quality=M.QualityThreshold(metric="accuracy", max_drop=0.05, min_labelled_rows=900),
+    )  # fmt: skip
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(900, 4)) * 0.15  # same distribution's centre, squeezed onto the boundary
+    truth = ((x @ [1.5, 0.5, -0.5, -1.0] + rng.normal(scale=0.3, size=900)) > 0).astype(int)
+    ids = send_traffic(infer, model, x, headers, batch=20, prefix="est")
+
+    alert = wait_until(
+        lambda: _alerts(api, model, K.DRIFT_KIND_ESTIMATED_PERFORMANCE), 60, "an estimated-performance alert"
+    )[0]
+    assert alert.event_id and not alert.suppressed
+    assert alert.scores[0].feature == "accuracy" and alert.scores[0].score > 0.05, alert
+    assert {a.kind for a in _alerts(api, model)} == {K.DRIFT_KIND_ESTIMATED_PERFORMANCE}
+    estimated = [w.estimated for w in _windows(api, model) if w.HasField("estimated")]
+    assert estimated and all(e.rows == 300 and e.value < e.reference_value - 0.05 for e in estimated), estimated
+
+    def drift_run() -> T.Run | None:
+        runs = api.training.ListRuns(T.ListRunsRequest(spec_name="estimate-lr")).runs
+        return next((r for r in runs if r.trigger == T.RUN_TRIGGER_DRIFT_DETECTED), None)
+
+    run = wait_until(drift_run, 60, "a retraining started by the estimated-performance alert")
+    assert run.trigger_event_id == alert.event_id
+
+    # Labels arrive later: the quality window puts the estimate next to what they say.
+    labels = [
+        M.FeedbackLabel(request_id=ids[i // 20], row_index=i % 20, label=_value(int(t))) for i, t in enumerate(truth)
+    ]
+
+    def judged() -> M.WindowReport | None:
+        api.monitoring.RecordFeedback(M.RecordFeedbackRequest(model_name=model, labels=labels))
+        return next((w for w in _windows(api, model) if w.HasField("quality")), None)
+
+    window = wait_until(judged, 60, "a quality window over the labelled rows")
+    est = window.estimated
+    assert est.HasField("realized") and est.rows == 900
+    predicted = (x @ [1.5, 0.5, -0.5, -1.0] > 0).astype(int)  # near enough the model's own boundary
+    assert abs(est.realized - window.quality.value) < 1e-9 and abs(np.mean(predicted == truth) - est.realized) < 0.1
+    assert abs(est.value - est.realized) <= 0.05, est
 
 
 def _value(v: int):  # type: ignore[no-untyped-def]

@@ -605,6 +605,11 @@ HEADER_CASES: dict[str, tuple[dict[str, object], str]] = {
     "policy min_improvement NaN": (
         {"promotion_policy": _policy(float("nan"))}, "header.promotion_policy.min_improvement"
     ),
+    "calibration sample as a file path": ({"calibration_uri": "file:///etc/passwd"}, "header.calibration_uri"),
+    "calibration sample, not a digest": ({"calibration_uri": "sha256:../../etc/passwd"}, "header.calibration_uri"),
+    "calibration sample of a regressor": (
+        {"calibration_uri": "sha256:" + "0" * 64, "task": common_pb2.TASK_REGRESSION}, "header.calibration_uri"
+    ),
 }  # fmt: skip
 
 
@@ -619,6 +624,15 @@ def test_registration_metadata_out_of_bounds_is_refused(
 
     assert_same_process(stack, "registry", pid)
     _good_registration(api, good_model)
+    assert_same_process(stack, "registry", pid)
+
+
+def test_a_calibration_sample_that_is_not_stored_is_not_found(
+    stack: UpProcess, api: Clients, good_model: bytes
+) -> None:
+    pid = service_pid(stack, "registry")
+    code, details = refusal(lambda: _register(api, good_model, _header(calibration_uri="sha256:" + "ab" * 32)))
+    assert code == CODE.NOT_FOUND and details.startswith("header.calibration_uri:"), (code, details)
     assert_same_process(stack, "registry", pid)
 
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from flywheel.errors import InvalidArgument
 from flywheel.predictions import tensor
 from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2
-from services.monitoring import evaluator, limits, logged, policy, records
+from services.monitoring import estimation, evaluator, limits, logged, policy, records
 
 M = monitoring_pb2
 F = common_pb2.Field
@@ -305,8 +305,16 @@ def test_any_record_is_either_refused_or_judged(
         return
     stored = [{"inputs": x.inputs, "outputs": x.outputs, "latency_ms": x.latency_ms} for x in rows] * 3
     for task in (common_pb2.TASK_CLASSIFICATION, common_pb2.TASK_REGRESSION):
-        report = evaluator._judge_drift(cast(Any, stored), json.dumps(PROFILE), _schema(), policy_with(), task)
+        report = evaluator._judge_drift(cast(Any, stored), _ref_row(task), _schema(), policy_with())
         assert report.rows == 3
+
+
+def _ref_row(task: int, calibration: str | None = None) -> Any:
+    """What close_drift_window hands _judge_drift: the model_refs row (jsonb columns as text)."""
+    return {
+        "model": "m", "version": 1, "profile": json.dumps(PROFILE), "task": task, "class_labels": ["0", "1"],
+        "recorded": json.dumps({"accuracy": 0.9}), "calibration": calibration,
+    }  # fmt: skip
 
 
 def policy_with(**fields: Any) -> M.MonitoringPolicy:
@@ -328,7 +336,7 @@ JUNK_ROWS = [
 
 @pytest.mark.parametrize("task", [common_pb2.TASK_CLASSIFICATION, common_pb2.TASK_REGRESSION])
 def test_rows_stored_before_the_checks_still_make_a_window(task: int) -> None:
-    report = evaluator._judge_drift(cast(Any, JUNK_ROWS), json.dumps(PROFILE), _schema(), policy_with(), task)
+    report = evaluator._judge_drift(cast(Any, JUNK_ROWS), _ref_row(task), _schema(), policy_with())
     assert report.rows == len(JUNK_ROWS)
     f0 = next(f for f in report.integrity.features if f.feature == "f0")
     assert f0.type_mismatches >= 3  # text and lists are mismatches, not errors
@@ -613,3 +621,40 @@ def test_feedback_with_nan_is_malformed() -> None:
     )  # fmt: skip
     with pytest.raises(MalformedEvent, match="NaN or infinity"):
         handlers.decode_feedback(rec)
+
+
+# ---------------------------------------------------------------------- estimation without labels
+
+# Calibrated on rows where a 0.55 for class 1 was right half the time.
+CALIBRATION = json.dumps(
+    estimation.fit(
+        ["0", "1"], np.array([[0.9, 0.1], [0.45, 0.55], [0.45, 0.55], [0.1, 0.9]] * 30), np.array([0, 1, 0, 1] * 30)
+    ).to_json()
+)
+
+
+@pytest.mark.parametrize(
+    "calibration", [CALIBRATION, '"junk"', '{"class_labels": ["0", "1"], "knots": [[[0, 1], [0]]]}', "[]"]
+)
+def test_junk_rows_and_stored_calibrations_never_stop_a_window(calibration: str) -> None:
+    rows = JUNK_ROWS * 20
+    report = evaluator._judge_drift(
+        cast(Any, rows), _ref_row(common_pb2.TASK_CLASSIFICATION, calibration), _schema(), policy_with()
+    )
+    assert report.rows == len(rows)
+    assert not report.HasField("estimated"), "no row carries probabilities: nothing to estimate from"
+
+
+def test_a_window_with_probabilities_gets_an_estimate_and_breaches_past_the_drop() -> None:
+    outputs = ['{"label": 1, "class": "1", "probabilities": [0.45, 0.55]}'] * 150
+    rows = [{"inputs": '{"f0": 0.1, "f1": 0.2}', "outputs": o, "latency_ms": 1.0} for o in outputs]
+    ref = _ref_row(common_pb2.TASK_CLASSIFICATION, CALIBRATION)
+    report = evaluator._judge_drift(cast(Any, rows), ref, _schema(), policy_with())
+    est = report.estimated
+    assert est.rows == 150 and est.metric == "accuracy" and est.reference_value == pytest.approx(0.9)
+    assert est.value == pytest.approx(0.5) and est.breached
+    assert common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE in report.breached
+    off = policy_with(estimated_performance=M.EstimatedPerformanceThreshold(disabled=True))
+    assert not evaluator._judge_drift(cast(Any, rows), ref, _schema(), off).HasField("estimated")
+    loose = policy_with(estimated_performance=M.EstimatedPerformanceThreshold(max_drop=0.5))
+    assert not evaluator._judge_drift(cast(Any, rows), ref, _schema(), loose).estimated.breached

@@ -259,6 +259,11 @@ def test_train_logistic_regression_end_to_end(data_path: str):
     assert _metric(result.evaluation, "accuracy") == pytest.approx(np.mean(predicted == y), abs=1e-12)
     assert 0.6 < _metric(result.evaluation, "accuracy") < 1.0  # noisy labels: a real, non-trivial score
     assert proba.shape == (len(y), 2)
+    # the calibration sample monitoring estimates performance from: the same test rows, ONNX's probabilities
+    sample = common_pb2.CalibrationSample.FromString(result.calibration)
+    assert list(sample.class_labels) == ["no", "yes"]
+    assert np.array(sig.class_labels)[list(sample.labels)].tolist() == list(y)
+    assert np.asarray(sample.probabilities).reshape(-1, 2) == pytest.approx(proba, abs=1e-7)
 
     messages = _drain(progress)
     assert messages[0]["best_score"] == 0.0  # nothing scored yet; never NaN
@@ -297,7 +302,7 @@ def test_train_gradient_boosting_regressor_with_cv(data_path: str):
     sig = result.signature
     assert [(i.name, i.datatype, list(i.shape)) for i in sig.inputs] == [("input", "FP32", [-1, 4])]
     assert [(o.name, o.datatype, list(o.shape)) for o in sig.outputs] == [("variable", "FP32", [-1, 1])]
-    assert list(sig.class_labels) == []
+    assert list(sig.class_labels) == [] and result.calibration == b"", "a regressor has nothing to calibrate"
 
     X, y = _test_rows(data_path, "t")
     session = ort.InferenceSession(result.onnx, providers=["CPUExecutionProvider"])
@@ -378,6 +383,18 @@ def test_resolve_feature_fields_from_schema():
     with pytest.raises(InvalidArgument) as err:
         trainer.resolve_feature_fields(spec, schema)
     assert err.value.field == "feature_fields"
+
+
+def test_a_calibration_sample_is_capped_and_drawn_by_the_seed() -> None:
+    rows = trainer.CALIBRATION_MAX_ROWS + 500
+    proba = np.column_stack([np.linspace(0, 1, rows), 1 - np.linspace(0, 1, rows)])
+    y = np.arange(rows) % 2
+    first = trainer.calibration_sample(proba, y, ["a", "b"], seed=4)
+    sample = common_pb2.CalibrationSample.FromString(first)
+    assert len(sample.labels) == trainer.CALIBRATION_MAX_ROWS
+    assert len(sample.probabilities) == 2 * trainer.CALIBRATION_MAX_ROWS
+    assert first == trainer.calibration_sample(proba, y, ["a", "b"], seed=4), "a retried run writes the same object"
+    assert first != trainer.calibration_sample(proba, y, ["a", "b"], seed=5)
 
 
 def test_results_pickle(data_path: str):

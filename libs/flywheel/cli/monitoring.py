@@ -29,6 +29,7 @@ KINDS: dict[str, common_pb2.DriftKind.ValueType] = {
     "integrity": common_pb2.DRIFT_KIND_INTEGRITY,
     "quality": common_pb2.DRIFT_KIND_QUALITY,
     "segment": common_pb2.DRIFT_KIND_SEGMENT,
+    "estimated": common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE,
 }
 
 
@@ -184,6 +185,27 @@ def quality_table(quality: monitoring_pb2.QualityReport) -> Table:
     return client.kv_table(rows, title="quality")
 
 
+def estimate_table(est: monitoring_pb2.PerformanceEstimate) -> Table:
+    """Performance estimated without labels; next to the labels' verdict on the same rows when known."""
+    rows: list[tuple[str, Any]] = [
+        ("metric", escape(est.metric) or "-"),
+        ("estimated", fmt_number(est.value)),
+    ]
+    if est.HasField("realized"):
+        rows.append(("realized (labels)", fmt_number(est.realized)))
+    rows += [
+        ("reference (test)", fmt_number(est.reference_value)),
+        ("drop", fmt_number(est.drop)),
+        ("rows", str(est.rows)),
+    ]
+    if not est.HasField("realized"):
+        rows.append(("breached", fmt_breached(est.breached)))
+    others = [m for m in est.metrics if m.name != est.metric]
+    if others:
+        rows.append(("estimates", escape(client.fmt_metrics(others))))
+    return client.kv_table(rows, title="estimated performance (no labels)")
+
+
 def window_report(window: monitoring_pb2.WindowReport) -> Group:
     """A window's header (rows, time range, breached kinds, reference, latency), then its tables."""
     rows: list[tuple[str, Any]] = [
@@ -204,6 +226,8 @@ def window_report(window: monitoring_pb2.WindowReport) -> Group:
         parts.extend(integrity_renderables(window.integrity))
     if window.HasField("quality"):
         parts.append(quality_table(window.quality))
+    if window.HasField("estimated"):
+        parts.append(estimate_table(window.estimated))
     return Group(*parts)
 
 

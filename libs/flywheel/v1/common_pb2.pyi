@@ -182,6 +182,10 @@ class _DriftKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DriftKind.V
     DRIFT_KIND_INTEGRITY: _DriftKind.ValueType  # 3
     DRIFT_KIND_QUALITY: _DriftKind.ValueType  # 4
     DRIFT_KIND_SEGMENT: _DriftKind.ValueType  # 5
+    DRIFT_KIND_ESTIMATED_PERFORMANCE: _DriftKind.ValueType  # 6
+    """A classifier's performance estimated from its predicted probabilities (no labels needed)
+    dropped below its recorded test value by more than the policy allows.
+    """
 
 class DriftKind(_DriftKind, metaclass=_DriftKindEnumTypeWrapper): ...
 
@@ -191,6 +195,10 @@ DRIFT_KIND_PREDICTION_DRIFT: DriftKind.ValueType  # 2
 DRIFT_KIND_INTEGRITY: DriftKind.ValueType  # 3
 DRIFT_KIND_QUALITY: DriftKind.ValueType  # 4
 DRIFT_KIND_SEGMENT: DriftKind.ValueType  # 5
+DRIFT_KIND_ESTIMATED_PERFORMANCE: DriftKind.ValueType  # 6
+"""A classifier's performance estimated from its predicted probabilities (no labels needed)
+dropped below its recorded test value by more than the policy allows.
+"""
 Global___DriftKind: _TypeAlias = DriftKind  # noqa: Y015
 
 @_typing.final
@@ -605,3 +613,42 @@ class Segment(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Segment: _TypeAlias = Segment  # noqa: Y015
+
+@_typing.final
+class CalibrationSample(_message.Message):
+    """A classifier's predicted probabilities and true classes on its test split: what monitoring
+    calibrates on to estimate the classifier's performance on unlabelled traffic. Training writes one
+    per model (a sample of at most 20,000 rows) to the artifact store.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_LABELS_FIELD_NUMBER: _builtins.int
+    PROBABILITIES_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def class_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Class names, in the order of the probability columns (the signature's class_labels)."""
+
+    @_builtins.property
+    def probabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Row-major [rows, len(class_labels)], each in [0, 1]."""
+
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """True class index per row."""
+
+    def __init__(
+        self,
+        *,
+        class_labels: _abc.Iterable[_builtins.str] | None = ...,
+        probabilities: _abc.Iterable[_builtins.float] | None = ...,
+        labels: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_labels", b"class_labels", "labels", b"labels", "probabilities", b"probabilities"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CalibrationSample: _TypeAlias = CalibrationSample  # noqa: Y015

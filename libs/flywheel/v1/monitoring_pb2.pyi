@@ -142,6 +142,36 @@ class QualityThreshold(_message.Message):
 Global___QualityThreshold: _TypeAlias = QualityThreshold  # noqa: Y015
 
 @_typing.final
+class EstimatedPerformanceThreshold(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    MAX_DROP_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """Classifiers only. "accuracy" (default), "f1" or "roc_auc"."""
+    max_drop: _builtins.float
+    """Alert when the estimated metric is worse than the recorded test metric by more than this
+    (0 = 0.05).
+    """
+    disabled: _builtins.bool
+    """Turns estimation off for the model."""
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        max_drop: _builtins.float = ...,
+        disabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "max_drop", b"max_drop", "metric", b"metric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimatedPerformanceThreshold: _TypeAlias = EstimatedPerformanceThreshold  # noqa: Y015
+
+@_typing.final
 class SegmentConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -254,6 +284,7 @@ class MonitoringPolicy(_message.Message):
     SEGMENTS_FIELD_NUMBER: _builtins.int
     CONSECUTIVE_BREACHES_FIELD_NUMBER: _builtins.int
     COOLDOWN_FIELD_NUMBER: _builtins.int
+    ESTIMATED_PERFORMANCE_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     enabled: _builtins.bool
     consecutive_breaches: _builtins.int
@@ -280,6 +311,10 @@ class MonitoringPolicy(_message.Message):
     def cooldown(self) -> _duration_pb2.Duration:
         """Minimum time between drift.detected events for the model."""
 
+    @_builtins.property
+    def estimated_performance(self) -> Global___EstimatedPerformanceThreshold:
+        """Confidence-based performance estimation on drift windows (needs the model's calibration sample)."""
+
     def __init__(
         self,
         *,
@@ -294,10 +329,11 @@ class MonitoringPolicy(_message.Message):
         segments: _abc.Iterable[Global___SegmentConfig] | None = ...,
         consecutive_breaches: _builtins.int = ...,
         cooldown: _duration_pb2.Duration | None = ...,
+        estimated_performance: Global___EstimatedPerformanceThreshold | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cooldown", b"cooldown", "default_thresholds", b"default_thresholds", "integrity", b"integrity", "prediction_thresholds", b"prediction_thresholds", "quality", b"quality", "window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cooldown", b"cooldown", "default_thresholds", b"default_thresholds", "estimated_performance", b"estimated_performance", "integrity", b"integrity", "prediction_thresholds", b"prediction_thresholds", "quality", b"quality", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_breaches", b"consecutive_breaches", "cooldown", b"cooldown", "default_thresholds", b"default_thresholds", "enabled", b"enabled", "feature_thresholds", b"feature_thresholds", "integrity", b"integrity", "model_name", b"model_name", "prediction_thresholds", b"prediction_thresholds", "quality", b"quality", "segments", b"segments", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_breaches", b"consecutive_breaches", "cooldown", b"cooldown", "default_thresholds", b"default_thresholds", "enabled", b"enabled", "estimated_performance", b"estimated_performance", "feature_thresholds", b"feature_thresholds", "integrity", b"integrity", "model_name", b"model_name", "prediction_thresholds", b"prediction_thresholds", "quality", b"quality", "segments", b"segments", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -409,6 +445,56 @@ class QualityReport(_message.Message):
 Global___QualityReport: _TypeAlias = QualityReport  # noqa: Y015
 
 @_typing.final
+class PerformanceEstimate(_message.Message):
+    """A classifier's performance estimated from its calibrated predicted probabilities (no labels)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    REFERENCE_VALUE_FIELD_NUMBER: _builtins.int
+    DROP_FIELD_NUMBER: _builtins.int
+    BREACHED_FIELD_NUMBER: _builtins.int
+    REALIZED_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    """Rows with probabilities the estimate is over."""
+    metric: _builtins.str
+    """The metric the policy watches, its estimate, the recorded test value and the worse-direction gap."""
+    value: _builtins.float
+    reference_value: _builtins.float
+    drop: _builtins.float
+    breached: _builtins.bool
+    realized: _builtins.float
+    """Quality windows only: the same metric computed from the labels of the same rows."""
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Metric]:
+        """Estimated accuracy, f1 and roc_auc (as training's test metrics are defined)."""
+
+    def __init__(
+        self,
+        *,
+        rows: _builtins.int = ...,
+        metrics: _abc.Iterable[_common_pb2.Metric] | None = ...,
+        metric: _builtins.str = ...,
+        value: _builtins.float = ...,
+        reference_value: _builtins.float = ...,
+        drop: _builtins.float = ...,
+        breached: _builtins.bool = ...,
+        realized: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_realized", b"_realized", "realized", b"realized"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_realized", b"_realized", "breached", b"breached", "drop", b"drop", "metric", b"metric", "metrics", b"metrics", "realized", b"realized", "reference_value", b"reference_value", "rows", b"rows", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__realized: _TypeAlias = _typing.Literal["realized"]  # noqa: Y015
+    _WhichOneofArgType__realized: _TypeAlias = _typing.Literal["_realized", b"_realized"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__realized) -> _WhichOneofReturnType__realized | None: ...
+
+Global___PerformanceEstimate: _TypeAlias = PerformanceEstimate  # noqa: Y015
+
+@_typing.final
 class LatencySummary(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -449,6 +535,7 @@ class WindowReport(_message.Message):
     QUALITY_FIELD_NUMBER: _builtins.int
     LATENCY_FIELD_NUMBER: _builtins.int
     BREACHED_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
     window_id: _builtins.str
     rows: _builtins.int
     @_builtins.property
@@ -479,6 +566,12 @@ class WindowReport(_message.Message):
     def latency(self) -> Global___LatencySummary: ...
     @_builtins.property
     def breached(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.DriftKind.ValueType]: ...
+    @_builtins.property
+    def estimated(self) -> Global___PerformanceEstimate:
+        """Classifiers with a calibration sample: estimated performance over the window's rows (drift
+        windows), and estimated next to realized (quality windows).
+        """
+
     def __init__(
         self,
         *,
@@ -494,10 +587,11 @@ class WindowReport(_message.Message):
         quality: Global___QualityReport | None = ...,
         latency: Global___LatencySummary | None = ...,
         breached: _abc.Iterable[_common_pb2.DriftKind.ValueType] | None = ...,
+        estimated: Global___PerformanceEstimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "integrity", b"integrity", "latency", b"latency", "model", b"model", "quality", b"quality", "reference", b"reference", "start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "estimated", b"estimated", "integrity", b"integrity", "latency", b"latency", "model", b"model", "quality", b"quality", "reference", b"reference", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breached", b"breached", "end", b"end", "feature_scores", b"feature_scores", "integrity", b"integrity", "latency", b"latency", "model", b"model", "prediction_scores", b"prediction_scores", "quality", b"quality", "reference", b"reference", "rows", b"rows", "start", b"start", "window_id", b"window_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breached", b"breached", "end", b"end", "estimated", b"estimated", "feature_scores", b"feature_scores", "integrity", b"integrity", "latency", b"latency", "model", b"model", "prediction_scores", b"prediction_scores", "quality", b"quality", "reference", b"reference", "rows", b"rows", "start", b"start", "window_id", b"window_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -273,6 +273,7 @@ class ModelVersion(_message.Message):
     PROMOTION_FIELD_NUMBER: _builtins.int
     ARCHIVED_FIELD_NUMBER: _builtins.int
     ARCHIVE_REASON_FIELD_NUMBER: _builtins.int
+    CALIBRATION_URI_FIELD_NUMBER: _builtins.int
     description: _builtins.str
     task: _common_pb2.Task.ValueType
     checksum: _builtins.str
@@ -284,6 +285,10 @@ class ModelVersion(_message.Message):
     created_by: _builtins.str
     archived: _builtins.bool
     archive_reason: _builtins.str
+    calibration_uri: _builtins.str
+    """Classifiers: "sha256:<hex>" of a CalibrationSample in the artifact store (training writes it);
+    empty when there is none, and monitoring then estimates no performance without labels.
+    """
     @_builtins.property
     def ref(self) -> _common_pb2.ModelRef: ...
     @_builtins.property
@@ -328,10 +333,11 @@ class ModelVersion(_message.Message):
         promotion: Global___PromotionDecision | None = ...,
         archived: _builtins.bool = ...,
         archive_reason: _builtins.str = ...,
+        calibration_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lineage", b"lineage", "params", b"params", "promotion", b"promotion", "ref", b"ref", "signature", b"signature", "staging", b"staging"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "archive_reason", b"archive_reason", "archived", b"archived", "artifact_uri", b"artifact_uri", "checksum", b"checksum", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "format", b"format", "lineage", b"lineage", "metrics", b"metrics", "params", b"params", "promotion", b"promotion", "ref", b"ref", "signature", b"signature", "size_bytes", b"size_bytes", "staging", b"staging", "tags", b"tags", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "archive_reason", b"archive_reason", "archived", b"archived", "artifact_uri", b"artifact_uri", "calibration_uri", b"calibration_uri", "checksum", b"checksum", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "format", b"format", "lineage", b"lineage", "metrics", b"metrics", "params", b"params", "promotion", b"promotion", "ref", b"ref", "signature", b"signature", "size_bytes", b"size_bytes", "staging", b"staging", "tags", b"tags", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -520,6 +526,7 @@ class RegisterModelHeader(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     PROMOTION_POLICY_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    CALIBRATION_URI_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     description: _builtins.str
     task: _common_pb2.Task.ValueType
@@ -532,6 +539,8 @@ class RegisterModelHeader(_message.Message):
     idempotency_key: _builtins.str
     """Idempotency key (e.g. the run id): a repeat returns the existing version."""
     actor: _builtins.str
+    calibration_uri: _builtins.str
+    """"sha256:<hex>" of a CalibrationSample already in the artifact store (see ModelVersion)."""
     @_builtins.property
     def signature(self) -> _common_pb2.ModelSignature: ...
     @_builtins.property
@@ -563,10 +572,11 @@ class RegisterModelHeader(_message.Message):
         idempotency_key: _builtins.str = ...,
         promotion_policy: _common_pb2.PromotionPolicy | None = ...,
         actor: _builtins.str = ...,
+        calibration_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage", "params", b"params", "promotion_policy", b"promotion_policy", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "artifact_uri", b"artifact_uri", "description", b"description", "format", b"format", "idempotency_key", b"idempotency_key", "lineage", b"lineage", "metrics", b"metrics", "model_name", b"model_name", "params", b"params", "promotion_policy", b"promotion_policy", "sha256", b"sha256", "signature", b"signature", "tags", b"tags", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "artifact_uri", b"artifact_uri", "calibration_uri", b"calibration_uri", "description", b"description", "format", b"format", "idempotency_key", b"idempotency_key", "lineage", b"lineage", "metrics", b"metrics", "model_name", b"model_name", "params", b"params", "promotion_policy", b"promotion_policy", "sha256", b"sha256", "signature", b"signature", "tags", b"tags", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
