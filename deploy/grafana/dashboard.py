@@ -154,7 +154,20 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 ],
                 "A classifier's accuracy, F1 or ROC AUC in its last drift window, estimated from its calibrated"
                 " probabilities before any label arrives (the policy's estimated_performance metric).",
-                width=24,
+                width=16,
+            ),
+            Panel(
+                "Post-promotion guard rollbacks",
+                [
+                    (
+                        _increase("flywheel_monitoring_guard_rollbacks_total", "model, outcome", MODEL),
+                        "{{model}} {{outcome}}",
+                    )
+                ],
+                "Rollbacks the guard decided after a promotion breached, by outcome (rolled back, or refused"
+                " because production had moved on).",
+                kind="bars",
+                width=8,
             ),
             Panel(
                 "Windows evaluated",

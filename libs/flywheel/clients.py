@@ -89,6 +89,14 @@ async def model_version(settings: Settings, name: str, version: int = 0, alias: 
     return resp.version
 
 
+async def rollback(settings: Settings, request: registry_pb2.RollbackRequest) -> registry_pb2.RollbackResponse:
+    async with _channel(settings, "registry") as ch:
+        try:
+            return await registry_pb2_grpc.RegistryServiceStub(ch).Rollback(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "registry") from exc
+
+
 async def download(settings: Settings, name: str, version: int) -> tuple[bytes, str]:
     """The artifact's bytes, verified against the sha256 the registry announces."""
     parts: list[bytes] = []

@@ -11,7 +11,7 @@ from flywheel.app import ServiceContext
 from flywheel.logging import get_logger
 from flywheel.retry import Backoff, retry
 from flywheel.telemetry import meter
-from services.monitoring import evaluator
+from services.monitoring import evaluator, guard
 from services.monitoring.references import follow_production
 
 log = get_logger(__name__)
@@ -67,6 +67,10 @@ async def close_due_windows(ctx: ServiceContext) -> None:
                 await _prune(ctx)
             except Exception as exc:
                 _failed("prune", "", exc)
+        try:
+            await guard.carry_out(ctx.pool, ctx.settings)
+        except Exception as exc:
+            _failed("guard rollback", "", exc)
         try:
             due = await _models_with_open_rows(ctx)
         except Exception as exc:

@@ -27,7 +27,7 @@ from flywheel.errors import InvalidArgument
 from flywheel.logging import get_logger
 from flywheel.telemetry import meter
 from flywheel.v1 import common_pb2, monitoring_pb2
-from services.monitoring import estimation
+from services.monitoring import estimation, guard
 from services.monitoring import policy as policies
 from services.monitoring.alerts import raise_alerts
 from services.monitoring.policy import DriftKind
@@ -246,6 +246,7 @@ async def close_drift_window(conn: asyncpg.Connection, model: str) -> M.WindowRe
         ]  # fmt: skip
     tracked = set(scores)
     await raise_alerts(conn, report, policy, set(report.breached) & tracked, tracked, scores)
+    await guard.judge(conn, ref, report, policy)
     log.info("drift window closed", model=model, window=window_id, rows=len(rows), breached=list(report.breached))
     return report
 
@@ -419,6 +420,7 @@ async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.Window
             conn, report, policy, segment_kind, segment_kind, {common_pb2.DRIFT_KIND_SEGMENT: scores},
             segment=gap.worst,
         )  # fmt: skip
+    await guard.judge(conn, ref, report, policy)
     log.info("quality window closed", model=model, window=window_id, rows=len(rows), breached=list(report.breached))
     return report
 

@@ -22,7 +22,7 @@ log = get_logger(__name__)
 def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
     async def on_promoted(conn: asyncpg.Connection, event: events_pb2.ModelPromoted, ectx: EventContext) -> None:
         name, version = event.model.name, event.model.version
-        why = await follow_production(ctx, conn, name, version) if name else "no model name"
+        why = await follow_production(ctx, conn, name, version, event) if name else "no model name"
         if why:
             log.warning("model.promoted ignored", model=name, version=version, reason=why, event_id=ectx.event_id)
 

@@ -21,6 +21,8 @@ DEFAULT_MIN_LABELLED = 50
 DEFAULT_ESTIMATED_METRIC = "accuracy"
 DEFAULT_ESTIMATED_MAX_DROP = 0.05
 ESTIMATED_METRICS = ("accuracy", "f1", "roc_auc")  # what services/monitoring/estimation.py estimates
+DEFAULT_GUARD_S = 3600
+DEFAULT_GUARD_KINDS = (common_pb2.DRIFT_KIND_QUALITY, common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE)
 
 
 def effective(policy: monitoring_pb2.MonitoringPolicy | None, model: str) -> monitoring_pb2.MonitoringPolicy:
@@ -47,6 +49,10 @@ def effective(policy: monitoring_pb2.MonitoringPolicy | None, model: str) -> mon
         p.estimated_performance.metric = DEFAULT_ESTIMATED_METRIC
     if not p.estimated_performance.max_drop:
         p.estimated_performance.max_drop = DEFAULT_ESTIMATED_MAX_DROP
+    if not p.guard.HasField("duration"):
+        p.guard.duration.FromSeconds(DEFAULT_GUARD_S)
+    if not p.guard.rollback_on:
+        p.guard.rollback_on.extend(DEFAULT_GUARD_KINDS)
     return p
 
 
@@ -79,6 +85,13 @@ def check(policy: monitoring_pb2.MonitoringPolicy) -> None:
     if e.metric and e.metric not in ESTIMATED_METRICS:
         raise InvalidArgument(f"one of {', '.join(ESTIMATED_METRICS)}", field="policy.estimated_performance.metric")
     limits.number(e.max_drop, "policy.estimated_performance.max_drop", 0.0, limits.MAX_SCORE)
+    if policy.guard.HasField("duration"):
+        limits.duration(policy.guard.duration, "policy.guard.duration")
+    if len(policy.guard.rollback_on) > len(common_pb2.DriftKind.values()):
+        raise InvalidArgument("each kind at most once", field="policy.guard.rollback_on")
+    for kind in policy.guard.rollback_on:
+        if kind not in KIND_NAMES:
+            raise InvalidArgument(f"unknown drift kind {kind}", field="policy.guard.rollback_on")
     if len(policy.segments) > limits.MAX_SEGMENTS:
         raise InvalidArgument(f"at most {limits.MAX_SEGMENTS} segments", field="policy.segments")
     for i, seg in enumerate(policy.segments):

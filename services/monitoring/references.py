@@ -13,13 +13,20 @@ from flywheel import clients, confirm
 from flywheel.app import ServiceContext
 from flywheel.errors import FlywheelError
 from flywheel.logging import get_logger
-from flywheel.v1 import common_pb2, registry_pb2
-from services.monitoring import estimation
+from flywheel.v1 import common_pb2, events_pb2, registry_pb2
+from services.monitoring import estimation, guard
+from services.monitoring.evaluator import load_policy
 
 log = get_logger(__name__)
 
 
-async def follow_production(ctx: ServiceContext, conn: asyncpg.Connection, model: str, version: int) -> str:
+async def follow_production(
+    ctx: ServiceContext,
+    conn: asyncpg.Connection,
+    model: str,
+    version: int,
+    promotion: events_pb2.ModelPromoted | None = None,
+) -> str:
     """Makes `version` the model's reference if the registry has it in production now; returns why
     not ("" when it is the reference). Every replica's model.promoted handler and start-up reconcile
     come through here, one at a time per model (an advisory lock held to the transaction's end), and
@@ -33,6 +40,8 @@ async def follow_production(ctx: ServiceContext, conn: asyncpg.Connection, model
             return why
         if await conn.fetchval("SELECT version FROM model_refs WHERE model = $1", model) != version:
             await load_reference(ctx, conn, model, version, production)
+        if promotion is not None:  # the promotion itself (not a reconcile): the guard starts watching
+            await guard.arm(conn, promotion, await load_policy(conn, model))
         return ""
 
 
@@ -59,7 +68,7 @@ async def load_reference(
         " recorded, calibration) VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7,$8,$9::jsonb,$10::jsonb)"
         " ON CONFLICT (model) DO UPDATE SET version = $2, dataset = $3, dataset_version = $4, profile = $5::jsonb,"
         " schema = $6, task = $7, class_labels = $8, recorded = $9::jsonb, calibration = $10::jsonb,"
-        " updated_at = now()",
+        " guard_until = NULL, guard_previous = 0, updated_at = now()",
         model,
         version,
         dataset.name,

@@ -115,8 +115,9 @@ class Promoter:
             champion_version = await store.alias_version(conn, name, rules.PRODUCTION)
             champion = await store.get_version(conn, name, champion_version) if champion_version else None
             decision = promotion.decide(
-                policy, report, list(mv.metrics), champion_version or 0, list(champion.metrics) if champion else []
-            )
+                policy, report, list(mv.metrics), champion_version or 0, list(champion.metrics) if champion else [],
+                await store.guard_rolled_back(conn, name, mv.checksum),
+            )  # fmt: skip
             result = await _apply_decision(
                 conn, mv, decision.state, decision.reason, "registry", champion_version or 0, causation_id
             )
@@ -152,14 +153,21 @@ class Promoter:
             decision = await _apply_decision(conn, mv, R.PROMOTION_STATE_REJECTED, reason, who, 0, "")
             return await store.get_version(conn, name, version), decision
 
-    async def rollback(self, name: str, to_version: int, reason: str, who: str) -> tuple[int, int]:
-        """Moves production back to `to_version` (0: the version it last moved from); returns
-        (the version now in production, the one it replaced)."""
+    async def rollback(self, name: str, to_version: int, reason: str, who: str, from_version: int = 0) -> tuple[
+        int, int
+    ]:  # fmt: skip
+        """Moves production back to `to_version` (0: the version it last moved from), only while
+        `from_version` holds it when that is set; returns (the version now in production, the one it
+        replaced)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await store.ensure_model(conn, name, lock=True)
             current = await store.alias_version(conn, name, rules.PRODUCTION)
             if current is None:
                 raise FailedPrecondition(f"model {name!r} has nothing in production", field="name")
+            if from_version and current != from_version:
+                raise FailedPrecondition(
+                    f"v{from_version} no longer holds production (v{current} does)", field="from_version"
+                )
             target = to_version or await store.previous_production(conn, name, current)
             if not target:
                 raise FailedPrecondition("no earlier production version to roll back to", field="to_version")

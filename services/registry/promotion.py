@@ -50,10 +50,19 @@ def decide(
     candidate_recorded: list[common_pb2.Metric],
     champion_version: int,
     champion_recorded: list[common_pb2.Metric],
+    guard_rolled_back: int = 0,
 ) -> Decision:
+    """`guard_rolled_back`: a version with the candidate's very artifact that the post-promotion guard
+    took out of production (0: none). Retraining on the same data can reproduce it byte for byte, and
+    it would look better on the test split again; only a new model may undo the guard's rollback."""
     if not report.passed:
         failed = [f"{c.name} ({c.detail})" if c.detail else c.name for c in report.checks if not c.passed]
         return Decision(R.PROMOTION_STATE_CHECKS_FAILED, "staging checks failed: " + ", ".join(failed or ["unknown"]))
+    if guard_rolled_back:
+        return Decision(
+            R.PROMOTION_STATE_NOT_PROMOTED,
+            f"same artifact as v{guard_rolled_back}, which the post-promotion guard rolled back from production",
+        )
     ready = (
         R.PROMOTION_STATE_PENDING_APPROVAL
         if policy.approval == common_pb2.APPROVAL_MODE_MANUAL

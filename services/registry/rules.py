@@ -12,6 +12,7 @@ from flywheel.v1 import common_pb2
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 PRODUCTION = "production"
+GUARD_ACTOR = "guard"  # monitoring's post-promotion guard, in audit rows and events
 KNOWN_ALIASES = ("production", "staging", "champion")
 FORMATS = ("onnx",)
 # What a version's metadata may hold: it is copied into model.registered and model.promoted events,

@@ -15,6 +15,8 @@ from typing import Any, Protocol, TypeAlias
 import grpc
 
 from flywheel.app import ServiceContext
+from flywheel.auth import roles
+from flywheel.auth.principal import current
 from flywheel.errors import InvalidArgument
 from flywheel.grpc import GrpcServer, stream_header
 from flywheel.grpc.context import actor
@@ -228,8 +230,15 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         return R.RejectVersionResponse(version=version, decision=decision)
 
     async def Rollback(self, request: registry_pb2.RollbackRequest, context: Context) -> registry_pb2.RollbackResponse:
+        who = _who(request, context, request.reason)
+        caller = current().roles
+        if roles.SERVICE_MONITORING in caller and not caller & {roles.DEPLOYER, roles.ADMIN}:
+            # Monitoring may roll back only as the post-promotion guard: the version it watched, by name.
+            if not request.from_version:
+                raise InvalidArgument("the guard rolls back only the version it watched", field="from_version")
+            who = rules.GUARD_ACTOR
         production, previous = await self._promoter.rollback(
-            request.name, request.to_version, request.reason, _who(request, context, request.reason)
+            request.name, request.to_version, request.reason, who, request.from_version
         )
         return R.RollbackResponse(
             production=common_pb2.ModelRef(name=request.name, version=production), previous_version=previous

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from flywheel.errors import InvalidArgument, NotFound
 from flywheel.pbutil import struct, timestamp
 from flywheel.v1 import common_pb2, registry_pb2
-from services.registry.rules import ALIAS, NAME, PRODUCTION
+from services.registry.rules import ALIAS, GUARD_ACTOR, NAME, PRODUCTION
 
 R = registry_pb2
 # A result row: an asyncpg.Record, or any mapping with the same keys.
@@ -445,6 +445,21 @@ async def list_audit_events(
         offset,
     )
     return [to_audit(r) for r in rows]
+
+
+async def guard_rolled_back(conn: asyncpg.Connection, name: str, checksum: str) -> int:
+    """A version of `name` with this artifact that the post-promotion guard rolled back (0: none)."""
+    v = await conn.fetchval(
+        "SELECT v.version FROM model_versions v JOIN audit_events a ON a.name = v.name AND a.from_version = v.version"
+        " WHERE v.name = $1 AND v.checksum = $2 AND a.action = $3 AND a.actor = $4 AND a.alias = $5"
+        " ORDER BY v.version LIMIT 1",
+        name,
+        checksum,
+        registry_pb2.AUDIT_ACTION_ROLLED_BACK,
+        GUARD_ACTOR,
+        PRODUCTION,
+    )
+    return int(v) if v else 0
 
 
 async def previous_production(conn: asyncpg.Connection, name: str, current: int) -> int | None:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from aiokafka import AIOKafkaProducer
 from google.protobuf.duration_pb2 import Duration
 
@@ -312,6 +315,96 @@ def test_an_estimated_performance_drop_retrains_before_any_label_and_labels_conf
     predicted = (x @ [1.5, 0.5, -0.5, -1.0] > 0).astype(int)  # near enough the model's own boundary
     assert abs(est.realized - window.quality.value) < 1e-9 and abs(np.mean(predicted == truth) - est.realized) < 0.1
     assert abs(est.value - est.realized) <= 0.05, est
+
+
+def test_the_guard_rolls_back_a_promotion_whose_live_quality_collapses_and_retraining_cannot_undo_it(
+    stack, api, infer, headers
+):
+    """v2, trained on a new concept, wins on its own test split and is promoted; live traffic still
+    follows the old concept and its labels show it. The post-promotion guard rolls production back to
+    v1 (actor "guard") with no failed request, and the retraining the quality alert starts reproduces
+    v2's artifact, which the registry refuses to promote again."""
+    model = "guard-model"
+    _bootstrap(api, infer, headers, "guard", model, spec("guard-lr", "guard", model, on_data=True, margin=0.0))
+    _policy(
+        api, model, cooldown_s=0,
+        default_thresholds=M.FeatureThresholds(ignore=True),
+        prediction_thresholds=M.FeatureThresholds(psi=1e6, chi2_p_value=0.0),
+        quality=M.QualityThreshold(metric="accuracy", max_drop=0.05, min_labelled_rows=200),
+    )  # fmt: skip
+    new = concept_csv(4000, seed=3, start_id=100_000, weights=(-1.0, 1.0, 1.0, 0.5))
+    csv = ingestion_pb2.DATA_FORMAT_CSV
+    header = ingestion_pb2.IngestHeader(dataset="guard", mode=K.WRITE_MODE_REPLACE, format=csv)
+    api.ingestion.IngestDataset(
+        iter([ingestion_pb2.IngestDatasetRequest(header=header), ingestion_pb2.IngestDatasetRequest(chunk=new)])
+    )
+    wait_until(lambda: production_version(api, model) == 2, 180, "v2 (the new concept) in production")
+    wait_served(infer, model, 2, headers)
+
+    # Steady traffic on its own connection for the rest of the test: no request may fail.
+    stop, seen, failures = threading.Event(), [], []
+
+    def steady() -> None:
+        client = stack.triton()
+        try:
+            while not stop.is_set():
+                inp = triton.InferInput("input", [1, 4], "FP32")
+                inp.set_data_from_numpy(np.random.default_rng(len(seen)).normal(size=(1, 4)).astype(np.float32))
+                try:
+                    seen.append(client.infer(model, [inp], headers=headers).get_response().model_version)
+                except Exception as exc:
+                    failures.append(repr(exc))
+                time.sleep(0.01)
+        finally:
+            client.close()
+
+    traffic = threading.Thread(target=steady, daemon=True)
+    traffic.start()
+    try:
+        x = shifted(300, seed=8, shift=0.0)
+        ids = send_traffic(infer, model, x, headers, batch=20, prefix="guard")
+        truth = (x @ [1.5, 0.5, -0.5, -1.0] > 0).astype(int)  # the old concept, still the truth
+        labels = [
+            M.FeedbackLabel(request_id=ids[i // 20], row_index=i % 20, label=_value(int(t)))
+            for i, t in enumerate(truth)
+        ]
+
+        def rolled_back() -> bool:
+            api.monitoring.RecordFeedback(M.RecordFeedbackRequest(model_name=model, labels=labels))
+            return production_version(api, model) == 1
+
+        wait_until(rolled_back, 90, "the guard's rollback to v1")
+        wait_served(infer, model, 1, headers)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        traffic.join(10)
+    assert failures == [], failures[:5]
+    assert "2" in seen and seen[-1] == "1", "steady traffic was served by v2, then by v1"
+
+    audit = api.registry.ListAuditEvents(registry_pb2.ListAuditEventsRequest(name=model)).events
+    rollback = [e for e in audit if e.action == registry_pb2.AUDIT_ACTION_ROLLED_BACK]
+    assert len(rollback) == 1 and rollback[0].actor == "guard", rollback
+    assert "accuracy" in rollback[0].reason and "rolled back to v1" in rollback[0].reason, rollback[0].reason
+    promoted = [r for r in read_topic(stack.bootstrap, Topics.MODEL_PROMOTED) if r.key == model.encode()]
+    assert promoted, "model.promoted events for the model"
+    quality = _alerts(api, model, K.DRIFT_KIND_QUALITY)
+    assert quality and quality[0].scores[0].score > 0.05, "the alert naming the breach"
+
+    # The quality alert retrains on the same data and seed: v2's very artifact, refused by the registry.
+    def decided() -> registry_pb2.ModelVersion | None:
+        try:
+            mv = api.registry.GetModelVersion(registry_pb2.GetModelVersionRequest(name=model, version=3)).version
+        except grpc.RpcError:
+            return None
+        return mv if mv.promotion.state not in (0, registry_pb2.PROMOTION_STATE_PENDING_CHECKS) else None
+
+    v3 = wait_until(decided, 180, "the retrained version's promotion decision")
+    v2 = api.registry.GetModelVersion(registry_pb2.GetModelVersionRequest(name=model, version=2)).version
+    assert v3.checksum == v2.checksum, "same data, same seed: the same artifact"
+    assert v3.promotion.state == registry_pb2.PROMOTION_STATE_NOT_PROMOTED, v3.promotion
+    assert "guard rolled back" in v3.promotion.reason, v3.promotion.reason
+    assert production_version(api, model) == 1
 
 
 def _value(v: int):  # type: ignore[no-untyped-def]

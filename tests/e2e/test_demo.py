@@ -23,5 +23,11 @@ def test_demo_walks_the_whole_loop(tmp_path):
         "retrained on dataset v2",
         "registry: better",
         "one trace links alert, run, registration, checks, promotion and swap",
+        # act two: a bad snapshot's model is promoted, live labels show it wrong, the guard rolls it back
+        "dataset v3 arrives with every label inverted",
+        "serving v3",
+        "rolled back by guard: v3 breached in window",
+        "rolled back to v2",
+        "serving v2 again",
     ):
         assert step in out, (step, out)

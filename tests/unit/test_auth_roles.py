@@ -55,8 +55,10 @@ def test_the_issues_rules_hold_in_the_table():
     assert _who(f"{registry}/RegisterModel") == {roles.SERVICE_TRAINING, roles.TRAINER, roles.ADMIN}
     for method in ("SetAlias", "DeleteAlias", "ArchiveVersion", "SetPromotionPolicy"):
         assert _who(f"{registry}/{method}") == {roles.ADMIN}, method
-    for method in ("ApproveVersion", "RejectVersion", "Rollback"):
+    for method in ("ApproveVersion", "RejectVersion"):
         assert _who(f"{registry}/{method}") == {roles.DEPLOYER, roles.ADMIN}, method
+    # The post-promotion guard rolls back too; the registry holds it to the version it watched.
+    assert _who(f"{registry}/Rollback") == {roles.DEPLOYER, roles.ADMIN, roles.SERVICE_MONITORING}
     assert _who(f"{serving}/RepositoryModelUnload") == {roles.DEPLOYER, roles.ADMIN}
     assert roles.PREDICTOR in _who(f"{serving}/ModelInfer")
     assert _who("/flywheel.v1.TokenService/CreateToken") == {roles.ADMIN}

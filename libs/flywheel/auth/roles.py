@@ -91,7 +91,8 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
             "ReportStagingChecks": _only(SERVICE_SERVING),
             "ApproveVersion": _only(DEPLOYER, ADMIN),
             "RejectVersion": _only(DEPLOYER, ADMIN),
-            "Rollback": _only(DEPLOYER, ADMIN),
+            # Monitoring's post-promotion guard rolls back the version it watched (registry checks that).
+            "Rollback": _only(DEPLOYER, ADMIN, SERVICE_MONITORING),
         },
     ),
     **_svc(

@@ -3,7 +3,9 @@
 A synthetic tabular data set (generated here, nothing downloaded) is ingested, trained, checked,
 promoted and served; reference traffic raises nothing; shifted traffic raises a drift alert;
 training waits for new data; a fresh snapshot arrives and the model is retrained, beats
-production on the same rows and is swapped in. The trace id of the chain ends the show.
+production on the same rows and is swapped in, and the trace id of the chain is shown. Act two: a
+snapshot with inverted labels yields a model that wins on its own test split and is promoted; live
+feedback shows it wrong and the post-promotion guard rolls production back.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Value
 from rich.console import Console
 
 from flywheel.auth.credentials import ClientCredentials, client_credentials
@@ -50,6 +53,12 @@ def _data(rows: int, seed: int, shift: float, weights: tuple[float, ...]) -> tup
     x[:, 1] *= 1 + shift
     y = ((x - [shift, 0, 0, 0]) @ np.array(weights) + rng.normal(scale=0.3, size=rows) > 0).astype(int)
     return x, y
+
+
+def _labels(x: np.ndarray, weights: tuple[float, ...], shift: float, seed: int) -> np.ndarray:
+    """The true class of rows `x` under the concept `_data` draws labels from."""
+    noise = np.random.default_rng(seed).normal(scale=0.3, size=len(x))
+    return (((x - [shift, 0, 0, 0]) @ np.array(weights) + noise) > 0).astype(int)
 
 
 def _csv(x: np.ndarray, y: np.ndarray, start_id: int) -> bytes:
@@ -204,14 +213,56 @@ class Demo:
         trace = _wait("collecting the trace", lambda: self._trace(run2.trigger_event_id), timeout_s=30)
         self.step(f"one trace links alert, run, registration, checks, promotion and swap: [bold]{trace}[/]")
         console.print(f"  see it with: flywheel traces --chain {run2.trigger_event_id}")
+        self._act_two(infer, x2, run2.registered_model.version)
         console.print(f"demo finished in {time.monotonic() - started:.1f}s")
         infer.close()
         return 0
 
-    def _run_done(self, trigger: int) -> T.Run:
+    def _act_two(self, infer: Any, x_live: np.ndarray, good: int) -> None:
+        """A snapshot whose labels a broken upstream job inverted: the model trained on it wins on its
+        own test split and is promoted, live labels show it wrong, and the guard rolls it back."""
+        console.print("[bold]act two: a bad snapshot gets through, and the post-promotion guard takes it back[/]")
+        quality = M.QualityThreshold(metric="accuracy", max_drop=0.05, min_labelled_rows=200)
+        policy = self.monitoring.GetMonitoringPolicy(M.GetMonitoringPolicyRequest(model_name=self.model)).policy
+        policy.quality.CopyFrom(quality)
+        self.monitoring.SetMonitoringPolicy(M.SetMonitoringPolicyRequest(policy=policy))
+        x3, y3 = _data(5000, seed=5, shift=2.0, weights=(-1.0, 1.0, 1.0, 0.5))
+        header = ingestion_pb2.IngestHeader(dataset=self.dataset, mode=K.WRITE_MODE_REPLACE)
+        v3 = self.ingestion.IngestDataset(iter([
+            ingestion_pb2.IngestDatasetRequest(header=header),
+            ingestion_pb2.IngestDatasetRequest(chunk=_csv(x3, 1 - y3, 2_000_000)),  # every label inverted
+        ])).version  # fmt: skip
+        self.step(f"dataset v{v3.ref.version} arrives with every label inverted by an upstream bug")
+        bad = self._run_done(T.RUN_TRIGGER_DATA_VERSIONED, v3.ref.version).registered_model.version
+        mv = self._promoted(bad)
+        self.step(f"registry: {mv.promotion.reason}")
+        self._served(infer, bad)
+        self.step(f"[yellow]serving v{bad}[/], guarded for an hour after its promotion")
+        rows = x_live[:250]
+        self._traffic(infer, rows, "live")
+        truth = _labels(rows, weights=(-1.0, 1.0, 1.0, 0.5), shift=2.0, seed=6)
+        labels = [
+            M.FeedbackLabel(request_id=f"live-{i - i % 25}", row_index=i % 25, label=Value(number_value=float(t)))
+            for i, t in enumerate(truth)
+        ]
+
+        def rolled_back() -> R.AuditEvent | None:
+            self.monitoring.RecordFeedback(M.RecordFeedbackRequest(model_name=self.model, labels=labels))
+            events = self.registry.ListAuditEvents(R.ListAuditEventsRequest(name=self.model)).events
+            return next((e for e in events if e.action == R.AUDIT_ACTION_ROLLED_BACK), None)
+
+        self.step(f"{len(labels)} feedback labels of live traffic arrive")
+        event = _wait("the guard judging the labelled window", rolled_back, timeout_s=60)
+        self.step(f"[red]rolled back by {event.actor}[/]: {event.reason.removeprefix('guard: ')}")
+        self._served(infer, good)
+        self.step(f"[green]serving v{good} again[/]: no request failed, no person woken up")
+
+    def _run_done(self, trigger: int, dataset_version: int = 0) -> T.Run:
         def done() -> T.Run | None:
             runs = self.training.ListRuns(T.ListRunsRequest(spec_name=self.model)).runs
             for r in runs:
+                if dataset_version and r.dataset.version != dataset_version:
+                    continue
                 if r.trigger == trigger and r.status == T.RUN_STATUS_FAILED:
                     raise client.CliError(f"run {r.run_id} failed: {r.error}")
                 if r.trigger == trigger and r.status == T.RUN_STATUS_SUCCEEDED:

@@ -172,6 +172,42 @@ class EstimatedPerformanceThreshold(_message.Message):
 Global___EstimatedPerformanceThreshold: _TypeAlias = EstimatedPerformanceThreshold  # noqa: Y015
 
 @_typing.final
+class GuardPolicy(_message.Message):
+    """After a promotion, the new production version is watched for `duration`: a window of it that
+    breaches one of `rollback_on` rolls production back to the version it replaced (audited as actor
+    "guard"). A rollback's own promotion is never guarded (it would bounce back).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DURATION_FIELD_NUMBER: _builtins.int
+    ROLLBACK_ON_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
+    disabled: _builtins.bool
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """Unset = 1 hour."""
+
+    @_builtins.property
+    def rollback_on(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.DriftKind.ValueType]:
+        """Empty = model quality (labels) and estimated performance (no labels)."""
+
+    def __init__(
+        self,
+        *,
+        duration: _duration_pb2.Duration | None = ...,
+        rollback_on: _abc.Iterable[_common_pb2.DriftKind.ValueType] | None = ...,
+        disabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "duration", b"duration", "rollback_on", b"rollback_on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuardPolicy: _TypeAlias = GuardPolicy  # noqa: Y015
+
+@_typing.final
 class SegmentConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -285,6 +321,7 @@ class MonitoringPolicy(_message.Message):
     CONSECUTIVE_BREACHES_FIELD_NUMBER: _builtins.int
     COOLDOWN_FIELD_NUMBER: _builtins.int
     ESTIMATED_PERFORMANCE_FIELD_NUMBER: _builtins.int
+    GUARD_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     enabled: _builtins.bool
     consecutive_breaches: _builtins.int
@@ -315,6 +352,10 @@ class MonitoringPolicy(_message.Message):
     def estimated_performance(self) -> Global___EstimatedPerformanceThreshold:
         """Confidence-based performance estimation on drift windows (needs the model's calibration sample)."""
 
+    @_builtins.property
+    def guard(self) -> Global___GuardPolicy:
+        """Post-promotion guard with automatic rollback."""
+
     def __init__(
         self,
         *,
@@ -330,10 +371,11 @@ class MonitoringPolicy(_message.Message):
         consecutive_breaches: _builtins.int = ...,
         cooldown: _duration_pb2.Duration | None = ...,
         estimated_performance: Global___EstimatedPerformanceThreshold | None = ...,
+        guard: Global___GuardPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cooldown", b"cooldown", "default_thresholds", b"default_thresholds", "estimated_performance", b"estimated_performance", "integrity", b"integrity", "prediction_thresholds", b"prediction_thresholds", "quality", b"quality", "window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cooldown", b"cooldown", "default_thresholds", b"default_thresholds", "estimated_performance", b"estimated_performance", "guard", b"guard", "integrity", b"integrity", "prediction_thresholds", b"prediction_thresholds", "quality", b"quality", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_breaches", b"consecutive_breaches", "cooldown", b"cooldown", "default_thresholds", b"default_thresholds", "enabled", b"enabled", "estimated_performance", b"estimated_performance", "feature_thresholds", b"feature_thresholds", "integrity", b"integrity", "model_name", b"model_name", "prediction_thresholds", b"prediction_thresholds", "quality", b"quality", "segments", b"segments", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_breaches", b"consecutive_breaches", "cooldown", b"cooldown", "default_thresholds", b"default_thresholds", "enabled", b"enabled", "estimated_performance", b"estimated_performance", "feature_thresholds", b"feature_thresholds", "guard", b"guard", "integrity", b"integrity", "model_name", b"model_name", "prediction_thresholds", b"prediction_thresholds", "quality", b"quality", "segments", b"segments", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1598,11 +1598,17 @@ class RollbackRequest(_message.Message):
     TO_VERSION_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     to_version: _builtins.int
     """0 = the version that held `production` before the current one."""
     actor: _builtins.str
     reason: _builtins.str
+    from_version: _builtins.int
+    """When set, rolls back only while this version holds `production` (FAILED_PRECONDITION
+    otherwise), so a late or repeated rollback never undoes a newer promotion. Monitoring's
+    post-promotion guard always sets it, and is audited as actor "guard".
+    """
     def __init__(
         self,
         *,
@@ -1610,10 +1616,11 @@ class RollbackRequest(_message.Message):
         to_version: _builtins.int = ...,
         actor: _builtins.str = ...,
         reason: _builtins.str = ...,
+        from_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "name", b"name", "reason", b"reason", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "from_version", b"from_version", "name", b"name", "reason", b"reason", "to_version", b"to_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
