@@ -56,6 +56,12 @@ def _latency(quantile: float) -> str:
     return f"histogram_quantile({quantile}, sum by (le, model, version) (rate({buckets}[{RATE}])))"
 
 
+def _shadow(figure: str) -> str:
+    """One figure of the live shadow comparison, per model and challenger."""
+    selector = f'{MODEL}, figure="{figure}"'
+    return f"max by (model, challenger_version) (flywheel_monitoring_shadow_comparison{{{selector}}})"
+
+
 def _increase(metric: str, by: str, selector: str = "") -> str:
     """Events per dashboard interval, summed by the `by` labels."""
     return (
@@ -155,6 +161,40 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "A classifier's accuracy, F1 or ROC AUC in its last drift window, estimated from its calibrated"
                 " probabilities before any label arrives (the policy's estimated_performance metric).",
                 width=16,
+            ),
+            Panel(
+                "Shadow vs production (same requests)",
+                [
+                    (
+                        _shadow("agreement"),
+                        "{{model}} v{{challenger_version}} agreement",
+                    ),
+                    (
+                        _shadow("challenger_accuracy"),
+                        "{{model}} v{{challenger_version}} live accuracy",
+                    ),
+                    (
+                        _shadow("production_accuracy"),
+                        "{{model}} production live accuracy",
+                    ),
+                ],
+                "A shadow challenger against production on the requests both answered: how often they agree, and"
+                " each one's accuracy on the rows feedback labelled (refreshed every 30 s while the shadow runs).",
+                width=24,
+            ),
+            Panel(
+                "Progressive rollouts",
+                [
+                    (
+                        _increase("flywheel_registry_rollout_decisions_total", "model, decision", MODEL),
+                        "{{model}} {{decision}}",
+                    ),
+                    (_increase("flywheel_registry_rollout_failures_total", "model", MODEL), "{{model}} tick failed"),
+                ],
+                "Canary steps advanced, rollouts promoted and aborted (a gate breached), and driver ticks that"
+                " failed (a dependency away; the next tick retries).",
+                kind="bars",
+                width=8,
             ),
             Panel(
                 "Post-promotion guard rollbacks",

@@ -29,6 +29,8 @@ from flywheel.v1 import (
     monitoring_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
+    serving_pb2,
+    serving_pb2_grpc,
 )
 
 CHUNK = 1024 * 1024
@@ -95,6 +97,41 @@ async def rollback(settings: Settings, request: registry_pb2.RollbackRequest) ->
             return await registry_pb2_grpc.RegistryServiceStub(ch).Rollback(request, timeout=10)
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, "registry") from exc
+
+
+async def set_canary(settings: Settings, request: serving_pb2.SetCanaryRequest) -> serving_pb2.Deployment:
+    async with _channel(settings, "serving") as ch:
+        try:
+            return (await serving_pb2_grpc.ServingAdminStub(ch).SetCanary(request, timeout=10)).deployment
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "serving") from exc
+
+
+async def clear_traffic(settings: Settings, request: serving_pb2.ClearTrafficRequest) -> serving_pb2.Deployment:
+    async with _channel(settings, "serving") as ch:
+        try:
+            return (await serving_pb2_grpc.ServingAdminStub(ch).ClearTraffic(request, timeout=10)).deployment
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "serving") from exc
+
+
+async def deployment(settings: Settings, model: str) -> serving_pb2.Deployment:
+    request = serving_pb2.GetDeploymentRequest(model_name=model)
+    async with _channel(settings, "serving") as ch:
+        try:
+            return (await serving_pb2_grpc.ServingAdminStub(ch).GetDeployment(request, timeout=10)).deployment
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "serving") from exc
+
+
+async def canary_report(
+    settings: Settings, request: monitoring_pb2.GetCanaryReportRequest
+) -> monitoring_pb2.CanaryReport:
+    async with _channel(settings, "monitoring") as ch:
+        try:
+            return (await monitoring_pb2_grpc.MonitoringServiceStub(ch).GetCanaryReport(request, timeout=30)).report
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "monitoring") from exc
 
 
 async def download(settings: Settings, name: str, version: int) -> tuple[bytes, str]:

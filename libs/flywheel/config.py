@@ -152,6 +152,7 @@ class Settings(BaseSettings):
 
     # Registry.
     registry_max_artifact_mb: int = 1024  # a larger model upload is refused (RESOURCE_EXHAUSTED)
+    registry_rollout_tick_s: float = 1.0  # how often progressive rollouts are judged (and serving told)
 
     # Training.
     training_lease_s: float = 15.0  # a run whose worker stops heartbeating is reclaimed after this

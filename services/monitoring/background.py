@@ -11,7 +11,7 @@ from flywheel.app import ServiceContext
 from flywheel.logging import get_logger
 from flywheel.retry import Backoff, retry
 from flywheel.telemetry import meter
-from services.monitoring import evaluator, guard
+from services.monitoring import challenger_reads, evaluator, guard
 from services.monitoring.references import follow_production
 
 log = get_logger(__name__)
@@ -58,7 +58,7 @@ async def close_due_windows(ctx: ServiceContext) -> None:
     """Time-based windows: close a window whose oldest row is older than the policy's duration
     (and, now and then, forget predictions too old for any label to join). A failure is logged and
     counted, and the ticker goes on: one model's trouble must not stop the others' windows."""
-    last_prune = time.monotonic()
+    last_prune = last_shadow = time.monotonic()
     while True:
         await asyncio.sleep(ctx.settings.monitoring_tick_s)
         if time.monotonic() - last_prune >= PRUNE_EVERY_S:
@@ -71,6 +71,12 @@ async def close_due_windows(ctx: ServiceContext) -> None:
             await guard.carry_out(ctx.pool, ctx.settings)
         except Exception as exc:
             _failed("guard rollback", "", exc)
+        if time.monotonic() - last_shadow >= challenger_reads.REFRESH_S:
+            last_shadow = time.monotonic()
+            try:
+                await challenger_reads.refresh(ctx.pool)
+            except Exception as exc:
+                _failed("shadow comparison", "", exc)
         try:
             due = await _models_with_open_rows(ctx)
         except Exception as exc:
@@ -93,6 +99,7 @@ async def _prune(ctx: ServiceContext) -> None:
         await conn.execute(
             f"DELETE FROM predictions WHERE window_id IS NOT NULL AND at < now() - interval '{KEEP_PREDICTIONS}'"
         )
+        await conn.execute(f"DELETE FROM challenger_predictions WHERE at < now() - interval '{KEEP_PREDICTIONS}'")
 
 
 async def _models_with_open_rows(ctx: ServiceContext) -> list[tuple[str, float]]:

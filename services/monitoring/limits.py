@@ -29,6 +29,7 @@ MAX_SEGMENTS = 32
 MAX_BUCKET_EDGES = 1_000
 MAX_SCORE = 1e6  # psi, max_drop, max_gap, |min_value|, |bucket edge|
 MAX_WINDOW_COUNT = 500  # GetDriftReport.window_count (as paging.MAX_PAGE_SIZE)
+MAX_COMPARISON_ROWS = 100_000  # GetShadowComparison.max_rows (comparison.MAX_ROWS)
 MAX_FEEDBACK_LABELS = 10_000  # labels in one RecordFeedback call
 MAX_WATCH_KINDS = 16
 _TIMESTAMP_MIN_S, _TIMESTAMP_MAX_S = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31 UTC
@@ -109,6 +110,24 @@ def segment_report_request(request: M.GetSegmentReportRequest) -> None:
     count(request.model_version, "model_version", 2**31 - 1)  # versions are int4 in PostgreSQL
     text(request.window_id, "window_id")
     text(request.field, "field")
+
+
+def shadow_comparison_request(request: M.GetShadowComparisonRequest) -> None:
+    text(request.model_name, "model_name", required=True)
+    count(request.challenger_version, "challenger_version", 2**63 - 1)
+    count(request.max_rows, "max_rows", MAX_COMPARISON_ROWS)
+
+
+def canary_report_request(request: M.GetCanaryReportRequest) -> None:
+    text(request.model_name, "model_name", required=True)
+    count(request.canary_version, "canary_version", 2**63 - 1)
+    if not request.canary_version:
+        raise InvalidArgument("name the canary's version", field="canary_version")
+    if not request.HasField("since"):
+        raise InvalidArgument("required", field="since")
+    timestamp(request.since, "since")
+    if request.HasField("labels_since"):
+        timestamp(request.labels_since, "labels_since")
 
 
 def feedback_request(request: M.RecordFeedbackRequest) -> None:

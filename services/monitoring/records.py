@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 from google.protobuf import json_format
@@ -37,6 +38,17 @@ async def record_predictions(conn: asyncpg.Connection, event: events_pb2.Predict
         # Shadow and canary traffic is not production's; its drift would be misattributed.
         if r.role in (common_pb2.SERVING_ROLE_PRODUCTION, common_pb2.SERVING_ROLE_UNSPECIFIED)
     ]
+    challengers = [
+        (model, event.model.version, r.role, r.request_id, r.row_index, r.outputs, r.latency_ms, r.at)
+        for r in logged
+        if r.role in (common_pb2.SERVING_ROLE_SHADOW, common_pb2.SERVING_ROLE_CANARY)
+    ]
+    if challengers:  # kept apart, for comparing a challenger with production on the same requests
+        await conn.executemany(
+            "INSERT INTO challenger_predictions (model, version, role, request_id, row_index, outputs, latency_ms, at)"
+            " VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7,$8)",
+            challengers,
+        )
     if not rows:
         return
     await conn.executemany(
@@ -97,9 +109,10 @@ async def record_labels(
             label.request_id,
             label.row_index,
         )
-        if row is None:
-            continue
         value = json_format.MessageToDict(label.label)
+        if row is None:
+            matched += await _canary_label(conn, model, label, value)
+            continue
         inserted = await conn.fetchval(
             "INSERT INTO labels (model, version, request_id, row_index, label, predicted, inputs)"
             " VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7) ON CONFLICT DO NOTHING RETURNING true",
@@ -115,3 +128,30 @@ async def record_labels(
     if matched:
         await _closing_windows(conn, model, "quality", lambda: evaluator.close_quality_windows(conn, model))
     return len(labels), matched
+
+
+async def _canary_label(conn: asyncpg.Connection, model: str, label: monitoring_pb2.FeedbackLabel, value: Any) -> int:
+    """A label of a request a canary answered (no production row has its id): kept for the rollout's
+    quality gate, never in production's quality windows. 1 when newly stored."""
+    row = await conn.fetchrow(
+        "SELECT version, outputs, at FROM challenger_predictions WHERE model = $1 AND role = $2 AND request_id = $3"
+        " AND row_index = $4 ORDER BY id DESC LIMIT 1",
+        model,
+        common_pb2.SERVING_ROLE_CANARY,
+        label.request_id,
+        label.row_index,
+    )
+    if row is None:
+        return 0
+    inserted = await conn.fetchval(
+        "INSERT INTO challenger_labels (model, version, request_id, row_index, label, predicted, at)"
+        " VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7) ON CONFLICT DO NOTHING RETURNING true",
+        model,
+        row["version"],
+        label.request_id,
+        label.row_index,
+        json.dumps(value, allow_nan=False),
+        row["outputs"],
+        row["at"],
+    )
+    return int(bool(inserted))

@@ -1,5 +1,5 @@
 """gRPC surface of monitoring: drift and segment reports, alerts (listed and streamed),
-per-model policies, and feedback labels."""
+per-model policies, feedback labels, and live shadow comparisons."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from flywheel.grpc.context import actor
 from flywheel.paging import decode_token, next_token, page_size
 from flywheel.retry import Backoff
 from flywheel.v1 import monitoring_pb2, monitoring_pb2_grpc
-from services.monitoring import evaluator, limits
+from services.monitoring import challenger_reads, evaluator, limits
 from services.monitoring import policy as policies
 from services.monitoring.alerts import alerts_after
 from services.monitoring.records import record_labels
@@ -118,6 +118,26 @@ class MonitoringService(monitoring_pb2_grpc.MonitoringServiceServicer):
         async with self._pool.acquire() as conn, conn.transaction():
             accepted, matched = await record_labels(conn, request.model_name, list(request.labels))
         return M.RecordFeedbackResponse(accepted=accepted, matched=matched)
+
+    async def GetShadowComparison(
+        self, request: M.GetShadowComparisonRequest, context: Context
+    ) -> M.GetShadowComparisonResponse:
+        limits.shadow_comparison_request(request)
+        async with self._pool.acquire() as conn:
+            result = await challenger_reads.comparison(
+                conn, request.model_name, request.challenger_version, request.max_rows
+            )
+        return M.GetShadowComparisonResponse(comparison=result)
+
+    async def GetCanaryReport(self, request: M.GetCanaryReportRequest, context: Context) -> M.GetCanaryReportResponse:
+        limits.canary_report_request(request)
+        since = request.since.ToDatetime(tzinfo=UTC)
+        labels_since = request.labels_since.ToDatetime(tzinfo=UTC) if request.HasField("labels_since") else since
+        async with self._pool.acquire() as conn:
+            report = await challenger_reads.canary(
+                conn, request.model_name, request.canary_version, since, labels_since
+            )
+        return M.GetCanaryReportResponse(report=report)
 
     async def WatchAlerts(
         self, request: M.WatchAlertsRequest, context: Context

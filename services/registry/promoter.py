@@ -17,7 +17,7 @@ from flywheel.errors import FailedPrecondition, InvalidArgument
 from flywheel.logging import get_logger
 from flywheel.pbutil import timestamp
 from flywheel.v1 import common_pb2, events_pb2, registry_pb2
-from services.registry import promotion, rules, store
+from services.registry import promotion, rollout, rules, store
 
 log = get_logger(__name__)
 R = registry_pb2
@@ -118,9 +118,12 @@ class Promoter:
                 policy, report, list(mv.metrics), champion_version or 0, list(champion.metrics) if champion else [],
                 await store.guard_rolled_back(conn, name, mv.checksum),
             )  # fmt: skip
-            result = await _apply_decision(
-                conn, mv, decision.state, decision.reason, "registry", champion_version or 0, causation_id
-            )
+            if decision.state == R.PROMOTION_STATE_PROMOTED and champion_version and rollout.progressive(policy):
+                result = await start_rollout(conn, mv, policy, champion_version, decision.reason, "registry")
+            else:
+                result = await apply_decision(
+                    conn, mv, decision.state, decision.reason, "registry", champion_version or 0, causation_id
+                )
             return await store.get_version(conn, name, version), result
 
     async def approve(
@@ -138,7 +141,12 @@ class Promoter:
             )
             previous = await store.alias_version(conn, name, rules.PRODUCTION)
             because = f"approved by {who}" + (f": {reason}" if reason else "")
-            decision = await _apply_decision(conn, mv, R.PROMOTION_STATE_PROMOTED, because, who, previous or 0, "")
+            model = await store.ensure_model(conn, name)
+            policy = common_pb2.PromotionPolicy.FromString(model["policy"]) if model["policy"] else None
+            if previous and policy is not None and rollout.progressive(policy):
+                decision = await start_rollout(conn, mv, policy, previous, because, who)
+            else:
+                decision = await apply_decision(conn, mv, R.PROMOTION_STATE_PROMOTED, because, who, previous or 0, "")
             return await store.get_version(conn, name, version), decision
 
     async def reject(
@@ -150,7 +158,7 @@ class Promoter:
             mv = await store.get_version(conn, name, version)
             if mv.promotion.state == R.PROMOTION_STATE_PROMOTED:
                 raise FailedPrecondition("the version was already promoted; use Rollback", field="version")
-            decision = await _apply_decision(conn, mv, R.PROMOTION_STATE_REJECTED, reason, who, 0, "")
+            decision = await apply_decision(conn, mv, R.PROMOTION_STATE_REJECTED, reason, who, 0, "")
             return await store.get_version(conn, name, version), decision
 
     async def rollback(self, name: str, to_version: int, reason: str, who: str, from_version: int = 0) -> tuple[
@@ -181,7 +189,56 @@ class Promoter:
         return target, current
 
 
-async def _apply_decision(
+async def start_rollout(
+    conn: asyncpg.Connection,
+    mv: registry_pb2.ModelVersion,
+    policy: common_pb2.PromotionPolicy,
+    champion: int,
+    reason: str,
+    who: str,
+) -> registry_pb2.PromotionDecision:
+    """The version earned promotion under a progressive policy: it becomes a canary at the first step
+    (the rollout driver tells serving and judges the gates). A rollout already under way for the model
+    is superseded (its canary is replaced by this one)."""
+    name, version = mv.ref.name, mv.ref.version
+    pct = rollout.steps(policy)
+    for old in await conn.fetch(
+        "UPDATE rollouts SET state = 'aborted', reason = $2, updated_at = now() WHERE model = $1 AND state = 'active'"
+        " RETURNING version",
+        name,
+        f"superseded by v{version}",
+    ):
+        superseded = registry_pb2.PromotionDecision(
+            state=R.PROMOTION_STATE_ABORTED, reason=f"rollout superseded by v{version}", actor=who
+        )
+        superseded.time.GetCurrentTime()
+        await store.save_promotion(conn, name, old["version"], superseded)
+    decision = registry_pb2.PromotionDecision(
+        state=R.PROMOTION_STATE_ROLLING_OUT,
+        reason=f"{reason}; rolling out: canary at {pct[0]:g}% (step 1 of {len(pct)})",
+        actor=who,
+        rollout=registry_pb2.RolloutStatus(step=0, steps=len(pct), percent=pct[0]),
+    )
+    decision.time.GetCurrentTime()
+    decision.rollout.step_started.CopyFrom(decision.time)
+    await store.save_promotion(conn, name, version, decision)
+    await conn.execute(
+        "INSERT INTO rollouts (model, version, champion) VALUES ($1, $2, $3) ON CONFLICT (model, version) DO UPDATE"
+        " SET state = 'active', step = 0, applied_percent = 0, started_at = now(), step_started_at = now(),"
+        " baseline = '{}'::jsonb, champion = $3, updated_at = now()",
+        name,
+        version,
+        champion,
+    )
+    await store.audit(
+        conn, actor=who, action=R.AUDIT_ACTION_ROLLOUT_STEP, name=name, version=version, reason=decision.reason,
+        details={"step": 0, "percent": pct[0]},
+    )  # fmt: skip
+    log.info("rollout started", model=name, version=version, percent=pct[0], champion=champion)
+    return decision
+
+
+async def apply_decision(
     conn: asyncpg.Connection,
     mv: registry_pb2.ModelVersion,
     state: registry_pb2.PromotionState.ValueType,
@@ -189,9 +246,10 @@ async def _apply_decision(
     who: str,
     champion_version: int,
     causation_id: str,
+    rollout_status: registry_pb2.RolloutStatus | None = None,
 ) -> registry_pb2.PromotionDecision:
     """Record the decision on the version, audit it, and move production when it says so."""
-    decision = registry_pb2.PromotionDecision(state=state, reason=reason, actor=who)
+    decision = registry_pb2.PromotionDecision(state=state, reason=reason, actor=who, rollout=rollout_status)
     decision.time.GetCurrentTime()
     name, version = mv.ref.name, mv.ref.version
     await store.save_promotion(conn, name, version, decision)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from flywheel.errors import FailedPrecondition, InvalidArgument
 from flywheel.v1 import common_pb2
+from services.registry import rollout
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -101,3 +102,5 @@ def check_policy(policy: common_pb2.PromotionPolicy, field: str = "policy") -> N
         raise InvalidArgument(f"at most {MAX_TAG_KEY_CHARS} characters", field=f"{field}.metric")
     if not (math.isfinite(policy.min_improvement) and 0 <= policy.min_improvement <= MAX_IMPROVEMENT):
         raise InvalidArgument(f"must be a number in [0, {MAX_IMPROVEMENT:g}]", field=f"{field}.min_improvement")
+    if policy.HasField("rollout"):
+        rollout.check(policy.rollout, f"{field}.rollout")

@@ -6,6 +6,7 @@ one trace links the alert, the run, the registration, the checks, the promotion 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import threading
 import time
@@ -18,12 +19,15 @@ from aiokafka import AIOKafkaProducer
 from google.protobuf.duration_pb2 import Duration
 
 from flywheel.bus.topics import Topics
+from flywheel.predictions import logged_rows
 from flywheel.telemetry import read_spans
 from flywheel.v1 import (
     common_pb2,
+    events_pb2,
     ingestion_pb2,
     monitoring_pb2,
     registry_pb2,
+    serving_pb2,
     training_pb2,
 )
 from tests.polling import wait_until
@@ -284,10 +288,12 @@ def test_an_estimated_performance_drop_retrains_before_any_label_and_labels_conf
     truth = ((x @ [1.5, 0.5, -0.5, -1.0] + rng.normal(scale=0.3, size=900)) > 0).astype(int)
     ids = send_traffic(infer, model, x, headers, batch=20, prefix="est")
 
+    # Each of the three windows breaches; the first alert goes out, the cooldown holds back the others.
     alert = wait_until(
-        lambda: _alerts(api, model, K.DRIFT_KIND_ESTIMATED_PERFORMANCE), 60, "an estimated-performance alert"
-    )[0]
-    assert alert.event_id and not alert.suppressed
+        lambda: [a for a in _alerts(api, model, K.DRIFT_KIND_ESTIMATED_PERFORMANCE) if not a.suppressed],
+        60, "an estimated-performance alert",
+    )[-1]  # fmt: skip
+    assert alert.event_id
     assert alert.scores[0].feature == "accuracy" and alert.scores[0].score > 0.05, alert
     assert {a.kind for a in _alerts(api, model)} == {K.DRIFT_KIND_ESTIMATED_PERFORMANCE}
     estimated = [w.estimated for w in _windows(api, model) if w.HasField("estimated")]
@@ -405,6 +411,231 @@ def test_the_guard_rolls_back_a_promotion_whose_live_quality_collapses_and_retra
     assert v3.promotion.state == registry_pb2.PROMOTION_STATE_NOT_PROMOTED, v3.promotion
     assert "guard rolled back" in v3.promotion.reason, v3.promotion.reason
     assert production_version(api, model) == 1
+
+
+def test_a_shadow_challenger_is_compared_with_production_on_the_same_requests(stack, api, infer, headers):
+    """v2 (a new concept, kept out of production by the margin) shadows v1: monitoring's comparison,
+    over the RPC and in `flywheel deploy status`, equals a recomputation from predictions.logged."""
+    model = "shadow-model"
+    _bootstrap(api, infer, headers, "shadow", model, spec("shadow-lr", "shadow", model, on_data=True, margin=0.99))
+    new = concept_csv(4000, seed=3, start_id=100_000, weights=(-1.0, 1.0, 1.0, 0.5))
+    csv = ingestion_pb2.DATA_FORMAT_CSV
+    header = ingestion_pb2.IngestHeader(dataset="shadow", mode=K.WRITE_MODE_REPLACE, format=csv)
+    api.ingestion.IngestDataset(
+        iter([ingestion_pb2.IngestDatasetRequest(header=header), ingestion_pb2.IngestDatasetRequest(chunk=new)])
+    )
+
+    def decided() -> registry_pb2.ModelVersion | None:
+        try:
+            mv = api.registry.GetModelVersion(registry_pb2.GetModelVersionRequest(name=model, version=2)).version
+        except grpc.RpcError:
+            return None
+        return mv if mv.promotion.state == registry_pb2.PROMOTION_STATE_NOT_PROMOTED else None
+
+    wait_until(decided, 180, "v2 registered, checked and kept out of production")
+    api.serving.SetShadow(serving_pb2.SetShadowRequest(model_name=model, challenger_version=2, percent=100))
+    x = shifted(200, seed=9, shift=0.0)
+    ids = send_traffic(infer, model, x, headers, batch=20, prefix="sh")
+    truth = (x @ [1.5, 0.5, -0.5, -1.0] > 0).astype(int)
+    labels = [
+        M.FeedbackLabel(request_id=ids[i // 20], row_index=i % 20, label=_value(int(t)))
+        for i, t in enumerate(truth)
+        if i < 100  # half the rows get a label
+    ]
+    api.monitoring.RecordFeedback(M.RecordFeedbackRequest(model_name=model, labels=labels))
+
+    def compared() -> M.ShadowComparison | None:
+        try:
+            c = api.monitoring.GetShadowComparison(M.GetShadowComparisonRequest(model_name=model)).comparison
+        except grpc.RpcError:
+            return None
+        if c.rows == 200 and c.labelled_rows < 100:  # labels sent before their predictions were stored
+            api.monitoring.RecordFeedback(M.RecordFeedbackRequest(model_name=model, labels=labels))
+        return c if c.rows == 200 and c.labelled_rows == 100 else None
+
+    c = wait_until(compared, 60, "200 paired rows, 100 of them labelled")
+    assert c.production.version == 1 and c.challenger.version == 2
+
+    # Recomputed from the topic: serving's own records of both answers, paired by request and row.
+    rows = [
+        r for rec in read_topic(stack.bootstrap, Topics.PREDICTIONS_LOGGED)
+        if rec.key == model.encode()
+        for r in logged_rows(events_pb2.PredictionsLogged.FromString(rec.value))
+        if r.request_id.startswith("sh-")
+    ]  # fmt: skip
+    by_role = {
+        role: {(r.request_id, r.row_index): r for r in rows if r.role == role}
+        for role in (K.SERVING_ROLE_PRODUCTION, K.SERVING_ROLE_SHADOW)
+    }
+    prod, shadow = by_role[K.SERVING_ROLE_PRODUCTION], by_role[K.SERVING_ROLE_SHADOW]
+    assert len(prod) == len(shadow) == 200
+    keys = sorted(prod)
+    agree = np.mean([prod[k].outputs["class"] == shadow[k].outputs["class"] for k in keys])
+    assert 0.05 < agree < 0.95, "two different concepts: they agree on some rows, not all"
+    assert c.agreement == pytest.approx(agree)
+    for side, got in ((prod, c.production_latency), (shadow, c.challenger_latency)):
+        ms = np.array([side[k].latency_ms for k in keys])
+        assert got.p50_ms == pytest.approx(np.percentile(ms, 50)) and got.p99_ms == pytest.approx(np.percentile(ms, 99))
+    truth_by_key = {(ids[i // 20], i % 20): str(int(t)) for i, t in enumerate(truth) if i < 100}
+    for side, got in ((prod, c.production_quality), (shadow, c.challenger_quality)):
+        accuracy = np.mean([side[k].outputs["class"] == t for k, t in truth_by_key.items()])
+        assert {m.name: m.value for m in got}["accuracy"] == pytest.approx(accuracy)
+
+    shown = stack.cli("deploy", "status", model, "--json")
+    assert shown.returncode == 0, shown.stderr
+    printed = json.loads(shown.stdout)["shadow_comparison"]
+    assert printed["rows"] == "200" and printed["agreement"] == pytest.approx(agree)
+    api.serving.ClearTraffic(serving_pb2.ClearTrafficRequest(model_name=model))
+
+
+WEIGHTS = np.array([1.5, 0.5, -0.5, -1.0])
+
+
+def _rows_csv(x: np.ndarray, y: np.ndarray, start_id: int) -> bytes:
+    ids = np.arange(start_id, start_id + len(x))
+    out = io.StringIO()
+    out.write("id,f0,f1,f2,f3,label\n")
+    np.savetxt(out, np.column_stack([ids, x, np.asarray(y, dtype=int)]), delimiter=",",
+               fmt=["%d", "%.6f", "%.6f", "%.6f", "%.6f", "%d"])  # fmt: skip
+    return out.getvalue().encode()
+
+
+def _ingest(api: Clients, dataset: str, data: bytes, replace: bool) -> None:
+    mode = K.WRITE_MODE_REPLACE if replace else K.WRITE_MODE_UNSPECIFIED
+    header = ingestion_pb2.IngestHeader(dataset=dataset, mode=mode, format=ingestion_pb2.DATA_FORMAT_CSV)
+    api.ingestion.IngestDataset(
+        iter([ingestion_pb2.IngestDatasetRequest(header=header), ingestion_pb2.IngestDatasetRequest(chunk=data)])
+    )
+
+
+def _progressive_spec(name: str, model: str, dwell_s: int) -> T.TrainingSpec:
+    s = spec(name, name, model, on_data=True, margin=0.0)
+    s.triggers.on_drift_detected = False  # only new data trains: the versions are the test's
+    s.promotion_policy.rollout.CopyFrom(
+        K.RolloutPolicy(
+            mode=K.ROLLOUT_MODE_PROGRESSIVE, steps=[20, 50], min_step_duration=Duration(seconds=dwell_s),
+            min_step_rows=30,
+            gates=K.RolloutGates(max_prediction_psi=1.0, max_p99_latency_ratio=50.0, max_quality_drop=0.05,
+                                 min_labelled_rows=30),
+        )
+    )  # fmt: skip
+    return s
+
+
+class _LabelledTraffic:
+    """Steady one-row requests on their own connection, each labelled with the true concept (the
+    feedback follows a moment later, as it would from an application); counts failures and versions."""
+
+    def __init__(self, stack, model: str, headers: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+        self.stack, self.model, self.headers = stack, model, headers
+        self.stop, self.failures, self.versions = threading.Event(), [], []
+        self.labels: list[M.FeedbackLabel] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        client, rng = self.stack.triton(), np.random.default_rng(77)
+        try:
+            while not self.stop.is_set():
+                x = rng.normal(size=(1, 4)).astype(np.float32)
+                inp = triton.InferInput("input", [1, 4], "FP32")
+                inp.set_data_from_numpy(x)
+                rid = f"steady-{len(self.versions) + len(self.failures)}"
+                try:
+                    answer = client.infer(self.model, [inp], request_id=rid, headers=self.headers).get_response()
+                    self.versions.append(answer.model_version)
+                    truth = int(float(x[0] @ WEIGHTS) > 0)
+                    self.labels.append(M.FeedbackLabel(request_id=rid, row_index=0, label=_value(truth)))
+                except Exception as exc:
+                    self.failures.append(repr(exc))
+                time.sleep(0.005)
+        finally:
+            client.close()
+
+    def __enter__(self) -> _LabelledTraffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def _audit(api: Clients, model: str, action: int) -> list[registry_pb2.AuditEvent]:
+    events = api.registry.ListAuditEvents(registry_pb2.ListAuditEventsRequest(name=model)).events
+    return [e for e in events if e.action == action]
+
+
+def _version(api: Clients, model: str, version: int) -> registry_pb2.ModelVersion | None:
+    try:
+        return api.registry.GetModelVersion(registry_pb2.GetModelVersionRequest(name=model, version=version)).version
+    except grpc.RpcError:
+        return None
+
+
+def test_a_better_model_rolls_out_through_every_step_and_a_broken_one_is_aborted_at_the_first(
+    stack, api, infer, headers
+):
+    """Progressive policy (canary 20%, then 50%, then production). v2 of "rollout-model" (v1 learnt
+    from labels with a bias) rolls through both steps under steady traffic and is promoted; v3, learnt
+    from inverted labels, wins on its own test split too, but the feedback on its canary requests
+    breaches the quality gate at 20% and it is aborted: traffic back to v2, no failed request."""
+    model, rng = "rollout-model", np.random.default_rng(31)
+    x = rng.normal(size=(4000, 4))
+    concept = (x @ WEIGHTS + rng.normal(scale=0.3, size=4000)) > 0
+    create_dataset(api, "rollout-model")
+    _ingest(api, "rollout-model", _rows_csv(x, (x @ WEIGHTS + 1.5 > 0), 0), replace=False)  # a biased v1
+    api.training.CreateSpec(T.CreateSpecRequest(spec=_progressive_spec("rollout-model", model, dwell_s=1)))
+    wait_until(lambda: production_version(api, model) == 1, 120, "v1 in production")
+    wait_served(infer, model, 1, headers)
+    # Production's labels must not close quality windows here: the rollout's gates are under test.
+    _policy(api, model, cooldown_s=600, quality=M.QualityThreshold(metric="accuracy", min_labelled_rows=100_000))
+
+    with _LabelledTraffic(stack, model, headers) as traffic:
+        _ingest(api, "rollout-model", _rows_csv(x, concept, 10_000), replace=True)
+        rolling = wait_until(
+            lambda: (v := _version(api, model, 2)) and v.promotion.state == registry_pb2.PROMOTION_STATE_ROLLING_OUT,
+            120, "v2 entering its rollout",
+        )  # fmt: skip
+        assert rolling
+        wait_until(lambda: production_version(api, model) == 2, 90, "v2 promoted after its canary steps")
+        wait_served(infer, model, 2, headers)
+        v2 = _version(api, model, 2)
+        assert v2 is not None and v2.promotion.state == registry_pb2.PROMOTION_STATE_PROMOTED
+        assert v2.promotion.actor == "rollout" and "rolled out through 20%, 50%" in v2.promotion.reason, v2.promotion
+        steps = [e.reason for e in _audit(api, model, registry_pb2.AUDIT_ACTION_ROLLOUT_STEP) if e.version == 2]
+        assert len(steps) == 2 and "canary at 20%" in steps[0] and "20% -> 50%" in steps[1], steps
+        changes = api.serving.ListTrafficChanges(serving_pb2.ListTrafficChangesRequest(model_name=model)).changes
+        canaries = sorted(c.after.percent for c in changes if c.after.mode == serving_pb2.TRAFFIC_MODE_CANARY)
+        assert canaries == [20.0, 50.0], changes
+
+        # v3: inverted labels. It wins on its own test split and enters as a canary at 20%, where it
+        # stays until a gate decides (a 10-minute step).
+        api.registry.SetPromotionPolicy(registry_pb2.SetPromotionPolicyRequest(
+            model_name=model, policy=_progressive_spec("rollout-model", model, dwell_s=600).promotion_policy,
+        ))  # fmt: skip
+        _ingest(api, "rollout-model", _rows_csv(x, ~concept, 20_000), replace=True)
+        wait_until(
+            lambda: (v := _version(api, model, 3)) and v.promotion.state == registry_pb2.PROMOTION_STATE_ROLLING_OUT,
+            120, "v3 entering its rollout",
+        )  # fmt: skip
+
+        def aborted() -> registry_pb2.ModelVersion | None:
+            api.monitoring.RecordFeedback(M.RecordFeedbackRequest(model_name=model, labels=traffic.labels[-5000:]))
+            v = _version(api, model, 3)
+            return v if v and v.promotion.state == registry_pb2.PROMOTION_STATE_ABORTED else None
+
+        v3 = wait_until(aborted, 90, "v3's canary aborted by the quality gate")
+        wait_until(lambda: traffic.versions[-20:] == ["2"] * 20, 30, "all traffic back on v2")
+    assert traffic.failures == [], traffic.failures[:5]
+    assert "3" in traffic.versions, "v3 answered some requests as a canary"
+    assert v3.promotion.reason.startswith("canary at 20% aborted: quality_drop"), v3.promotion.reason
+    breached = [g for g in v3.promotion.rollout.gates if g.breached]
+    assert [g.gate for g in breached] == ["quality_drop"] and breached[0].sample >= 30 and breached[0].value > 0.5
+    abort = _audit(api, model, registry_pb2.AUDIT_ACTION_ROLLOUT_ABORTED)
+    assert len(abort) == 1 and abort[0].actor == "rollout" and abort[0].version == 3
+    assert production_version(api, model) == 2
+    deployment = api.serving.GetDeployment(serving_pb2.GetDeploymentRequest(model_name=model)).deployment
+    assert deployment.traffic.mode in (serving_pb2.TRAFFIC_MODE_UNSPECIFIED, serving_pb2.TRAFFIC_MODE_PRODUCTION_ONLY)
 
 
 def _value(v: int):  # type: ignore[no-untyped-def]

@@ -29,5 +29,11 @@ def test_demo_walks_the_whole_loop(tmp_path):
         "rolled back by guard: v3 breached in window",
         "rolled back to v2",
         "serving v2 again",
+        # act three: a progressive policy stops the next bad snapshot at its first canary step
+        "promotion policy: progressive",
+        "a canary for 25% of requests",
+        "rollout of v4 aborted (rollout): canary at 25% aborted: quality_drop",
+        "v2 keeps production",
+        ", 0 failed",
     ):
         assert step in out, (step, out)

@@ -159,7 +159,7 @@ def outbox_topics(conn: FakeConn) -> list[str]:
 
 async def test_a_promoted_decision_moves_production_and_announces_it():
     conn = FakeConn([])
-    decision = await promoter._apply_decision(
+    decision = await promoter.apply_decision(
         conn, version(), R.PROMOTION_STATE_PROMOTED, "better", "registry", 3, "cause-1"
     )
     assert decision.state == R.PROMOTION_STATE_PROMOTED and decision.actor == "registry"
@@ -182,7 +182,7 @@ async def test_a_promoted_decision_moves_production_and_announces_it():
 )
 async def test_other_decisions_are_recorded_and_leave_production_alone(state, action):
     conn = FakeConn([])
-    await promoter._apply_decision(conn, version(), state, "why", "someone", 3, "")
+    await promoter.apply_decision(conn, version(), state, "why", "someone", 3, "")
     assert not any(sql.startswith("INSERT INTO aliases") for sql, _ in conn.calls)
     assert outbox_topics(conn) == []
     assert audit_actions(conn) == [action]

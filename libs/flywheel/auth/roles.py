@@ -109,9 +109,10 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
         {
             "ListDeployments": READ,
             "GetDeployment": READ,
-            "SetCanary": _only(DEPLOYER, ADMIN),
+            # The registry's progressive rollouts set and end canaries.
+            "SetCanary": _only(DEPLOYER, ADMIN, SERVICE_REGISTRY),
             "SetShadow": _only(DEPLOYER, ADMIN),
-            "ClearTraffic": _only(DEPLOYER, ADMIN),
+            "ClearTraffic": _only(DEPLOYER, ADMIN, SERVICE_REGISTRY),
             "ListTrafficChanges": READ,
         },
     ),
@@ -150,6 +151,8 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
             "GetMonitoringPolicy": READ,
             "RecordFeedback": _only(PRODUCER, ADMIN),
             "WatchAlerts": READ,
+            "GetShadowComparison": READ,
+            "GetCanaryReport": READ,
         },
     ),
     # Reflection (grpcurl list/describe) shows the API to anyone who has an identity.

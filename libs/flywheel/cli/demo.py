@@ -5,7 +5,8 @@ promoted and served; reference traffic raises nothing; shifted traffic raises a 
 training waits for new data; a fresh snapshot arrives and the model is retrained, beats
 production on the same rows and is swapped in, and the trace id of the chain is shown. Act two: a
 snapshot with inverted labels yields a model that wins on its own test split and is promoted; live
-feedback shows it wrong and the post-promotion guard rolls production back.
+feedback shows it wrong and the post-promotion guard rolls production back. Act three: promotions
+become progressive, and the next bad snapshot's model is stopped at its first canary step.
 """
 
 from __future__ import annotations
@@ -214,6 +215,7 @@ class Demo:
         self.step(f"one trace links alert, run, registration, checks, promotion and swap: [bold]{trace}[/]")
         console.print(f"  see it with: flywheel traces --chain {run2.trigger_event_id}")
         self._act_two(infer, x2, run2.registered_model.version)
+        self._act_three(run2.registered_model.version)
         console.print(f"demo finished in {time.monotonic() - started:.1f}s")
         infer.close()
         return 0
@@ -257,15 +259,67 @@ class Demo:
         self._served(infer, good)
         self.step(f"[green]serving v{good} again[/]: no request failed, no person woken up")
 
+    def _act_three(self, good: int) -> None:
+        """Promotions become progressive: the next bad snapshot's model gets a 25% canary, the feedback
+        on its requests breaches the quality gate, and it is aborted before it reaches production."""
+        console.print("[bold]act three: a progressive rollout stops the next bad snapshot at its first step[/]")
+        policy = self.registry.GetPromotionPolicy(R.GetPromotionPolicyRequest(model_name=self.model)).policy
+        policy.rollout.CopyFrom(K.RolloutPolicy(
+            mode=K.ROLLOUT_MODE_PROGRESSIVE, steps=[25, 50], min_step_duration=Duration(seconds=30), min_step_rows=25,
+            gates=K.RolloutGates(max_prediction_psi=1.0, max_p99_latency_ratio=50.0, min_labelled_rows=25),
+        ))  # fmt: skip
+        self.registry.SetPromotionPolicy(R.SetPromotionPolicyRequest(model_name=self.model, policy=policy))
+        self.step("promotion policy: progressive, a canary at 25% then 50% (30 s each), gated on errors, "
+                  "latency, prediction distance and live quality")  # fmt: skip
+        x4, y4 = _data(5000, seed=7, shift=2.0, weights=(-1.0, 1.0, 1.0, 0.5))
+        header = ingestion_pb2.IngestHeader(dataset=self.dataset, mode=K.WRITE_MODE_REPLACE)
+        v4 = self.ingestion.IngestDataset(iter([
+            ingestion_pb2.IngestDatasetRequest(header=header),
+            ingestion_pb2.IngestDatasetRequest(chunk=_csv(x4, 1 - y4, 3_000_000)),  # inverted again
+        ])).version  # fmt: skip
+        self.step(f"dataset v{v4.ref.version} arrives, its labels inverted again")
+        bad = self._run_done(0, v4.ref.version).registered_model.version
+
+        def rolling() -> R.ModelVersion | None:
+            mv = self.registry.GetModelVersion(R.GetModelVersionRequest(name=self.model, version=bad)).version
+            if mv.promotion.state in (R.PROMOTION_STATE_NOT_PROMOTED, R.PROMOTION_STATE_CHECKS_FAILED):
+                raise client.CliError(f"v{bad} was not rolled out: {mv.promotion.reason}")
+            return mv if mv.promotion.state == R.PROMOTION_STATE_ROLLING_OUT else None
+
+        _wait(f"v{bad}'s staging checks", rolling)
+        self.step(f"[yellow]v{bad} wins on its own test split: a canary for 25% of requests[/]")
+        traffic = _Traffic(self, x4[:2000])
+        traffic.start()
+        try:
+
+            def aborted() -> R.ModelVersion | None:
+                labels = traffic.labels()
+                if labels:
+                    self.monitoring.RecordFeedback(M.RecordFeedbackRequest(model_name=self.model, labels=labels))
+                mv = self.registry.GetModelVersion(R.GetModelVersionRequest(name=self.model, version=bad)).version
+                return mv if mv.promotion.state in (R.PROMOTION_STATE_ABORTED, R.PROMOTION_STATE_PROMOTED) else None
+
+            mv = _wait("the canary's gates", aborted, timeout_s=90)
+        finally:
+            traffic.stop()
+        if mv.promotion.state != R.PROMOTION_STATE_ABORTED:
+            raise client.CliError(f"v{bad} was promoted: {mv.promotion.reason}")
+        self.step(f"[red]rollout of v{bad} aborted[/] ({mv.promotion.actor}): {mv.promotion.reason}")
+        share = traffic.versions.count(str(bad))
+        self.step(f"[green]v{good} keeps production[/]: v{bad} answered {share} of {len(traffic.versions)} requests "
+                  f"as a canary, {len(traffic.failures)} failed")  # fmt: skip
+
     def _run_done(self, trigger: int, dataset_version: int = 0) -> T.Run:
+        """The run of `trigger` (0: any) on `dataset_version` (0: any), once it succeeded."""
+
         def done() -> T.Run | None:
             runs = self.training.ListRuns(T.ListRunsRequest(spec_name=self.model)).runs
             for r in runs:
-                if dataset_version and r.dataset.version != dataset_version:
+                if (dataset_version and r.dataset.version != dataset_version) or (trigger and r.trigger != trigger):
                     continue
-                if r.trigger == trigger and r.status == T.RUN_STATUS_FAILED:
+                if r.status == T.RUN_STATUS_FAILED:
                     raise client.CliError(f"run {r.run_id} failed: {r.error}")
-                if r.trigger == trigger and r.status == T.RUN_STATUS_SUCCEEDED:
+                if r.status == T.RUN_STATUS_SUCCEEDED:
                     return r
             return None
 
@@ -327,6 +381,53 @@ class Demo:
             if span["attributes"].get("flywheel.event_id") == event_id:
                 return str(span["trace_id"])
         return None
+
+
+class _Traffic:
+    """One-row requests in a thread of their own, each with the label the true concept gives it."""
+
+    def __init__(self, demo: Demo, rows: np.ndarray) -> None:
+        import threading
+
+        self._demo, self._rows = demo, rows
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._labels: list[M.FeedbackLabel] = []
+        self.versions: list[str] = []
+        self.failures: list[str] = []
+
+    def _run(self) -> None:
+        import tritonclient.grpc as triton
+
+        truth = _labels(self._rows, weights=(-1.0, 1.0, 1.0, 0.5), shift=2.0, seed=8)
+        infer = triton.InferenceServerClient(self._demo.serving_addr, **triton_tls(self._demo.creds))
+        try:
+            for i, row in enumerate(self._rows):
+                if self._stop.is_set():
+                    break
+                inp = triton.InferInput("input", [1, len(FEATURES)], "FP32")
+                inp.set_data_from_numpy(row.reshape(1, -1).astype(np.float32))
+                try:
+                    answer = infer.infer(self._demo.model, [inp], request_id=f"act3-{i}", headers=self._demo.headers)
+                    self.versions.append(answer.get_response().model_version)
+                    self._labels.append(
+                        M.FeedbackLabel(request_id=f"act3-{i}", label=Value(number_value=float(truth[i])))
+                    )
+                except Exception as exc:
+                    self.failures.append(repr(exc))
+                time.sleep(0.01)
+        finally:
+            infer.close()
+
+    def labels(self) -> list[M.FeedbackLabel]:
+        return list(self._labels[-5000:])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 @client.command

@@ -19,7 +19,7 @@ from rich.table import Table
 from flywheel.cli import client
 from flywheel.cli.client import CliError, command, console, enum_name, fmt_number, fmt_time
 from flywheel.cli.models import fmt_promotion
-from flywheel.v1 import common_pb2, registry_pb2, serving_pb2
+from flywheel.v1 import common_pb2, monitoring_pb2, registry_pb2, serving_pb2
 
 # Audit actions `deploy status MODEL` lists: how production moved and why.
 DEPLOY_ACTIONS = frozenset(
@@ -403,17 +403,39 @@ def audit_table(events: Sequence[registry_pb2.AuditEvent]) -> Table:
     return table
 
 
+def shadow_table(c: monitoring_pb2.ShadowComparison) -> Table:
+    """A shadow challenger against production on the same live requests."""
+    prod, chal = fmt_version(c.production.version), fmt_version(c.challenger.version)
+    rows: list[tuple[str, Any]] = [("rows both answered", str(c.rows))]
+    if c.HasField("agreement"):
+        rows.append(("agreement", fmt_number(c.agreement)))
+    if c.HasField("mean_abs_difference"):
+        rows.append(("mean |difference|", fmt_number(c.mean_abs_difference)))
+    rows.append(
+        ("p50 / p99 latency", f"{prod} {fmt_ms(c.production_latency.p50_ms)} / {fmt_ms(c.production_latency.p99_ms)},"
+         f" {chal} {fmt_ms(c.challenger_latency.p50_ms)} / {fmt_ms(c.challenger_latency.p99_ms)}")
+    )  # fmt: skip
+    rows.append(("labelled rows", str(c.labelled_rows)))
+    if c.labelled_rows:
+        rows.append((f"live quality {prod}", escape(client.fmt_metrics(list(c.production_quality)))))
+        rows.append((f"live quality {chal}", escape(client.fmt_metrics(list(c.challenger_quality)))))
+    return client.kv_table(rows, title=f"shadow {chal} vs production {prod} (same requests)")
+
+
 def model_status(
     name: str,
     deployment: serving_pb2.Deployment | None,
     versions: Sequence[registry_pb2.ModelVersion],
     events: Sequence[registry_pb2.AuditEvent] = (),
+    shadow: monitoring_pb2.ShadowComparison | None = None,
 ) -> Group:
     parts: list[RenderableType] = []
     if deployment is None:
         parts.append(f"{name}: not deployed by serving")
     else:
         parts.append(deployment_detail(deployment))
+    if shadow is not None:
+        parts.append(shadow_table(shadow))
     if versions:
         parts.append(versions_table(versions))
         reported = next((v for v in versions if v.staging.checks or v.staging.latency_calls), None)
@@ -453,9 +475,11 @@ def _status_json(
     deployment: serving_pb2.Deployment | None,
     versions: Sequence[registry_pb2.ModelVersion],
     events: Sequence[registry_pb2.AuditEvent],
+    shadow: monitoring_pb2.ShadowComparison | None = None,
 ) -> dict[str, Any]:
     return {
         "deployment": client.to_dict(deployment) if deployment is not None else None,
+        "shadow_comparison": client.to_dict(shadow) if shadow is not None else None,
         **client.list_json("versions", versions),
         **client.list_json("events", events),
     }
@@ -489,11 +513,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         audit_request = registry_pb2.ListAuditEventsRequest(name=name, page_size=scan or 0)
         recent = client.paged(registry.ListAuditEvents, audit_request, "events", limit=scan)
         events = [e for e in recent if e.action in DEPLOY_ACTIONS][:limit]
+    shadow = _shadow_comparison(deployment)
     if args.json:
-        client.print_json(_status_json(deployment, versions, events))
+        client.print_json(_status_json(deployment, versions, events, shadow))
     else:
-        console.print(model_status(name, deployment, versions, events), highlight=False)
+        console.print(model_status(name, deployment, versions, events, shadow), highlight=False)
     return 0
+
+
+def _shadow_comparison(deployment: serving_pb2.Deployment | None) -> monitoring_pb2.ShadowComparison | None:
+    """Monitoring's comparison of the deployment's shadow with production; None without a shadow or
+    before monitoring has paired any of its answers."""
+    if deployment is None or deployment.traffic.mode != serving_pb2.TRAFFIC_MODE_SHADOW:
+        return None
+    request = monitoring_pb2.GetShadowComparisonRequest(
+        model_name=deployment.model_name, challenger_version=deployment.traffic.challenger.version
+    )
+    with client.connect("monitoring") as monitoring:
+        try:
+            return monitoring.GetShadowComparison(request, timeout=client.RPC_TIMEOUT_S).comparison
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
 
 
 @command

@@ -22,56 +22,63 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66lywheel/v1/common.proto\x12\x0b\x66lywheel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x01\n\tEventMeta\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x03 \x01(\t\x12\x16\n\x0eschema_version\x18\x04 \x01(\x05\x12\x14\n\x0c\x63\x61usation_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\"A\n\nDatasetRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xae\x01\n\x05\x46ield\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.flywheel.v1.FieldType\x12\x10\n\x08nullable\x18\x03 \x01(\x08\x12\x10\n\x03min\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\x0e\x61llowed_values\x18\x06 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\tB\x06\n\x04_minB\x06\n\x04_max\"l\n\x06Schema\x12\"\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x12.flywheel.v1.Field\x12\x13\n\x0blabel_field\x18\x02 \x01(\t\x12\x11\n\tkey_field\x18\x03 \x01(\t\x12\x16\n\x0etrain_fraction\x18\x04 \x01(\x01\"]\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12!\n\x05split\x18\x03 \x01(\x0e\x32\x12.flywheel.v1.Split\x12\x13\n\x0b\x63lass_label\x18\x04 \x01(\t\"\xb1\x01\n\x07Lineage\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.flywheel.v1.DatasetRef\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tspec_name\x18\x03 \x01(\t\x12\x14\n\x0cspec_version\x18\x04 \x01(\x03\x12\x14\n\x0c\x63ode_version\x18\x05 \x01(\t\x12\x1f\n\x17parent_dataset_versions\x18\x06 \x03(\x03\x12\x0c\n\x04seed\x18\x07 \x01(\x03\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x90\x01\n\x0eModelSignature\x12\'\n\x06inputs\x18\x01 \x03(\x0b\x32\x17.flywheel.v1.TensorSpec\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.flywheel.v1.TensorSpec\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x14\n\x0c\x63lass_labels\x18\x04 \x03(\t\"\x98\x01\n\x0fPromotionPolicy\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12/\n\tdirection\x18\x02 \x01(\x0e\x32\x1c.flywheel.v1.MetricDirection\x12\x17\n\x0fmin_improvement\x18\x03 \x01(\x01\x12+\n\x08\x61pproval\x18\x04 \x01(\x0e\x32\x19.flywheel.v1.ApprovalMode\"w\n\x0c\x46\x65\x61tureScore\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x11\n\tstatistic\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x0f\n\x07p_value\x18\x05 \x01(\x01\x12\x10\n\x08\x62reached\x18\x06 \x01(\x08\"\'\n\x07Segment\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"P\n\x11\x43\x61librationSample\x12\x14\n\x0c\x63lass_labels\x18\x01 \x03(\t\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0e\n\x06labels\x18\x03 \x03(\x05*\x82\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46IELD_TYPE_FLOAT\x10\x01\x12\x12\n\x0e\x46IELD_TYPE_INT\x10\x02\x12\x13\n\x0f\x46IELD_TYPE_BOOL\x10\x03\x12\x1a\n\x16\x46IELD_TYPE_CATEGORICAL\x10\x04*V\n\tWriteMode\x12\x1a\n\x16WRITE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11WRITE_MODE_APPEND\x10\x01\x12\x16\n\x12WRITE_MODE_REPLACE\x10\x02*?\n\x05Split\x12\x15\n\x11SPLIT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSPLIT_TRAIN\x10\x01\x12\x0e\n\nSPLIT_TEST\x10\x02*J\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_CLASSIFICATION\x10\x01\x12\x13\n\x0fTASK_REGRESSION\x10\x02*q\n\x0fMetricDirection\x12 \n\x1cMETRIC_DIRECTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19METRIC_DIRECTION_MAXIMIZE\x10\x01\x12\x1d\n\x19METRIC_DIRECTION_MINIMIZE\x10\x02*_\n\x0c\x41pprovalMode\x12\x1d\n\x19\x41PPROVAL_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41PPROVAL_MODE_AUTO\x10\x01\x12\x18\n\x14\x41PPROVAL_MODE_MANUAL\x10\x02*\x94\x01\n\x0bServingRole\x12\x1c\n\x18SERVING_ROLE_UNSPECIFIED\x10\x00\x12\x1b\n\x17SERVING_ROLE_PRODUCTION\x10\x01\x12\x17\n\x13SERVING_ROLE_CANARY\x10\x02\x12\x17\n\x13SERVING_ROLE_SHADOW\x10\x03\x12\x18\n\x14SERVING_ROLE_STAGING\x10\x04*\xd3\x01\n\tDriftKind\x12\x1a\n\x16\x44RIFT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44RIFT_KIND_DATA_DRIFT\x10\x01\x12\x1f\n\x1b\x44RIFT_KIND_PREDICTION_DRIFT\x10\x02\x12\x18\n\x14\x44RIFT_KIND_INTEGRITY\x10\x03\x12\x16\n\x12\x44RIFT_KIND_QUALITY\x10\x04\x12\x16\n\x12\x44RIFT_KIND_SEGMENT\x10\x05\x12$\n DRIFT_KIND_ESTIMATED_PERFORMANCE\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66lywheel/v1/common.proto\x12\x0b\x66lywheel.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x01\n\tEventMeta\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x03 \x01(\t\x12\x16\n\x0eschema_version\x18\x04 \x01(\x05\x12\x14\n\x0c\x63\x61usation_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\"A\n\nDatasetRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xae\x01\n\x05\x46ield\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.flywheel.v1.FieldType\x12\x10\n\x08nullable\x18\x03 \x01(\x08\x12\x10\n\x03min\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\x0e\x61llowed_values\x18\x06 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\tB\x06\n\x04_minB\x06\n\x04_max\"l\n\x06Schema\x12\"\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x12.flywheel.v1.Field\x12\x13\n\x0blabel_field\x18\x02 \x01(\t\x12\x11\n\tkey_field\x18\x03 \x01(\t\x12\x16\n\x0etrain_fraction\x18\x04 \x01(\x01\"]\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12!\n\x05split\x18\x03 \x01(\x0e\x32\x12.flywheel.v1.Split\x12\x13\n\x0b\x63lass_label\x18\x04 \x01(\t\"\xb1\x01\n\x07Lineage\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.flywheel.v1.DatasetRef\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tspec_name\x18\x03 \x01(\t\x12\x14\n\x0cspec_version\x18\x04 \x01(\x03\x12\x14\n\x0c\x63ode_version\x18\x05 \x01(\t\x12\x1f\n\x17parent_dataset_versions\x18\x06 \x03(\x03\x12\x0c\n\x04seed\x18\x07 \x01(\x03\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x90\x01\n\x0eModelSignature\x12\'\n\x06inputs\x18\x01 \x03(\x0b\x32\x17.flywheel.v1.TensorSpec\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.flywheel.v1.TensorSpec\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x14\n\x0c\x63lass_labels\x18\x04 \x03(\t\"\xc5\x01\n\x0fPromotionPolicy\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12/\n\tdirection\x18\x02 \x01(\x0e\x32\x1c.flywheel.v1.MetricDirection\x12\x17\n\x0fmin_improvement\x18\x03 \x01(\x01\x12+\n\x08\x61pproval\x18\x04 \x01(\x0e\x32\x19.flywheel.v1.ApprovalMode\x12+\n\x07rollout\x18\x05 \x01(\x0b\x32\x1a.flywheel.v1.RolloutPolicy\"\xbd\x01\n\rRolloutPolicy\x12&\n\x04mode\x18\x01 \x01(\x0e\x32\x18.flywheel.v1.RolloutMode\x12\r\n\x05steps\x18\x02 \x03(\x01\x12\x34\n\x11min_step_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rmin_step_rows\x18\x04 \x01(\x03\x12(\n\x05gates\x18\x05 \x01(\x0b\x32\x19.flywheel.v1.RolloutGates\"\x83\x02\n\x0cRolloutGates\x12\x1b\n\x0emax_error_rate\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\"\n\x15max_p99_latency_ratio\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1f\n\x12max_prediction_psi\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10max_quality_drop\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x19\n\x11min_labelled_rows\x18\x05 \x01(\x03\x42\x11\n\x0f_max_error_rateB\x18\n\x16_max_p99_latency_ratioB\x15\n\x13_max_prediction_psiB\x13\n\x11_max_quality_drop\"w\n\x0c\x46\x65\x61tureScore\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x11\n\tstatistic\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x0f\n\x07p_value\x18\x05 \x01(\x01\x12\x10\n\x08\x62reached\x18\x06 \x01(\x08\"\'\n\x07Segment\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"P\n\x11\x43\x61librationSample\x12\x14\n\x0c\x63lass_labels\x18\x01 \x03(\t\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0e\n\x06labels\x18\x03 \x03(\x05*\x82\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46IELD_TYPE_FLOAT\x10\x01\x12\x12\n\x0e\x46IELD_TYPE_INT\x10\x02\x12\x13\n\x0f\x46IELD_TYPE_BOOL\x10\x03\x12\x1a\n\x16\x46IELD_TYPE_CATEGORICAL\x10\x04*V\n\tWriteMode\x12\x1a\n\x16WRITE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11WRITE_MODE_APPEND\x10\x01\x12\x16\n\x12WRITE_MODE_REPLACE\x10\x02*?\n\x05Split\x12\x15\n\x11SPLIT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSPLIT_TRAIN\x10\x01\x12\x0e\n\nSPLIT_TEST\x10\x02*J\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_CLASSIFICATION\x10\x01\x12\x13\n\x0fTASK_REGRESSION\x10\x02*q\n\x0fMetricDirection\x12 \n\x1cMETRIC_DIRECTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19METRIC_DIRECTION_MAXIMIZE\x10\x01\x12\x1d\n\x19METRIC_DIRECTION_MINIMIZE\x10\x02*_\n\x0c\x41pprovalMode\x12\x1d\n\x19\x41PPROVAL_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41PPROVAL_MODE_AUTO\x10\x01\x12\x18\n\x14\x41PPROVAL_MODE_MANUAL\x10\x02*e\n\x0bRolloutMode\x12\x1c\n\x18ROLLOUT_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROLLOUT_MODE_IMMEDIATE\x10\x01\x12\x1c\n\x18ROLLOUT_MODE_PROGRESSIVE\x10\x02*\x94\x01\n\x0bServingRole\x12\x1c\n\x18SERVING_ROLE_UNSPECIFIED\x10\x00\x12\x1b\n\x17SERVING_ROLE_PRODUCTION\x10\x01\x12\x17\n\x13SERVING_ROLE_CANARY\x10\x02\x12\x17\n\x13SERVING_ROLE_SHADOW\x10\x03\x12\x18\n\x14SERVING_ROLE_STAGING\x10\x04*\xd3\x01\n\tDriftKind\x12\x1a\n\x16\x44RIFT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44RIFT_KIND_DATA_DRIFT\x10\x01\x12\x1f\n\x1b\x44RIFT_KIND_PREDICTION_DRIFT\x10\x02\x12\x18\n\x14\x44RIFT_KIND_INTEGRITY\x10\x03\x12\x16\n\x12\x44RIFT_KIND_QUALITY\x10\x04\x12\x16\n\x12\x44RIFT_KIND_SEGMENT\x10\x05\x12$\n DRIFT_KIND_ESTIMATED_PERFORMANCE\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flywheel.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FIELDTYPE']._serialized_start=1523
-  _globals['_FIELDTYPE']._serialized_end=1653
-  _globals['_WRITEMODE']._serialized_start=1655
-  _globals['_WRITEMODE']._serialized_end=1741
-  _globals['_SPLIT']._serialized_start=1743
-  _globals['_SPLIT']._serialized_end=1806
-  _globals['_TASK']._serialized_start=1808
-  _globals['_TASK']._serialized_end=1882
-  _globals['_METRICDIRECTION']._serialized_start=1884
-  _globals['_METRICDIRECTION']._serialized_end=1997
-  _globals['_APPROVALMODE']._serialized_start=1999
-  _globals['_APPROVALMODE']._serialized_end=2094
-  _globals['_SERVINGROLE']._serialized_start=2097
-  _globals['_SERVINGROLE']._serialized_end=2245
-  _globals['_DRIFTKIND']._serialized_start=2248
-  _globals['_DRIFTKIND']._serialized_end=2459
-  _globals['_EVENTMETA']._serialized_start=75
-  _globals['_EVENTMETA']._serialized_end=241
-  _globals['_DATASETREF']._serialized_start=243
-  _globals['_DATASETREF']._serialized_end=308
-  _globals['_MODELREF']._serialized_start=310
-  _globals['_MODELREF']._serialized_end=351
-  _globals['_FIELD']._serialized_start=354
-  _globals['_FIELD']._serialized_end=528
-  _globals['_SCHEMA']._serialized_start=530
-  _globals['_SCHEMA']._serialized_end=638
-  _globals['_METRIC']._serialized_start=640
-  _globals['_METRIC']._serialized_end=733
-  _globals['_LINEAGE']._serialized_start=736
-  _globals['_LINEAGE']._serialized_end=913
-  _globals['_TENSORSPEC']._serialized_start=915
-  _globals['_TENSORSPEC']._serialized_end=974
-  _globals['_MODELSIGNATURE']._serialized_start=977
-  _globals['_MODELSIGNATURE']._serialized_end=1121
-  _globals['_PROMOTIONPOLICY']._serialized_start=1124
-  _globals['_PROMOTIONPOLICY']._serialized_end=1276
-  _globals['_FEATURESCORE']._serialized_start=1278
-  _globals['_FEATURESCORE']._serialized_end=1397
-  _globals['_SEGMENT']._serialized_start=1399
-  _globals['_SEGMENT']._serialized_end=1438
-  _globals['_CALIBRATIONSAMPLE']._serialized_start=1440
-  _globals['_CALIBRATIONSAMPLE']._serialized_end=1520
+  _globals['_FIELDTYPE']._serialized_start=2054
+  _globals['_FIELDTYPE']._serialized_end=2184
+  _globals['_WRITEMODE']._serialized_start=2186
+  _globals['_WRITEMODE']._serialized_end=2272
+  _globals['_SPLIT']._serialized_start=2274
+  _globals['_SPLIT']._serialized_end=2337
+  _globals['_TASK']._serialized_start=2339
+  _globals['_TASK']._serialized_end=2413
+  _globals['_METRICDIRECTION']._serialized_start=2415
+  _globals['_METRICDIRECTION']._serialized_end=2528
+  _globals['_APPROVALMODE']._serialized_start=2530
+  _globals['_APPROVALMODE']._serialized_end=2625
+  _globals['_ROLLOUTMODE']._serialized_start=2627
+  _globals['_ROLLOUTMODE']._serialized_end=2728
+  _globals['_SERVINGROLE']._serialized_start=2731
+  _globals['_SERVINGROLE']._serialized_end=2879
+  _globals['_DRIFTKIND']._serialized_start=2882
+  _globals['_DRIFTKIND']._serialized_end=3093
+  _globals['_EVENTMETA']._serialized_start=107
+  _globals['_EVENTMETA']._serialized_end=273
+  _globals['_DATASETREF']._serialized_start=275
+  _globals['_DATASETREF']._serialized_end=340
+  _globals['_MODELREF']._serialized_start=342
+  _globals['_MODELREF']._serialized_end=383
+  _globals['_FIELD']._serialized_start=386
+  _globals['_FIELD']._serialized_end=560
+  _globals['_SCHEMA']._serialized_start=562
+  _globals['_SCHEMA']._serialized_end=670
+  _globals['_METRIC']._serialized_start=672
+  _globals['_METRIC']._serialized_end=765
+  _globals['_LINEAGE']._serialized_start=768
+  _globals['_LINEAGE']._serialized_end=945
+  _globals['_TENSORSPEC']._serialized_start=947
+  _globals['_TENSORSPEC']._serialized_end=1006
+  _globals['_MODELSIGNATURE']._serialized_start=1009
+  _globals['_MODELSIGNATURE']._serialized_end=1153
+  _globals['_PROMOTIONPOLICY']._serialized_start=1156
+  _globals['_PROMOTIONPOLICY']._serialized_end=1353
+  _globals['_ROLLOUTPOLICY']._serialized_start=1356
+  _globals['_ROLLOUTPOLICY']._serialized_end=1545
+  _globals['_ROLLOUTGATES']._serialized_start=1548
+  _globals['_ROLLOUTGATES']._serialized_end=1807
+  _globals['_FEATURESCORE']._serialized_start=1809
+  _globals['_FEATURESCORE']._serialized_end=1928
+  _globals['_SEGMENT']._serialized_start=1930
+  _globals['_SEGMENT']._serialized_end=1969
+  _globals['_CALIBRATIONSAMPLE']._serialized_start=1971
+  _globals['_CALIBRATIONSAMPLE']._serialized_end=2051
 # @@protoc_insertion_point(module_scope)

@@ -16,6 +16,7 @@ Conventions for every flywheel.v1 file:
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -147,6 +148,27 @@ APPROVAL_MODE_AUTO: ApprovalMode.ValueType  # 1
 APPROVAL_MODE_MANUAL: ApprovalMode.ValueType  # 2
 """Wait for RegistryService.ApproveVersion / RejectVersion."""
 Global___ApprovalMode: _TypeAlias = ApprovalMode  # noqa: Y015
+
+class _RolloutMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloutModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOUT_MODE_UNSPECIFIED: _RolloutMode.ValueType  # 0
+    ROLLOUT_MODE_IMMEDIATE: _RolloutMode.ValueType  # 1
+    """production moves at once."""
+    ROLLOUT_MODE_PROGRESSIVE: _RolloutMode.ValueType  # 2
+    """canary steps, then production; aborted when a gate breaches."""
+
+class RolloutMode(_RolloutMode, metaclass=_RolloutModeEnumTypeWrapper): ...
+
+ROLLOUT_MODE_UNSPECIFIED: RolloutMode.ValueType  # 0
+ROLLOUT_MODE_IMMEDIATE: RolloutMode.ValueType  # 1
+"""production moves at once."""
+ROLLOUT_MODE_PROGRESSIVE: RolloutMode.ValueType  # 2
+"""canary steps, then production; aborted when a gate breaches."""
+Global___RolloutMode: _TypeAlias = RolloutMode  # noqa: Y015
 
 class _ServingRole:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -530,12 +552,19 @@ class PromotionPolicy(_message.Message):
     DIRECTION_FIELD_NUMBER: _builtins.int
     MIN_IMPROVEMENT_FIELD_NUMBER: _builtins.int
     APPROVAL_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
     metric: _builtins.str
     """Test-split metric compared against production, e.g. "f1"."""
     direction: Global___MetricDirection.ValueType
     min_improvement: _builtins.float
     """Required improvement over production (absolute, in metric units)."""
     approval: Global___ApprovalMode.ValueType
+    @_builtins.property
+    def rollout(self) -> Global___RolloutPolicy:
+        """How a version that earned promotion reaches production: at once (default) or as a canary that
+        advances through steps while live gates hold.
+        """
+
     def __init__(
         self,
         *,
@@ -543,14 +572,111 @@ class PromotionPolicy(_message.Message):
         direction: Global___MetricDirection.ValueType = ...,
         min_improvement: _builtins.float = ...,
         approval: Global___ApprovalMode.ValueType = ...,
+        rollout: Global___RolloutPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rollout", b"rollout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "direction", b"direction", "metric", b"metric", "min_improvement", b"min_improvement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "direction", b"direction", "metric", b"metric", "min_improvement", b"min_improvement", "rollout", b"rollout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PromotionPolicy: _TypeAlias = PromotionPolicy  # noqa: Y015
+
+@_typing.final
+class RolloutPolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    MIN_STEP_DURATION_FIELD_NUMBER: _builtins.int
+    MIN_STEP_ROWS_FIELD_NUMBER: _builtins.int
+    GATES_FIELD_NUMBER: _builtins.int
+    mode: Global___RolloutMode.ValueType
+    min_step_rows: _builtins.int
+    """... and until the canary answered this many logged rows in it (0 = 100)."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Canary percents, increasing, each in (0, 100); empty = 5, 25, 50. Production follows the last."""
+
+    @_builtins.property
+    def min_step_duration(self) -> _duration_pb2.Duration:
+        """Each step lasts at least this long (unset = 60 s) ..."""
+
+    @_builtins.property
+    def gates(self) -> Global___RolloutGates: ...
+    def __init__(
+        self,
+        *,
+        mode: Global___RolloutMode.ValueType = ...,
+        steps: _abc.Iterable[_builtins.float] | None = ...,
+        min_step_duration: _duration_pb2.Duration | None = ...,
+        min_step_rows: _builtins.int = ...,
+        gates: Global___RolloutGates | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "min_step_duration", b"min_step_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "min_step_duration", b"min_step_duration", "min_step_rows", b"min_step_rows", "mode", b"mode", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutPolicy: _TypeAlias = RolloutPolicy  # noqa: Y015
+
+@_typing.final
+class RolloutGates(_message.Message):
+    """A gate breaches as soon as its sample is large enough (errors: 20 canary requests; latency and
+    prediction distance: min_step_rows canary rows; quality: min_labelled_rows labelled canary rows).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    MAX_P99_LATENCY_RATIO_FIELD_NUMBER: _builtins.int
+    MAX_PREDICTION_PSI_FIELD_NUMBER: _builtins.int
+    MAX_QUALITY_DROP_FIELD_NUMBER: _builtins.int
+    MIN_LABELLED_ROWS_FIELD_NUMBER: _builtins.int
+    max_error_rate: _builtins.float
+    """Failed canary requests / canary requests in the step (unset = 0.01)."""
+    max_p99_latency_ratio: _builtins.float
+    """Canary p99 latency / production p99 latency over the step (unset = 2.0)."""
+    max_prediction_psi: _builtins.float
+    """PSI of the canary's predictions against production's over the step (unset = 0.25)."""
+    max_quality_drop: _builtins.float
+    """Production's live quality minus the canary's, in the promotion metric's worse direction, on
+    rows with feedback labels since the rollout began (unset = 0.05).
+    """
+    min_labelled_rows: _builtins.int
+    """Labelled canary rows before the quality gate judges (0 = 50)."""
+    def __init__(
+        self,
+        *,
+        max_error_rate: _builtins.float | None = ...,
+        max_p99_latency_ratio: _builtins.float | None = ...,
+        max_prediction_psi: _builtins.float | None = ...,
+        max_quality_drop: _builtins.float | None = ...,
+        min_labelled_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate", "_max_p99_latency_ratio", b"_max_p99_latency_ratio", "_max_prediction_psi", b"_max_prediction_psi", "_max_quality_drop", b"_max_quality_drop", "max_error_rate", b"max_error_rate", "max_p99_latency_ratio", b"max_p99_latency_ratio", "max_prediction_psi", b"max_prediction_psi", "max_quality_drop", b"max_quality_drop"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate", "_max_p99_latency_ratio", b"_max_p99_latency_ratio", "_max_prediction_psi", b"_max_prediction_psi", "_max_quality_drop", b"_max_quality_drop", "max_error_rate", b"max_error_rate", "max_p99_latency_ratio", b"max_p99_latency_ratio", "max_prediction_psi", b"max_prediction_psi", "max_quality_drop", b"max_quality_drop", "min_labelled_rows", b"min_labelled_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_error_rate: _TypeAlias = _typing.Literal["max_error_rate"]  # noqa: Y015
+    _WhichOneofArgType__max_error_rate: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate"]  # noqa: Y015
+    _WhichOneofReturnType__max_p99_latency_ratio: _TypeAlias = _typing.Literal["max_p99_latency_ratio"]  # noqa: Y015
+    _WhichOneofArgType__max_p99_latency_ratio: _TypeAlias = _typing.Literal["_max_p99_latency_ratio", b"_max_p99_latency_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__max_prediction_psi: _TypeAlias = _typing.Literal["max_prediction_psi"]  # noqa: Y015
+    _WhichOneofArgType__max_prediction_psi: _TypeAlias = _typing.Literal["_max_prediction_psi", b"_max_prediction_psi"]  # noqa: Y015
+    _WhichOneofReturnType__max_quality_drop: _TypeAlias = _typing.Literal["max_quality_drop"]  # noqa: Y015
+    _WhichOneofArgType__max_quality_drop: _TypeAlias = _typing.Literal["_max_quality_drop", b"_max_quality_drop"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_error_rate) -> _WhichOneofReturnType__max_error_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_p99_latency_ratio) -> _WhichOneofReturnType__max_p99_latency_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_prediction_psi) -> _WhichOneofReturnType__max_prediction_psi | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_quality_drop) -> _WhichOneofReturnType__max_quality_drop | None: ...
+
+Global___RolloutGates: _TypeAlias = RolloutGates  # noqa: Y015
 
 @_typing.final
 class FeatureScore(_message.Message):

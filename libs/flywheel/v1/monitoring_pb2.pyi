@@ -1140,3 +1140,239 @@ class WatchAlertsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchAlertsResponse: _TypeAlias = WatchAlertsResponse  # noqa: Y015
+
+@_typing.final
+class GetShadowComparisonRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    CHALLENGER_VERSION_FIELD_NUMBER: _builtins.int
+    MAX_ROWS_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    challenger_version: _builtins.int
+    """0 = the version that shadowed production most recently."""
+    max_rows: _builtins.int
+    """The newest rows both answered, at most this many (0 = 10,000; at most 100,000)."""
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        challenger_version: _builtins.int = ...,
+        max_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenger_version", b"challenger_version", "max_rows", b"max_rows", "model_name", b"model_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShadowComparisonRequest: _TypeAlias = GetShadowComparisonRequest  # noqa: Y015
+
+@_typing.final
+class ShadowComparison(_message.Message):
+    """Production and a shadow challenger on the same requests (rows matched by request id and row),
+    from what serving logged to flywheel.predictions.logged.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCTION_FIELD_NUMBER: _builtins.int
+    CHALLENGER_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_FIELD_NUMBER: _builtins.int
+    MEAN_ABS_DIFFERENCE_FIELD_NUMBER: _builtins.int
+    PRODUCTION_LATENCY_FIELD_NUMBER: _builtins.int
+    CHALLENGER_LATENCY_FIELD_NUMBER: _builtins.int
+    LABELLED_ROWS_FIELD_NUMBER: _builtins.int
+    PRODUCTION_QUALITY_FIELD_NUMBER: _builtins.int
+    CHALLENGER_QUALITY_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    """Rows both models answered."""
+    agreement: _builtins.float
+    """Classification: share of rows where both predicted the same class."""
+    mean_abs_difference: _builtins.float
+    """Regression: mean |challenger - production| of the predicted value."""
+    labelled_rows: _builtins.int
+    """Rows with a feedback label, and each model's live quality on exactly those rows."""
+    @_builtins.property
+    def production(self) -> _common_pb2.ModelRef: ...
+    @_builtins.property
+    def challenger(self) -> _common_pb2.ModelRef: ...
+    @_builtins.property
+    def production_latency(self) -> Global___LatencySummary: ...
+    @_builtins.property
+    def challenger_latency(self) -> Global___LatencySummary: ...
+    @_builtins.property
+    def production_quality(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Metric]: ...
+    @_builtins.property
+    def challenger_quality(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Metric]: ...
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        production: _common_pb2.ModelRef | None = ...,
+        challenger: _common_pb2.ModelRef | None = ...,
+        rows: _builtins.int = ...,
+        agreement: _builtins.float | None = ...,
+        mean_abs_difference: _builtins.float | None = ...,
+        production_latency: Global___LatencySummary | None = ...,
+        challenger_latency: Global___LatencySummary | None = ...,
+        labelled_rows: _builtins.int = ...,
+        production_quality: _abc.Iterable[_common_pb2.Metric] | None = ...,
+        challenger_quality: _abc.Iterable[_common_pb2.Metric] | None = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_agreement", b"_agreement", "_mean_abs_difference", b"_mean_abs_difference", "agreement", b"agreement", "challenger", b"challenger", "challenger_latency", b"challenger_latency", "end", b"end", "mean_abs_difference", b"mean_abs_difference", "production", b"production", "production_latency", b"production_latency", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agreement", b"_agreement", "_mean_abs_difference", b"_mean_abs_difference", "agreement", b"agreement", "challenger", b"challenger", "challenger_latency", b"challenger_latency", "challenger_quality", b"challenger_quality", "end", b"end", "labelled_rows", b"labelled_rows", "mean_abs_difference", b"mean_abs_difference", "production", b"production", "production_latency", b"production_latency", "production_quality", b"production_quality", "rows", b"rows", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__agreement: _TypeAlias = _typing.Literal["agreement"]  # noqa: Y015
+    _WhichOneofArgType__agreement: _TypeAlias = _typing.Literal["_agreement", b"_agreement"]  # noqa: Y015
+    _WhichOneofReturnType__mean_abs_difference: _TypeAlias = _typing.Literal["mean_abs_difference"]  # noqa: Y015
+    _WhichOneofArgType__mean_abs_difference: _TypeAlias = _typing.Literal["_mean_abs_difference", b"_mean_abs_difference"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__agreement) -> _WhichOneofReturnType__agreement | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_abs_difference) -> _WhichOneofReturnType__mean_abs_difference | None: ...
+
+Global___ShadowComparison: _TypeAlias = ShadowComparison  # noqa: Y015
+
+@_typing.final
+class GetShadowComparisonResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARISON_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def comparison(self) -> Global___ShadowComparison: ...
+    def __init__(
+        self,
+        *,
+        comparison: Global___ShadowComparison | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShadowComparisonResponse: _TypeAlias = GetShadowComparisonResponse  # noqa: Y015
+
+@_typing.final
+class GetCanaryReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    CANARY_VERSION_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    LABELS_SINCE_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    canary_version: _builtins.int
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Rows logged from this time on (latency, prediction distance) ..."""
+
+    @_builtins.property
+    def labels_since(self) -> _timestamp_pb2.Timestamp:
+        """... and feedback labels on rows logged from this time on (quality)."""
+
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        canary_version: _builtins.int = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        labels_since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["labels_since", b"labels_since", "since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_version", b"canary_version", "labels_since", b"labels_since", "model_name", b"model_name", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCanaryReportRequest: _TypeAlias = GetCanaryReportRequest  # noqa: Y015
+
+@_typing.final
+class CanaryReport(_message.Message):
+    """A canary and production over the same period. Canary and production answer different requests,
+    so predictions are compared as distributions, and quality on each one's labelled rows.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCTION_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
+    CANARY_ROWS_FIELD_NUMBER: _builtins.int
+    PRODUCTION_ROWS_FIELD_NUMBER: _builtins.int
+    CANARY_LATENCY_FIELD_NUMBER: _builtins.int
+    PRODUCTION_LATENCY_FIELD_NUMBER: _builtins.int
+    PREDICTION_PSI_FIELD_NUMBER: _builtins.int
+    CANARY_LABELLED_ROWS_FIELD_NUMBER: _builtins.int
+    PRODUCTION_LABELLED_ROWS_FIELD_NUMBER: _builtins.int
+    CANARY_QUALITY_FIELD_NUMBER: _builtins.int
+    PRODUCTION_QUALITY_FIELD_NUMBER: _builtins.int
+    canary_rows: _builtins.int
+    production_rows: _builtins.int
+    prediction_psi: _builtins.float
+    """PSI of the canary's predicted classes (or binned values) against production's."""
+    canary_labelled_rows: _builtins.int
+    production_labelled_rows: _builtins.int
+    @_builtins.property
+    def production(self) -> _common_pb2.ModelRef: ...
+    @_builtins.property
+    def canary(self) -> _common_pb2.ModelRef: ...
+    @_builtins.property
+    def canary_latency(self) -> Global___LatencySummary: ...
+    @_builtins.property
+    def production_latency(self) -> Global___LatencySummary: ...
+    @_builtins.property
+    def canary_quality(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Metric]: ...
+    @_builtins.property
+    def production_quality(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Metric]: ...
+    def __init__(
+        self,
+        *,
+        production: _common_pb2.ModelRef | None = ...,
+        canary: _common_pb2.ModelRef | None = ...,
+        canary_rows: _builtins.int = ...,
+        production_rows: _builtins.int = ...,
+        canary_latency: Global___LatencySummary | None = ...,
+        production_latency: Global___LatencySummary | None = ...,
+        prediction_psi: _builtins.float = ...,
+        canary_labelled_rows: _builtins.int = ...,
+        production_labelled_rows: _builtins.int = ...,
+        canary_quality: _abc.Iterable[_common_pb2.Metric] | None = ...,
+        production_quality: _abc.Iterable[_common_pb2.Metric] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "canary_latency", b"canary_latency", "production", b"production", "production_latency", b"production_latency"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "canary_labelled_rows", b"canary_labelled_rows", "canary_latency", b"canary_latency", "canary_quality", b"canary_quality", "canary_rows", b"canary_rows", "prediction_psi", b"prediction_psi", "production", b"production", "production_labelled_rows", b"production_labelled_rows", "production_latency", b"production_latency", "production_quality", b"production_quality", "production_rows", b"production_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanaryReport: _TypeAlias = CanaryReport  # noqa: Y015
+
+@_typing.final
+class GetCanaryReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def report(self) -> Global___CanaryReport: ...
+    def __init__(
+        self,
+        *,
+        report: Global___CanaryReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCanaryReportResponse: _TypeAlias = GetCanaryReportResponse  # noqa: Y015

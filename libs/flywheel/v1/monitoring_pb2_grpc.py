@@ -69,6 +69,16 @@ class MonitoringServiceStub:
                 request_serializer=flywheel_dot_v1_dot_monitoring__pb2.WatchAlertsRequest.SerializeToString,
                 response_deserializer=flywheel_dot_v1_dot_monitoring__pb2.WatchAlertsResponse.FromString,
                 _registered_method=True)
+        self.GetShadowComparison = channel.unary_unary(
+                '/flywheel.v1.MonitoringService/GetShadowComparison',
+                request_serializer=flywheel_dot_v1_dot_monitoring__pb2.GetShadowComparisonRequest.SerializeToString,
+                response_deserializer=flywheel_dot_v1_dot_monitoring__pb2.GetShadowComparisonResponse.FromString,
+                _registered_method=True)
+        self.GetCanaryReport = channel.unary_unary(
+                '/flywheel.v1.MonitoringService/GetCanaryReport',
+                request_serializer=flywheel_dot_v1_dot_monitoring__pb2.GetCanaryReportRequest.SerializeToString,
+                response_deserializer=flywheel_dot_v1_dot_monitoring__pb2.GetCanaryReportResponse.FromString,
+                _registered_method=True)
 
 
 class MonitoringServiceServicer:
@@ -123,6 +133,20 @@ class MonitoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetShadowComparison(self, request, context):
+        """Compares a shadow challenger with production on the same live requests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCanaryReport(self, request, context):
+        """A canary against production over the same period (what a progressive rollout's gates read).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +184,16 @@ def add_MonitoringServiceServicer_to_server(servicer, server):
                     servicer.WatchAlerts,
                     request_deserializer=flywheel_dot_v1_dot_monitoring__pb2.WatchAlertsRequest.FromString,
                     response_serializer=flywheel_dot_v1_dot_monitoring__pb2.WatchAlertsResponse.SerializeToString,
+            ),
+            'GetShadowComparison': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShadowComparison,
+                    request_deserializer=flywheel_dot_v1_dot_monitoring__pb2.GetShadowComparisonRequest.FromString,
+                    response_serializer=flywheel_dot_v1_dot_monitoring__pb2.GetShadowComparisonResponse.SerializeToString,
+            ),
+            'GetCanaryReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCanaryReport,
+                    request_deserializer=flywheel_dot_v1_dot_monitoring__pb2.GetCanaryReportRequest.FromString,
+                    response_serializer=flywheel_dot_v1_dot_monitoring__pb2.GetCanaryReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +385,60 @@ class MonitoringService:
             '/flywheel.v1.MonitoringService/WatchAlerts',
             flywheel_dot_v1_dot_monitoring__pb2.WatchAlertsRequest.SerializeToString,
             flywheel_dot_v1_dot_monitoring__pb2.WatchAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShadowComparison(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.v1.MonitoringService/GetShadowComparison',
+            flywheel_dot_v1_dot_monitoring__pb2.GetShadowComparisonRequest.SerializeToString,
+            flywheel_dot_v1_dot_monitoring__pb2.GetShadowComparisonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCanaryReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flywheel.v1.MonitoringService/GetCanaryReport',
+            flywheel_dot_v1_dot_monitoring__pb2.GetCanaryReportRequest.SerializeToString,
+            flywheel_dot_v1_dot_monitoring__pb2.GetCanaryReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,10 @@ class MonitoringServiceStub:
     """Records ground-truth labels; they are also published to flywheel.feedback."""
     WatchAlerts: _grpc.UnaryStreamMultiCallable[_monitoring_pb2.WatchAlertsRequest, _monitoring_pb2.WatchAlertsResponse]
     """Streams alerts as they are raised."""
+    GetShadowComparison: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.GetShadowComparisonRequest, _monitoring_pb2.GetShadowComparisonResponse]
+    """Compares a shadow challenger with production on the same live requests."""
+    GetCanaryReport: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.GetCanaryReportRequest, _monitoring_pb2.GetCanaryReportResponse]
+    """A canary against production over the same period (what a progressive rollout's gates read)."""
 
 @_typing.type_check_only
 class MonitoringServiceAsyncStub(MonitoringServiceStub):
@@ -66,6 +70,10 @@ class MonitoringServiceAsyncStub(MonitoringServiceStub):
     """Records ground-truth labels; they are also published to flywheel.feedback."""
     WatchAlerts: _aio.UnaryStreamMultiCallable[_monitoring_pb2.WatchAlertsRequest, _monitoring_pb2.WatchAlertsResponse]  # type: ignore[assignment]
     """Streams alerts as they are raised."""
+    GetShadowComparison: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.GetShadowComparisonRequest, _monitoring_pb2.GetShadowComparisonResponse]  # type: ignore[assignment]
+    """Compares a shadow challenger with production on the same live requests."""
+    GetCanaryReport: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.GetCanaryReportRequest, _monitoring_pb2.GetCanaryReportResponse]  # type: ignore[assignment]
+    """A canary against production over the same period (what a progressive rollout's gates read)."""
 
 class MonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -123,5 +131,21 @@ class MonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_monitoring_pb2.WatchAlertsResponse], _abc.AsyncIterator[_monitoring_pb2.WatchAlertsResponse]]:
         """Streams alerts as they are raised."""
+
+    @_abc_1.abstractmethod
+    def GetShadowComparison(
+        self,
+        request: _monitoring_pb2.GetShadowComparisonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.GetShadowComparisonResponse, _abc.Awaitable[_monitoring_pb2.GetShadowComparisonResponse]]:
+        """Compares a shadow challenger with production on the same live requests."""
+
+    @_abc_1.abstractmethod
+    def GetCanaryReport(
+        self,
+        request: _monitoring_pb2.GetCanaryReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.GetCanaryReportResponse, _abc.Awaitable[_monitoring_pb2.GetCanaryReportResponse]]:
+        """A canary against production over the same period (what a progressive rollout's gates read)."""
 
 def add_MonitoringServiceServicer_to_server(servicer: MonitoringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -41,6 +41,10 @@ class _PromotionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Promot
     PROMOTION_STATE_NOT_PROMOTED: _PromotionState.ValueType  # 5
     """Checks passed but the policy's margin over production was not met."""
     PROMOTION_STATE_REJECTED: _PromotionState.ValueType  # 6
+    PROMOTION_STATE_ROLLING_OUT: _PromotionState.ValueType  # 7
+    """Progressive rollout under way: the version is a canary at PromotionDecision.rollout's step."""
+    PROMOTION_STATE_ABORTED: _PromotionState.ValueType  # 8
+    """A rollout gate breached: traffic went back to production (the reason names the gate)."""
 
 class PromotionState(_PromotionState, metaclass=_PromotionStateEnumTypeWrapper): ...
 
@@ -54,6 +58,10 @@ PROMOTION_STATE_PROMOTED: PromotionState.ValueType  # 4
 PROMOTION_STATE_NOT_PROMOTED: PromotionState.ValueType  # 5
 """Checks passed but the policy's margin over production was not met."""
 PROMOTION_STATE_REJECTED: PromotionState.ValueType  # 6
+PROMOTION_STATE_ROLLING_OUT: PromotionState.ValueType  # 7
+"""Progressive rollout under way: the version is a canary at PromotionDecision.rollout's step."""
+PROMOTION_STATE_ABORTED: PromotionState.ValueType  # 8
+"""A rollout gate breached: traffic went back to production (the reason names the gate)."""
 Global___PromotionState: _TypeAlias = PromotionState  # noqa: Y015
 
 class _AuditAction:
@@ -75,6 +83,9 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     AUDIT_ACTION_REJECTED: _AuditAction.ValueType  # 10
     AUDIT_ACTION_ROLLED_BACK: _AuditAction.ValueType  # 11
     AUDIT_ACTION_POLICY_SET: _AuditAction.ValueType  # 12
+    AUDIT_ACTION_ROLLOUT_STEP: _AuditAction.ValueType  # 13
+    """A progressive rollout started or advanced a canary step."""
+    AUDIT_ACTION_ROLLOUT_ABORTED: _AuditAction.ValueType  # 14
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper): ...
 
@@ -91,6 +102,9 @@ AUDIT_ACTION_APPROVED: AuditAction.ValueType  # 9
 AUDIT_ACTION_REJECTED: AuditAction.ValueType  # 10
 AUDIT_ACTION_ROLLED_BACK: AuditAction.ValueType  # 11
 AUDIT_ACTION_POLICY_SET: AuditAction.ValueType  # 12
+AUDIT_ACTION_ROLLOUT_STEP: AuditAction.ValueType  # 13
+"""A progressive rollout started or advanced a canary step."""
+AUDIT_ACTION_ROLLOUT_ABORTED: AuditAction.ValueType  # 14
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 class _Comparison:
@@ -117,6 +131,73 @@ COMPARISON_EQ: Comparison.ValueType  # 5
 Global___Comparison: _TypeAlias = Comparison  # noqa: Y015
 
 @_typing.final
+class RolloutGateResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    BREACHED_FIELD_NUMBER: _builtins.int
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    gate: _builtins.str
+    """"error_rate", "p99_latency_ratio", "prediction_psi", "quality_drop"."""
+    value: _builtins.float
+    threshold: _builtins.float
+    breached: _builtins.bool
+    sample: _builtins.int
+    """Rows (or requests) the value is over; 0 = not judged yet."""
+    def __init__(
+        self,
+        *,
+        gate: _builtins.str = ...,
+        value: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        breached: _builtins.bool = ...,
+        sample: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breached", b"breached", "gate", b"gate", "sample", b"sample", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutGateResult: _TypeAlias = RolloutGateResult  # noqa: Y015
+
+@_typing.final
+class RolloutStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    STEP_STARTED_FIELD_NUMBER: _builtins.int
+    GATES_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    """0-based index into the policy's steps."""
+    steps: _builtins.int
+    percent: _builtins.float
+    @_builtins.property
+    def step_started(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def gates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutGateResult]: ...
+    def __init__(
+        self,
+        *,
+        step: _builtins.int = ...,
+        steps: _builtins.int = ...,
+        percent: _builtins.float = ...,
+        step_started: _timestamp_pb2.Timestamp | None = ...,
+        gates: _abc.Iterable[Global___RolloutGateResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["step_started", b"step_started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "percent", b"percent", "step", b"step", "step_started", b"step_started", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStatus: _TypeAlias = RolloutStatus  # noqa: Y015
+
+@_typing.final
 class PromotionDecision(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -124,12 +205,17 @@ class PromotionDecision(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
     state: Global___PromotionState.ValueType
     reason: _builtins.str
     """Why, e.g. "f1 0.912 vs production 0.905: improvement 0.007 < 0.01"."""
     actor: _builtins.str
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def rollout(self) -> Global___RolloutStatus:
+        """Progressive rollouts: where it stands (ROLLING_OUT) or stood (PROMOTED, ABORTED)."""
+
     def __init__(
         self,
         *,
@@ -137,10 +223,11 @@ class PromotionDecision(_message.Message):
         reason: _builtins.str = ...,
         actor: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        rollout: Global___RolloutStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rollout", b"rollout", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "reason", b"reason", "state", b"state", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "reason", b"reason", "rollout", b"rollout", "state", b"state", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
