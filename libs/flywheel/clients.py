@@ -107,6 +107,25 @@ async def set_canary(settings: Settings, request: serving_pb2.SetCanaryRequest) 
             raise translate(exc, "serving") from exc
 
 
+async def set_shadow(settings: Settings, request: serving_pb2.SetShadowRequest) -> serving_pb2.Deployment:
+    async with _channel(settings, "serving") as ch:
+        try:
+            return (await serving_pb2_grpc.ServingAdminStub(ch).SetShadow(request, timeout=10)).deployment
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "serving") from exc
+
+
+async def shadow_comparison(
+    settings: Settings, request: monitoring_pb2.GetShadowComparisonRequest
+) -> monitoring_pb2.ShadowComparison:
+    async with _channel(settings, "monitoring") as ch:
+        try:
+            stub = monitoring_pb2_grpc.MonitoringServiceStub(ch)
+            return (await stub.GetShadowComparison(request, timeout=30)).comparison
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "monitoring") from exc
+
+
 async def clear_traffic(settings: Settings, request: serving_pb2.ClearTrafficRequest) -> serving_pb2.Deployment:
     async with _channel(settings, "serving") as ch:
         try:

@@ -197,11 +197,11 @@ async def start_rollout(
     reason: str,
     who: str,
 ) -> registry_pb2.PromotionDecision:
-    """The version earned promotion under a progressive policy: it becomes a canary at the first step
-    (the rollout driver tells serving and judges the gates). A rollout already under way for the model
-    is superseded (its canary is replaced by this one)."""
+    """The version earned promotion under a progressive policy: it becomes a canary at the first step,
+    or a shadow first (the rollout driver tells serving and judges the gates). A rollout already under
+    way for the model is superseded (its canary is replaced by this one)."""
     name, version = mv.ref.name, mv.ref.version
-    pct = rollout.steps(policy)
+    pct = rollout.phases(policy)
     for old in await conn.fetch(
         "UPDATE rollouts SET state = 'aborted', reason = $2, updated_at = now() WHERE model = $1 AND state = 'active'"
         " RETURNING version",
@@ -215,16 +215,16 @@ async def start_rollout(
         await store.save_promotion(conn, name, old["version"], superseded)
     decision = registry_pb2.PromotionDecision(
         state=R.PROMOTION_STATE_ROLLING_OUT,
-        reason=f"{reason}; rolling out: canary at {pct[0]:g}% (step 1 of {len(pct)})",
+        reason=f"{reason}; rolling out: {rollout.where(pct[0])} (step 1 of {len(pct)})",
         actor=who,
-        rollout=registry_pb2.RolloutStatus(step=0, steps=len(pct), percent=pct[0]),
+        rollout=registry_pb2.RolloutStatus(step=0, steps=len(pct), percent=pct[0], shadow=pct[0] == rollout.SHADOW),
     )
     decision.time.GetCurrentTime()
     decision.rollout.step_started.CopyFrom(decision.time)
     await store.save_promotion(conn, name, version, decision)
     await conn.execute(
         "INSERT INTO rollouts (model, version, champion) VALUES ($1, $2, $3) ON CONFLICT (model, version) DO UPDATE"
-        " SET state = 'active', step = 0, applied_percent = 0, started_at = now(), step_started_at = now(),"
+        " SET state = 'active', step = 0, applied_step = -1, started_at = now(), step_started_at = now(),"
         " baseline = '{}'::jsonb, champion = $3, updated_at = now()",
         name,
         version,

@@ -63,13 +63,13 @@ def _failed(model: str, exc: Exception) -> None:
         log.error("rollout tick failed", model=model, error=repr(exc)[:300])
 
 
-async def _counters(settings: Settings, model: str, version: int) -> dict[str, int]:
-    """The canary's requests and failures, summed over every serving replica's heartbeat."""
+async def _counters(settings: Settings, model: str, version: int, role: int) -> dict[str, int]:
+    """The challenger's requests and failures in `role`, summed over every serving replica's heartbeat."""
     deployment = await clients.deployment(settings, model)
     requests = errors = 0
     for replica in deployment.replicas:
         for slot in replica.slots:
-            if slot.role == common_pb2.SERVING_ROLE_CANARY and slot.model.version == version:
+            if slot.role == role and slot.model.version == version:
                 requests += slot.stats.request_count
                 errors += slot.stats.error_count
     return {"requests": requests, "errors": errors}
@@ -96,32 +96,36 @@ async def drive_one(pool: asyncpg.Pool, settings: Settings, model: str, version:
         if production != row["champion"] or mv.archived:
             why = "archived" if mv.archived else f"production moved to v{production} while the canary ran"
             return await _abort(conn, settings, mv, row, f"rollout stopped: {why}", [])
-        pct = rollout.steps(policy)
+        pct = rollout.phases(policy)
         step = min(row["step"], len(pct) - 1)
-        if row["applied_percent"] != pct[step]:
-            request = serving_pb2.SetCanaryRequest(
-                model_name=model, challenger_version=version, percent=pct[step], actor=ACTOR,
-                reason=f"progressive rollout of v{version}: step {step + 1} of {len(pct)}",
-            )  # fmt: skip
-            await clients.set_canary(settings, request)
-            baseline = await _counters(settings, model, version)
+        shadow = pct[step] == rollout.SHADOW
+        role = common_pb2.SERVING_ROLE_SHADOW if shadow else common_pb2.SERVING_ROLE_CANARY
+        if row["applied_step"] != step:
+            await _tell_serving(settings, model, version, pct, step)
+            baseline = await _counters(settings, model, version, role)
             await conn.execute(
-                "UPDATE rollouts SET applied_percent = $3, step_started_at = now(), baseline = $4::jsonb,"
+                "UPDATE rollouts SET applied_step = $3, step_started_at = now(), baseline = $4::jsonb,"
                 " updated_at = now() WHERE model = $1 AND version = $2",
-                model, version, pct[step], json.dumps(baseline),
+                model, version, step, json.dumps(baseline),
             )  # fmt: skip
             return "applied"
         now = datetime.now(UTC)
-        counters = await _counters(settings, model, version)
+        counters = await _counters(settings, model, version, role)
         baseline = json.loads(row["baseline"]) if isinstance(row["baseline"], str) else dict(row["baseline"])
         requests = max(0, counters["requests"] - int(baseline.get("requests", 0)))
         errors = max(0, counters["errors"] - int(baseline.get("errors", 0)))
-        report_request = monitoring_pb2.GetCanaryReportRequest(model_name=model, canary_version=version)
-        report_request.since.FromDatetime(row["step_started_at"])
-        report_request.labels_since.FromDatetime(row["started_at"])
-        report = await clients.canary_report(settings, report_request)
-        verdict = rollout.judge(policy, step, row["step_started_at"], now, rollout.Signals(requests, errors, report))
-        status = R.RolloutStatus(step=step, steps=len(pct), percent=pct[step], gates=verdict.gates)
+        if shadow:
+            comparison = await clients.shadow_comparison(
+                settings, monitoring_pb2.GetShadowComparisonRequest(model_name=model, challenger_version=version)
+            )
+            signals = rollout.Signals(requests, errors, shadow=comparison)
+        else:
+            report_request = monitoring_pb2.GetCanaryReportRequest(model_name=model, canary_version=version)
+            report_request.since.FromDatetime(row["step_started_at"])
+            report_request.labels_since.FromDatetime(row["started_at"])
+            signals = rollout.Signals(requests, errors, report=await clients.canary_report(settings, report_request))
+        verdict = rollout.judge(policy, step, row["step_started_at"], now, signals)
+        status = R.RolloutStatus(step=step, steps=len(pct), percent=pct[step], gates=verdict.gates, shadow=shadow)
         status.step_started.FromDatetime(row["step_started_at"])
         if verdict.action == rollout.ABORT:
             return await _abort(conn, settings, mv, row, verdict.reason, list(verdict.gates), status)
@@ -147,6 +151,20 @@ async def drive_one(pool: asyncpg.Pool, settings: Settings, model: str, version:
             log.info("rollout advanced", model=model, version=version, percent=pct[step + 1], reason=verdict.reason)
         await _save(conn, mv, verdict.reason if verdict.action == rollout.ADVANCE else mv.promotion.reason, status)
         return verdict.action
+
+
+async def _tell_serving(settings: Settings, model: str, version: int, pct: list[float], step: int) -> None:
+    """The step's traffic in serving's store: the shadow step mirrors every request, a canary step
+    answers its percent (either replaces what the step before set)."""
+    reason = f"progressive rollout of v{version}: step {step + 1} of {len(pct)}"
+    if pct[step] == rollout.SHADOW:
+        await clients.set_shadow(settings, serving_pb2.SetShadowRequest(
+            model_name=model, challenger_version=version, percent=100.0, actor=ACTOR, reason=reason,
+        ))  # fmt: skip
+    else:
+        await clients.set_canary(settings, serving_pb2.SetCanaryRequest(
+            model_name=model, challenger_version=version, percent=pct[step], actor=ACTOR, reason=reason,
+        ))  # fmt: skip
 
 
 async def _save(conn: asyncpg.Connection, mv: registry_pb2.ModelVersion, reason: str, status: R.RolloutStatus) -> None:

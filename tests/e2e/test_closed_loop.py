@@ -638,6 +638,62 @@ def test_a_better_model_rolls_out_through_every_step_and_a_broken_one_is_aborted
     assert deployment.traffic.mode in (serving_pb2.TRAFFIC_MODE_UNSPECIFIED, serving_pb2.TRAFFIC_MODE_PRODUCTION_ONLY)
 
 
+def test_a_shadow_step_promotes_only_a_challenger_better_on_live_traffic_by_the_margin(stack, api, infer, headers):
+    """shadow_first: each candidate first shadows production, and must beat it on the same labelled
+    live requests by 0.05 before any request is its to answer. v2 (v1 learnt from biased labels) does
+    and goes on through a 50% canary to production; v3 (inverted labels, better on its own test
+    split) is aborted in the shadow step and never answers a request."""
+    model, rng = "shadowgate-model", np.random.default_rng(32)
+    x = rng.normal(size=(4000, 4))
+    concept = (x @ WEIGHTS + rng.normal(scale=0.3, size=4000)) > 0
+    create_dataset(api, model)
+    _ingest(api, model, _rows_csv(x, (x @ WEIGHTS + 1.5 > 0), 0), replace=False)
+    training_spec = _progressive_spec(model, model, dwell_s=1)
+    rollout_policy = training_spec.promotion_policy.rollout
+    rollout_policy.shadow_first = True
+    del rollout_policy.steps[:]
+    rollout_policy.steps.append(50)
+    rollout_policy.gates.min_live_improvement = 0.05
+    rollout_policy.gates.max_prediction_psi = 1e6  # under test here: the shadow gate (PSI: the test above)
+    api.training.CreateSpec(T.CreateSpecRequest(spec=training_spec))
+    wait_until(lambda: production_version(api, model) == 1, 120, "v1 in production")
+    wait_served(infer, model, 1, headers)
+    _policy(api, model, cooldown_s=600, quality=M.QualityThreshold(metric="accuracy", min_labelled_rows=100_000))
+
+    with _LabelledTraffic(stack, model, headers) as traffic:
+
+        def labelled(check):  # type: ignore[no-untyped-def]
+            def poll():  # type: ignore[no-untyped-def]
+                if traffic.labels:
+                    api.monitoring.RecordFeedback(
+                        M.RecordFeedbackRequest(model_name=model, labels=traffic.labels[-5000:])
+                    )
+                return check()
+
+            return poll
+
+        _ingest(api, model, _rows_csv(x, concept, 10_000), replace=True)
+        wait_until(labelled(lambda: production_version(api, model) == 2), 180, "v2 through its shadow step and canary")
+        v2 = _version(api, model, 2)
+        assert v2 is not None and "rolled out through shadow, 50%" in v2.promotion.reason, v2.promotion
+        steps = [e.reason for e in _audit(api, model, registry_pb2.AUDIT_ACTION_ROLLOUT_STEP) if e.version == 2]
+        assert "rolling out: shadow" in steps[0] and steps[1].startswith("shadow -> canary 50%"), steps
+        assert "live_improvement" in steps[1], "the step says by how much v2 beat production"
+
+        _ingest(api, model, _rows_csv(x, ~concept, 20_000), replace=True)
+
+        def aborted() -> registry_pb2.ModelVersion | None:
+            v = _version(api, model, 3)
+            return v if v and v.promotion.state == registry_pb2.PROMOTION_STATE_ABORTED else None
+
+        v3 = wait_until(labelled(aborted), 180, "v3 aborted in its shadow step")
+        time.sleep(0.5)
+    assert traffic.failures == [], traffic.failures[:5]
+    assert "3" not in traffic.versions, "a shadow answers no request"
+    assert v3.promotion.reason.startswith("shadow aborted: live_improvement -"), v3.promotion.reason
+    assert v3.promotion.rollout.shadow and production_version(api, model) == 2
+
+
 def _value(v: int):  # type: ignore[no-untyped-def]
     from google.protobuf.struct_pb2 import Value
 

@@ -374,6 +374,7 @@ def test_a_full_batch_queue_answers_resource_exhausted_at_once(stack, api, oip_s
             s.inflight_requests for s in deployment(api, SLOW).slots if s.role == common_pb2.SERVING_ROLE_PRODUCTION
         )
 
+    started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         slow = [pool.submit(call, "slow", SLOW_X)]
         wait_until(lambda: inflight() == 1, 10, "the first slow request to run", 0.01)
@@ -385,7 +386,8 @@ def test_a_full_batch_queue_answers_resource_exhausted_at_once(stack, api, oip_s
     slow_done = min(t for _, t, _ in outcomes["slow"])
     exhausted = [(t, d) for c, t, d in outcomes["fast"] if c == grpc.StatusCode.RESOURCE_EXHAUSTED]
     answered = [c for c, _, _ in outcomes["fast"] if c == grpc.StatusCode.OK]
-    assert [c for c, _, _ in outcomes["slow"]] == [grpc.StatusCode.OK] * 2
+    # Seen twice in CI (not reproduced alone): both slow runs past the 6 s limit. Say when and why.
+    assert [c for c, _, _ in outcomes["slow"]] == [grpc.StatusCode.OK] * 2, (outcomes["slow"], started)
     assert len(exhausted) >= QUEUE_MAX and len(exhausted) + len(answered) == 2 * QUEUE_MAX
     assert all(t < slow_done for t, _ in exhausted)  # refused at once, not once the queue moved
     assert f"inference queue is full ({QUEUE_MAX} requests waiting)" in exhausted[0][1]

@@ -92,3 +92,56 @@ def test_a_rollout_policy_out_of_range_is_refused() -> None:
         assert raised.value.field == field, (bad, raised.value.field)
     rules.check_policy(_policy(max_error_rate=0.0))
     assert rollout.steps(K.PromotionPolicy()) == [5.0, 25.0, 50.0]
+
+
+def _shadow_policy(**gates) -> K.PromotionPolicy:  # type: ignore[no-untyped-def]
+    policy = _policy(min_labelled_rows=50, **gates)
+    policy.rollout.shadow_first = True
+    return policy
+
+
+def _shadow(rows: int = 200, agreement: float = 0.95, labelled: int = 80,
+            quality: tuple[float, float] = (0.95, 0.85)) -> M.ShadowComparison:  # fmt: skip
+    return M.ShadowComparison(
+        rows=rows, agreement=agreement, challenger_latency=M.LatencySummary(p99_ms=2.0),
+        production_latency=M.LatencySummary(p99_ms=2.0), labelled_rows=labelled,
+        challenger_quality=[K.Metric(name="accuracy", value=quality[0])],
+        production_quality=[K.Metric(name="accuracy", value=quality[1])],
+    )  # fmt: skip
+
+
+def _judge_shadow(policy: K.PromotionPolicy, after_s: float = 60, **shadow) -> rollout.Verdict:  # type: ignore[no-untyped-def]
+    signals = rollout.Signals(200, 0, shadow=_shadow(**shadow))
+    return rollout.judge(policy, 0, T0, T0 + timedelta(seconds=after_s), signals)
+
+
+def test_a_shadow_step_comes_first_and_its_gates_say_whether_the_challenger_is_better_on_live_traffic() -> None:
+    policy = _shadow_policy(min_agreement=0.9, min_live_improvement=0.05)
+    assert rollout.phases(policy) == [rollout.SHADOW, 10.0, 50.0]
+    advanced = _judge_shadow(policy)
+    assert advanced.action == rollout.ADVANCE and advanced.reason.startswith("shadow -> canary 10%"), advanced
+    assert {g.gate for g in advanced.gates} == {"error_rate", "p99_latency_ratio", "agreement", "live_improvement"}
+
+    worse = _judge_shadow(policy, after_s=1, quality=(0.86, 0.85))  # better, but not by the margin
+    assert worse.action == rollout.ABORT
+    assert worse.reason.startswith("shadow aborted: live_improvement 0.01 < 0.05 (over 80)"), worse.reason
+    disagrees = _judge_shadow(policy, after_s=1, agreement=0.4)
+    assert disagrees.action == rollout.ABORT and "agreement 0.4 < 0.9" in disagrees.reason
+
+    unlabelled = _judge_shadow(policy, labelled=10, quality=(0.1, 0.9))
+    assert unlabelled.action == rollout.WAIT and "live_improvement" in unlabelled.reason, "no verdict without labels"
+    assert _judge_shadow(_shadow_policy(), labelled=0).action == rollout.ADVANCE, "no shadow gate asked: dwell only"
+    promoted = rollout.judge(policy, 2, T0, T0 + timedelta(seconds=60), rollout.Signals(200, 0, report=_report()))
+    assert promoted.action == rollout.PROMOTE and "rolled out through shadow, 10%, 50%" in promoted.reason
+
+
+def test_shadow_gate_thresholds_are_checked() -> None:
+    for gates, field in [
+        (K.RolloutGates(min_agreement=1.5), "policy.rollout.gates.min_agreement"),
+        (K.RolloutGates(min_live_improvement=float("nan")), "policy.rollout.gates.min_live_improvement"),
+    ]:
+        with pytest.raises(InvalidArgument) as raised:
+            rules.check_policy(K.PromotionPolicy(metric="accuracy", rollout=K.RolloutPolicy(gates=gates)))
+        assert raised.value.field == field
+    rules.check_policy(K.PromotionPolicy(metric="accuracy", rollout=K.RolloutPolicy(
+        gates=K.RolloutGates(min_live_improvement=-0.02))))  # fmt: skip  # "no worse than 0.02" is a policy too

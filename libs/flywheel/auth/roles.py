@@ -109,9 +109,9 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
         {
             "ListDeployments": READ,
             "GetDeployment": READ,
-            # The registry's progressive rollouts set and end canaries.
+            # The registry's progressive rollouts set and end canaries (and a shadow step).
             "SetCanary": _only(DEPLOYER, ADMIN, SERVICE_REGISTRY),
-            "SetShadow": _only(DEPLOYER, ADMIN),
+            "SetShadow": _only(DEPLOYER, ADMIN, SERVICE_REGISTRY),
             "ClearTraffic": _only(DEPLOYER, ADMIN, SERVICE_REGISTRY),
             "ListTrafficChanges": READ,
         },

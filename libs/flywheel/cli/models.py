@@ -76,7 +76,8 @@ def fmt_promotion(decision: registry_pb2.PromotionDecision) -> str:
     if decision.state == registry_pb2.PROMOTION_STATE_ROLLING_OUT and decision.HasField("rollout"):
         r = decision.rollout
         gates = ", ".join(f"{g.gate} {g.value:.3g}/{g.threshold:g}" for g in r.gates if g.sample)
-        text += f" (canary {r.percent:g}%, step {r.step + 1} of {r.steps}{'; ' + gates if gates else ''})"
+        at = "shadow" if r.shadow else f"canary {r.percent:g}%"
+        text += f" ({at}, step {r.step + 1} of {r.steps}{'; ' + gates if gates else ''})"
     return text + (f": {decision.reason}" if decision.reason else "")
 
 

@@ -591,9 +591,15 @@ class RolloutPolicy(_message.Message):
     MIN_STEP_DURATION_FIELD_NUMBER: _builtins.int
     MIN_STEP_ROWS_FIELD_NUMBER: _builtins.int
     GATES_FIELD_NUMBER: _builtins.int
+    SHADOW_FIRST_FIELD_NUMBER: _builtins.int
     mode: Global___RolloutMode.ValueType
     min_step_rows: _builtins.int
     """... and until the canary answered this many logged rows in it (0 = 100)."""
+    shadow_first: _builtins.bool
+    """Before the canary steps, the version shadows production (every request mirrored, production
+    answers) for one step, and the shadow gates (min_agreement, min_live_improvement) judge it on
+    the same requests.
+    """
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Canary percents, increasing, each in (0, 100); empty = 5, 25, 50. Production follows the last."""
@@ -612,10 +618,11 @@ class RolloutPolicy(_message.Message):
         min_step_duration: _duration_pb2.Duration | None = ...,
         min_step_rows: _builtins.int = ...,
         gates: Global___RolloutGates | None = ...,
+        shadow_first: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "min_step_duration", b"min_step_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "min_step_duration", b"min_step_duration", "min_step_rows", b"min_step_rows", "mode", b"mode", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "min_step_duration", b"min_step_duration", "min_step_rows", b"min_step_rows", "mode", b"mode", "shadow_first", b"shadow_first", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,6 +641,8 @@ class RolloutGates(_message.Message):
     MAX_PREDICTION_PSI_FIELD_NUMBER: _builtins.int
     MAX_QUALITY_DROP_FIELD_NUMBER: _builtins.int
     MIN_LABELLED_ROWS_FIELD_NUMBER: _builtins.int
+    MIN_AGREEMENT_FIELD_NUMBER: _builtins.int
+    MIN_LIVE_IMPROVEMENT_FIELD_NUMBER: _builtins.int
     max_error_rate: _builtins.float
     """Failed canary requests / canary requests in the step (unset = 0.01)."""
     max_p99_latency_ratio: _builtins.float
@@ -646,6 +655,15 @@ class RolloutGates(_message.Message):
     """
     min_labelled_rows: _builtins.int
     """Labelled canary rows before the quality gate judges (0 = 50)."""
+    min_agreement: _builtins.float
+    """Shadow step: the share of requests where the version and production predict the same class
+    must be at least this (unset = not checked).
+    """
+    min_live_improvement: _builtins.float
+    """Shadow step: the version's live quality minus production's on the same labelled requests, in
+    the promotion metric's better direction, must be at least this (unset = not checked). When set,
+    the shadow step lasts until min_labelled_rows labelled requests judge it.
+    """
     def __init__(
         self,
         *,
@@ -654,10 +672,12 @@ class RolloutGates(_message.Message):
         max_prediction_psi: _builtins.float | None = ...,
         max_quality_drop: _builtins.float | None = ...,
         min_labelled_rows: _builtins.int = ...,
+        min_agreement: _builtins.float | None = ...,
+        min_live_improvement: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate", "_max_p99_latency_ratio", b"_max_p99_latency_ratio", "_max_prediction_psi", b"_max_prediction_psi", "_max_quality_drop", b"_max_quality_drop", "max_error_rate", b"max_error_rate", "max_p99_latency_ratio", b"max_p99_latency_ratio", "max_prediction_psi", b"max_prediction_psi", "max_quality_drop", b"max_quality_drop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate", "_max_p99_latency_ratio", b"_max_p99_latency_ratio", "_max_prediction_psi", b"_max_prediction_psi", "_max_quality_drop", b"_max_quality_drop", "_min_agreement", b"_min_agreement", "_min_live_improvement", b"_min_live_improvement", "max_error_rate", b"max_error_rate", "max_p99_latency_ratio", b"max_p99_latency_ratio", "max_prediction_psi", b"max_prediction_psi", "max_quality_drop", b"max_quality_drop", "min_agreement", b"min_agreement", "min_live_improvement", b"min_live_improvement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate", "_max_p99_latency_ratio", b"_max_p99_latency_ratio", "_max_prediction_psi", b"_max_prediction_psi", "_max_quality_drop", b"_max_quality_drop", "max_error_rate", b"max_error_rate", "max_p99_latency_ratio", b"max_p99_latency_ratio", "max_prediction_psi", b"max_prediction_psi", "max_quality_drop", b"max_quality_drop", "min_labelled_rows", b"min_labelled_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate", "_max_p99_latency_ratio", b"_max_p99_latency_ratio", "_max_prediction_psi", b"_max_prediction_psi", "_max_quality_drop", b"_max_quality_drop", "_min_agreement", b"_min_agreement", "_min_live_improvement", b"_min_live_improvement", "max_error_rate", b"max_error_rate", "max_p99_latency_ratio", b"max_p99_latency_ratio", "max_prediction_psi", b"max_prediction_psi", "max_quality_drop", b"max_quality_drop", "min_agreement", b"min_agreement", "min_labelled_rows", b"min_labelled_rows", "min_live_improvement", b"min_live_improvement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_error_rate: _TypeAlias = _typing.Literal["max_error_rate"]  # noqa: Y015
     _WhichOneofArgType__max_error_rate: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate"]  # noqa: Y015
@@ -667,6 +687,10 @@ class RolloutGates(_message.Message):
     _WhichOneofArgType__max_prediction_psi: _TypeAlias = _typing.Literal["_max_prediction_psi", b"_max_prediction_psi"]  # noqa: Y015
     _WhichOneofReturnType__max_quality_drop: _TypeAlias = _typing.Literal["max_quality_drop"]  # noqa: Y015
     _WhichOneofArgType__max_quality_drop: _TypeAlias = _typing.Literal["_max_quality_drop", b"_max_quality_drop"]  # noqa: Y015
+    _WhichOneofReturnType__min_agreement: _TypeAlias = _typing.Literal["min_agreement"]  # noqa: Y015
+    _WhichOneofArgType__min_agreement: _TypeAlias = _typing.Literal["_min_agreement", b"_min_agreement"]  # noqa: Y015
+    _WhichOneofReturnType__min_live_improvement: _TypeAlias = _typing.Literal["min_live_improvement"]  # noqa: Y015
+    _WhichOneofArgType__min_live_improvement: _TypeAlias = _typing.Literal["_min_live_improvement", b"_min_live_improvement"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_error_rate) -> _WhichOneofReturnType__max_error_rate | None: ...
     @_typing.overload
@@ -675,6 +699,10 @@ class RolloutGates(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_prediction_psi) -> _WhichOneofReturnType__max_prediction_psi | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_quality_drop) -> _WhichOneofReturnType__max_quality_drop | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_agreement) -> _WhichOneofReturnType__min_agreement | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_live_improvement) -> _WhichOneofReturnType__min_live_improvement | None: ...
 
 Global___RolloutGates: _TypeAlias = RolloutGates  # noqa: Y015
 

@@ -140,7 +140,9 @@ class RolloutGateResult(_message.Message):
     BREACHED_FIELD_NUMBER: _builtins.int
     SAMPLE_FIELD_NUMBER: _builtins.int
     gate: _builtins.str
-    """"error_rate", "p99_latency_ratio", "prediction_psi", "quality_drop"."""
+    """"error_rate", "p99_latency_ratio", "prediction_psi", "quality_drop"; in the shadow step
+    "agreement" and "live_improvement" (these breach when below their threshold).
+    """
     value: _builtins.float
     threshold: _builtins.float
     breached: _builtins.bool
@@ -172,10 +174,13 @@ class RolloutStatus(_message.Message):
     PERCENT_FIELD_NUMBER: _builtins.int
     STEP_STARTED_FIELD_NUMBER: _builtins.int
     GATES_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     step: _builtins.int
     """0-based index into the policy's steps."""
     steps: _builtins.int
     percent: _builtins.float
+    shadow: _builtins.bool
+    """The step is the shadow step (percent 0): production answers, the version sees a copy."""
     @_builtins.property
     def step_started(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -188,10 +193,11 @@ class RolloutStatus(_message.Message):
         percent: _builtins.float = ...,
         step_started: _timestamp_pb2.Timestamp | None = ...,
         gates: _abc.Iterable[Global___RolloutGateResult] | None = ...,
+        shadow: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["step_started", b"step_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "percent", b"percent", "step", b"step", "step_started", b"step_started", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "percent", b"percent", "shadow", b"shadow", "step", b"step", "step_started", b"step_started", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
