@@ -20,7 +20,7 @@ from flywheel import clients
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError, Unavailable
 from flywheel.logging import get_logger
-from flywheel.telemetry import meter
+from flywheel.telemetry import meter, tracer
 from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2, registry_pb2
 from services.monitoring.policy import KIND_NAMES, DriftKind
 
@@ -133,8 +133,11 @@ async def carry_out(pool: asyncpg.Pool, settings: Settings) -> int:
                 name=row["model"], to_version=row["to_version"], from_version=row["from_version"],
                 actor=GUARD_ACTOR, reason=row["reason"],
             )  # fmt: skip
+            attributes = {"flywheel.model": row["model"], "flywheel.version": row["from_version"],
+                          "flywheel.window_id": row["window_id"]}  # fmt: skip
             try:
-                await clients.rollback(settings, request)
+                with tracer().start_as_current_span("guard rollback", attributes=attributes):
+                    await clients.rollback(settings, request)  # the registry's side joins this trace
                 outcome = "rolled back"
             except Unavailable as exc:
                 await conn.execute(

@@ -21,7 +21,7 @@ from flywheel.app import ServiceContext
 from flywheel.config import Settings
 from flywheel.errors import Unavailable
 from flywheel.logging import get_logger
-from flywheel.telemetry import meter
+from flywheel.telemetry import meter, tracer
 from flywheel.v1 import common_pb2, monitoring_pb2, registry_pb2, serving_pb2
 from services.registry import promotion, rollout, rules, store
 from services.registry.promoter import apply_decision
@@ -49,10 +49,16 @@ async def drive(ctx: ServiceContext) -> None:
             _failed("", exc)
             continue
         for row in active:
-            try:
-                await drive_one(ctx.pool, ctx.settings, row["model"], row["version"])
-            except Exception as exc:
-                _failed(row["model"], exc)
+            # One span per tick: serving's and monitoring's side of the calls it makes join its trace.
+            attributes = {"flywheel.model": row["model"], "flywheel.version": row["version"]}
+            with tracer().start_as_current_span("rollout tick", attributes=attributes) as span:
+                try:
+                    span.set_attribute("flywheel.rollout.action", await drive_one(
+                        ctx.pool, ctx.settings, row["model"], row["version"]
+                    ))  # fmt: skip
+                except Exception as exc:
+                    span.set_attribute("flywheel.rollout.action", "failed")
+                    _failed(row["model"], exc)
 
 
 def _failed(model: str, exc: Exception) -> None:

@@ -391,6 +391,8 @@ def test_the_guard_rolls_back_a_promotion_whose_live_quality_collapses_and_retra
     audit = api.registry.ListAuditEvents(registry_pb2.ListAuditEventsRequest(name=model)).events
     rollback = [e for e in audit if e.action == registry_pb2.AUDIT_ACTION_ROLLED_BACK]
     assert len(rollback) == 1 and rollback[0].actor == "guard", rollback
+    _traced(stack, "guard rollback", {"flywheel.model": model, "flywheel.version": 2},
+            ("flywheel-registry", "/flywheel.v1.RegistryService/Rollback"))  # fmt: skip
     assert "accuracy" in rollback[0].reason and "rolled back to v1" in rollback[0].reason, rollback[0].reason
     promoted = [r for r in read_topic(stack.bootstrap, Topics.MODEL_PROMOTED) if r.key == model.encode()]
     assert promoted, "model.promoted events for the model"
@@ -636,6 +638,24 @@ def test_a_better_model_rolls_out_through_every_step_and_a_broken_one_is_aborted
     assert production_version(api, model) == 2
     deployment = api.serving.GetDeployment(serving_pb2.GetDeploymentRequest(model_name=model)).deployment
     assert deployment.traffic.mode in (serving_pb2.TRAFFIC_MODE_UNSPECIFIED, serving_pb2.TRAFFIC_MODE_PRODUCTION_ONLY)
+    # The tick that aborted is one trace with serving's side of the call that took the traffic back.
+    _traced(stack, "rollout tick", {"flywheel.model": model, "flywheel.rollout.action": "aborted"},
+            ("flywheel-serving", "/flywheel.v1.ServingAdmin/ClearTraffic"))  # fmt: skip
+
+
+def _traced(stack, name: str, attributes: dict[str, object], joined: tuple[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """A span `name` with `attributes` exists, and its trace holds the span `joined` (service, name)."""
+    spans_file = stack.home / "spans.jsonl"
+
+    def found() -> bool:
+        spans = read_spans(spans_file)
+        mine = [
+            s for s in spans if s["name"] == name and all(s["attributes"].get(k) == v for k, v in attributes.items())
+        ]
+        traces = {s["trace_id"] for s in mine}
+        return any((s["service"], s["name"]) == joined and s["trace_id"] in traces for s in spans)
+
+    wait_until(found, 30, f"a {name!r} span {attributes} in one trace with {joined}")
 
 
 def test_a_shadow_step_promotes_only_a_challenger_better_on_live_traffic_by_the_margin(stack, api, infer, headers):

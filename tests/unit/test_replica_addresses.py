@@ -86,6 +86,7 @@ def test_a_list_balances_round_robin_over_healthy_replicas_and_retries_reads_onl
     config = _config(options)
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     assert config["healthCheckConfig"] == {"serviceName": ""}
+    assert dict(options)["grpc.max_reconnect_backoff_ms"] <= 1000, "a replica back is used again within a second"
     (method_config,) = config["methodConfig"]
     retried = {(n["service"], n["method"]) for n in method_config["name"]}
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]

@@ -6,8 +6,9 @@ Replicas. An address may name several replicas (flywheel.addresses: a list of IP
 name such as dns:///serving:50054 that resolves to every pod). Such a channel balances round-robin
 over the replicas whose gRPC health (service "", readiness) is SERVING: a replica that died, is
 starting (a restarted serving replica is NOT_SERVING until it has loaded its models) or is draining
-gets no new calls, and a call made while one replica is down goes to the others. A single HOST:PORT
-keeps gRPC's default (first address), as before.
+gets no new calls, and a call made while one replica is down goes to the others; a replica that
+comes back is reconnected to within about a second. A single HOST:PORT keeps gRPC's default (first
+address), as before.
 
 Retries, for every channel: gRPC itself re-sends a call that never reached a server (transparent
 retry). Beyond that, only reads are retried, on UNAVAILABLE, up to 4 attempts within about 0.7 s:
@@ -70,6 +71,11 @@ def channel_target(address: str, settings: Settings) -> tuple[str, ChannelOption
     ]
     if target.authority is not None:
         options.append(("grpc.default_authority", target.authority))
+    if target.balanced:
+        # A replica that comes back is balanced to again within about a second: gRPC's default
+        # reconnect backoff grows to minutes, and a client still backing off from the restarted
+        # replica has no backend left when the next one goes down.
+        options += [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 1000)]
     return target.uri, options
 
 
