@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
+from typing import TypeVar
 
 import grpc
 import pyarrow as pa
@@ -34,6 +35,7 @@ from flywheel.v1 import (
 )
 
 CHUNK = 1024 * 1024
+T = TypeVar("T")
 _CALLER_ERRORS: dict[grpc.StatusCode, type[errors.FlywheelError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
@@ -91,66 +93,55 @@ async def model_version(settings: Settings, name: str, version: int = 0, alias: 
     return resp.version
 
 
-async def rollback(settings: Settings, request: registry_pb2.RollbackRequest) -> registry_pb2.RollbackResponse:
-    async with _channel(settings, "registry") as ch:
+async def _unary(settings: Settings, service: str, call: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
+    """`call` on a fresh channel to `service`, its gRPC errors turned back into domain errors."""
+    async with _channel(settings, service) as ch:
         try:
-            return await registry_pb2_grpc.RegistryServiceStub(ch).Rollback(request, timeout=10)
+            return await call(ch)
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, "registry") from exc
+            raise translate(exc, service) from exc
+
+
+async def rollback(settings: Settings, request: registry_pb2.RollbackRequest) -> registry_pb2.RollbackResponse:
+    return await _unary(settings, "registry", lambda ch: registry_pb2_grpc.RegistryServiceStub(ch).Rollback(
+        request, timeout=10
+    ))  # fmt: skip
 
 
 async def set_canary(settings: Settings, request: serving_pb2.SetCanaryRequest) -> serving_pb2.Deployment:
-    async with _channel(settings, "serving") as ch:
-        try:
-            return (await serving_pb2_grpc.ServingAdminStub(ch).SetCanary(request, timeout=10)).deployment
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, "serving") from exc
+    stub = serving_pb2_grpc.ServingAdminStub
+    return (await _unary(settings, "serving", lambda ch: stub(ch).SetCanary(request, timeout=10))).deployment
 
 
 async def set_shadow(settings: Settings, request: serving_pb2.SetShadowRequest) -> serving_pb2.Deployment:
-    async with _channel(settings, "serving") as ch:
-        try:
-            return (await serving_pb2_grpc.ServingAdminStub(ch).SetShadow(request, timeout=10)).deployment
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, "serving") from exc
+    stub = serving_pb2_grpc.ServingAdminStub
+    return (await _unary(settings, "serving", lambda ch: stub(ch).SetShadow(request, timeout=10))).deployment
+
+
+async def clear_traffic(settings: Settings, request: serving_pb2.ClearTrafficRequest) -> serving_pb2.Deployment:
+    stub = serving_pb2_grpc.ServingAdminStub
+    return (await _unary(settings, "serving", lambda ch: stub(ch).ClearTraffic(request, timeout=10))).deployment
+
+
+async def deployment(settings: Settings, model: str) -> serving_pb2.Deployment:
+    request = serving_pb2.GetDeploymentRequest(model_name=model)
+    stub = serving_pb2_grpc.ServingAdminStub
+    return (await _unary(settings, "serving", lambda ch: stub(ch).GetDeployment(request, timeout=10))).deployment
 
 
 async def shadow_comparison(
     settings: Settings, request: monitoring_pb2.GetShadowComparisonRequest
 ) -> monitoring_pb2.ShadowComparison:
-    async with _channel(settings, "monitoring") as ch:
-        try:
-            stub = monitoring_pb2_grpc.MonitoringServiceStub(ch)
-            return (await stub.GetShadowComparison(request, timeout=30)).comparison
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, "monitoring") from exc
-
-
-async def clear_traffic(settings: Settings, request: serving_pb2.ClearTrafficRequest) -> serving_pb2.Deployment:
-    async with _channel(settings, "serving") as ch:
-        try:
-            return (await serving_pb2_grpc.ServingAdminStub(ch).ClearTraffic(request, timeout=10)).deployment
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, "serving") from exc
-
-
-async def deployment(settings: Settings, model: str) -> serving_pb2.Deployment:
-    request = serving_pb2.GetDeploymentRequest(model_name=model)
-    async with _channel(settings, "serving") as ch:
-        try:
-            return (await serving_pb2_grpc.ServingAdminStub(ch).GetDeployment(request, timeout=10)).deployment
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, "serving") from exc
+    stub = monitoring_pb2_grpc.MonitoringServiceStub
+    response = await _unary(settings, "monitoring", lambda ch: stub(ch).GetShadowComparison(request, timeout=30))
+    return response.comparison
 
 
 async def canary_report(
     settings: Settings, request: monitoring_pb2.GetCanaryReportRequest
 ) -> monitoring_pb2.CanaryReport:
-    async with _channel(settings, "monitoring") as ch:
-        try:
-            return (await monitoring_pb2_grpc.MonitoringServiceStub(ch).GetCanaryReport(request, timeout=30)).report
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, "monitoring") from exc
+    stub = monitoring_pb2_grpc.MonitoringServiceStub
+    return (await _unary(settings, "monitoring", lambda ch: stub(ch).GetCanaryReport(request, timeout=30))).report
 
 
 async def download(settings: Settings, name: str, version: int) -> tuple[bytes, str]:

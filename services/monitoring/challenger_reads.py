@@ -15,6 +15,7 @@ from flywheel.errors import NotFound
 from flywheel.telemetry import meter
 from flywheel.v1 import common_pb2, monitoring_pb2
 from services.monitoring.comparison import DEFAULT_ROWS, Side, canary_report, compare
+from services.monitoring.evaluator import stored_object
 from services.monitoring.windows import Task
 
 M = monitoring_pb2
@@ -77,16 +78,8 @@ async def comparison(conn: asyncpg.Connection, model: str, version: int, max_row
     return result
 
 
-def _object(text: Any) -> dict[str, Any]:
-    value = json.loads(text) if isinstance(text, str | bytes) else text
-    return value if isinstance(value, dict) else {}
-
-
 def _compare(rows: list[asyncpg.Record], task: Task, class_labels: list[str]) -> M.ShadowComparison:
-    import numpy as np
-
-    production = Side([_object(r["p_out"]) for r in rows], np.array([r["p_ms"] for r in rows], dtype=np.float64))
-    challenger = Side([_object(r["c_out"]) for r in rows], np.array([r["c_ms"] for r in rows], dtype=np.float64))
+    production, challenger = _side(rows, "p_out", "p_ms"), _side(rows, "c_out", "c_ms")
     labels = [json.loads(r["label"]) if r["label"] is not None else None for r in rows]
     return compare(task, class_labels, production, challenger, labels)
 
@@ -161,14 +154,14 @@ async def canary(
     return report
 
 
-def _side(rows: list[asyncpg.Record]) -> Side:
+def _side(rows: list[asyncpg.Record], outputs: str = "outputs", latency: str = "latency_ms") -> Side:
     import numpy as np
 
-    return Side([_object(r["outputs"]) for r in rows], np.array([r["latency_ms"] for r in rows], dtype=np.float64))
+    return Side([stored_object(r[outputs]) for r in rows], np.array([r[latency] for r in rows], dtype=np.float64))
 
 
 def _labelled(rows: list[asyncpg.Record]) -> tuple[list[dict[str, Any]], list[Any]]:
-    return [_object(r["predicted"]) for r in rows], [json.loads(r["label"]) for r in rows]
+    return [stored_object(r["predicted"]) for r in rows], [json.loads(r["label"]) for r in rows]
 
 
 def _canary(

@@ -30,6 +30,7 @@ from flywheel.v1 import common_pb2, monitoring_pb2
 from services.monitoring import estimation, guard
 from services.monitoring import policy as policies
 from services.monitoring.alerts import raise_alerts
+from services.monitoring.comparison import label_text
 from services.monitoring.policy import DriftKind
 from services.monitoring.quality import quality_report, segment_report
 from services.monitoring.windows import Task, WindowInput, evaluate_window
@@ -86,15 +87,15 @@ async def load_policy(conn: asyncpg.Connection, model: str) -> monitoring_pb2.Mo
     return policies.effective(stored, model)
 
 
-def _object(text: Any) -> dict[str, Any]:
+def stored_object(text: Any) -> dict[str, Any]:
     """A stored inputs/outputs column as a dict; anything else (not written by today's code) is empty."""
     value = json.loads(text) if isinstance(text, str | bytes) else text
     return value if isinstance(value, dict) else {}
 
 
 def _window_input(rows: Sequence[asyncpg.Record], schema: common_pb2.Schema) -> WindowInput:
-    inputs = [_object(r["inputs"]) for r in rows]
-    outputs = [_object(r["outputs"]) for r in rows]
+    inputs = [stored_object(r["inputs"]) for r in rows]
+    outputs = [stored_object(r["outputs"]) for r in rows]
     counts: dict[str, int] = {}
     for row in inputs:
         for key in row:
@@ -142,7 +143,7 @@ def _judge_drift(
     profile = json.loads(ref["profile"])
     task = Task(ref["task"])
     report = evaluate_window(profile, schema, policy, window, task=task, label_field=schema.label_field)
-    estimate = _estimate(ref, policy, [_object(r["outputs"]) for r in rows], policy.window.min_rows)
+    estimate = _estimate(ref, policy, [stored_object(r["outputs"]) for r in rows], policy.window.min_rows)
     if estimate is not None:
         report.estimated.CopyFrom(estimate[0])
         if estimate[0].breached:
@@ -300,14 +301,14 @@ def _judge_quality(
 ) -> tuple[M.QualityReport, list[M.SegmentStats], list[M.SegmentGap]]:
     """Decode a quality window's labelled rows; its quality and segment analysis (CPU only)."""
     labels = [json.loads(r["label"]) for r in rows]
-    predicted = [_object(r["predicted"]) for r in rows]
-    inputs = [_object(r["inputs"]) for r in rows]
+    predicted = [stored_object(r["predicted"]) for r in rows]
+    inputs = [stored_object(r["inputs"]) for r in rows]
     if task == common_pb2.TASK_REGRESSION:
         y_true = np.array([_scalar(v) for v in labels], dtype=np.float64)
         y_pred = np.array([_scalar(p.get("variable")) for p in predicted], dtype=np.float64)
     else:
         index = {c: i for i, c in enumerate(class_labels)}
-        y_true = np.array([index.get(_label_str(v), -1) for v in labels])
+        y_true = np.array([index.get(label_text(v), -1) for v in labels])
         y_pred = np.array([index.get(str(p.get("class")), -1) for p in predicted])
         keep = (y_true >= 0) & (y_pred >= 0)
         y_true, y_pred = y_true[keep], y_pred[keep]
@@ -325,9 +326,9 @@ def _judge_estimate(
     class_labels = list(ref["class_labels"])
     index = {c: i for i, c in enumerate(class_labels)}
     mine = [r for r in rows if r["version"] == ref["version"]]
-    y = [index.get(_label_str(json.loads(r["label"])), -1) for r in mine]
+    y = [index.get(label_text(json.loads(r["label"])), -1) for r in mine]
     labelled = [(r, label) for r, label in zip(mine, y, strict=True) if label >= 0]
-    outputs = [_object(r["predicted"]) for r, _ in labelled]
+    outputs = [stored_object(r["predicted"]) for r, _ in labelled]
     estimate = _estimate(ref, policy, outputs, policy.quality.min_labelled_rows, [label for _, label in labelled])
     return estimate[0] if estimate is not None else None
 
@@ -428,9 +429,3 @@ async def close_quality_window(conn: asyncpg.Connection, model: str) -> M.Window
 def _reference(recorded: Any, metric: str) -> float:
     value = recorded.get(metric) if isinstance(recorded, dict) else None
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
-
-
-def _label_str(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))  # JSON numbers: 1.0 and 1 name the same class
-    return str(v)

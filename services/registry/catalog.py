@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 
 from flywheel import clients
-from flywheel.artifacts import ArtifactStore
+from flywheel.artifacts import ArtifactStore, check_sha256
 from flywheel.bus import Topics, enqueue
 from flywheel.bus.serde import new_meta
 from flywheel.config import Settings
@@ -133,8 +133,12 @@ class Catalog:
         if not uri:
             return
         sha = uri.removeprefix("sha256:")
-        if sha == uri or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise InvalidArgument('must be "sha256:" and 64 hex digits', field="header.calibration_uri")
+        try:
+            if sha == uri:
+                raise InvalidArgument("no sha256: prefix")
+            check_sha256(sha)
+        except InvalidArgument as exc:
+            raise InvalidArgument('must be "sha256:" and 64 hex digits', field="header.calibration_uri") from exc
         if header.task == common_pb2.TASK_REGRESSION:
             raise InvalidArgument("a regression model has no calibration sample", field="header.calibration_uri")
         if not await self._artifacts.exists(sha):

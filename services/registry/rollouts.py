@@ -92,12 +92,12 @@ async def drive_one(pool: asyncpg.Pool, settings: Settings, model: str, version:
         if row is None:
             return ""
         record = await store.ensure_model(conn, model, lock=True)
+        mv = await store.get_version(conn, model, version)
         policy = (
             common_pb2.PromotionPolicy.FromString(record["policy"])
             if record["policy"]
-            else promotion.default_policy(common_pb2.TASK_CLASSIFICATION)
+            else promotion.default_policy(mv.task)
         )
-        mv = await store.get_version(conn, model, version)
         production = await store.alias_version(conn, model, rules.PRODUCTION)
         if production != row["champion"] or mv.archived:
             why = "archived" if mv.archived else f"production moved to v{production} while the canary ran"
