@@ -328,8 +328,8 @@ def test_the_guard_rolls_back_a_promotion_whose_live_quality_collapses_and_retra
 ):
     """v2, trained on a new concept, wins on its own test split and is promoted; live traffic still
     follows the old concept and its labels show it. The post-promotion guard rolls production back to
-    v1 (actor "guard") with no failed request, and the retraining the quality alert starts reproduces
-    v2's artifact, which the registry refuses to promote again."""
+    v1 (actor "guard") with no failed request, and retraining reproduces v2's artifact, which the
+    registry refuses to promote again."""
     model = "guard-model"
     _bootstrap(api, infer, headers, "guard", model, spec("guard-lr", "guard", model, on_data=True, margin=0.0))
     _policy(
@@ -399,19 +399,28 @@ def test_the_guard_rolls_back_a_promotion_whose_live_quality_collapses_and_retra
     quality = _alerts(api, model, K.DRIFT_KIND_QUALITY)
     assert quality and quality[0].scores[0].score > 0.05, "the alert naming the breach"
 
-    # The quality alert retrains on the same data and seed: v2's very artifact, refused by the registry.
-    def decided() -> registry_pb2.ModelVersion | None:
+    # The quality alert retrains on the same data and seed: v2's very artifact. Depending on whether its
+    # checks end before or after the guard's rollback reaches the registry, it is refused as no better
+    # than v2 or as the artifact the guard rolled back; production stays v1 either way.
+    def decided(version: int) -> registry_pb2.ModelVersion | None:
         try:
-            mv = api.registry.GetModelVersion(registry_pb2.GetModelVersionRequest(name=model, version=3)).version
+            mv = api.registry.GetModelVersion(registry_pb2.GetModelVersionRequest(name=model, version=version))
         except grpc.RpcError:
             return None
-        return mv if mv.promotion.state not in (0, registry_pb2.PROMOTION_STATE_PENDING_CHECKS) else None
+        state = mv.version.promotion.state
+        return mv.version if state not in (0, registry_pb2.PROMOTION_STATE_PENDING_CHECKS) else None
 
-    v3 = wait_until(decided, 180, "the retrained version's promotion decision")
     v2 = api.registry.GetModelVersion(registry_pb2.GetModelVersionRequest(name=model, version=2)).version
+    v3 = wait_until(lambda: decided(3), 180, "the retrained version's promotion decision")
     assert v3.checksum == v2.checksum, "same data, same seed: the same artifact"
     assert v3.promotion.state == registry_pb2.PROMOTION_STATE_NOT_PROMOTED, v3.promotion
-    assert "guard rolled back" in v3.promotion.reason, v3.promotion.reason
+    assert production_version(api, model) == 1
+    # Retrained again now that the rollback is done: the same artifact once more, and the registry
+    # refuses it because the guard rolled it back, though it would beat v1 on the test split.
+    api.training.StartRun(T.StartRunRequest(spec_name="guard-lr"))
+    v4 = wait_until(lambda: decided(4), 180, "the manual retraining's promotion decision")
+    assert v4.checksum == v2.checksum and v4.promotion.state == registry_pb2.PROMOTION_STATE_NOT_PROMOTED
+    assert "guard rolled back" in v4.promotion.reason, v4.promotion.reason
     assert production_version(api, model) == 1
 
 
