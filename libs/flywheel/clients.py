@@ -129,6 +129,18 @@ async def deployment(settings: Settings, model: str) -> serving_pb2.Deployment:
     return (await _unary(settings, "serving", lambda ch: stub(ch).GetDeployment(request, timeout=10))).deployment
 
 
+async def version_requests(settings: Settings, model: str, version: int, role: int) -> tuple[int, int]:
+    """(requests, server-side failures) of `version` in serving `role`, summed over every serving
+    replica's last heartbeat (each slot counts from its load)."""
+    requests = errors = 0
+    for replica in (await deployment(settings, model)).replicas:
+        for slot in replica.slots:
+            if slot.role == role and slot.model.version == version:
+                requests += slot.stats.request_count
+                errors += slot.stats.error_count
+    return requests, errors
+
+
 async def shadow_comparison(
     settings: Settings, request: monitoring_pb2.GetShadowComparisonRequest
 ) -> monitoring_pb2.ShadowComparison:

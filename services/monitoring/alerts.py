@@ -130,6 +130,34 @@ async def _raise(
     return alert
 
 
+async def raise_deployment_alert(
+    conn: asyncpg.Connection,
+    model: common_pb2.ModelRef,
+    kind: DriftKind,
+    message: str,
+    scores: Sequence[common_pb2.FeatureScore] = (),
+    window_id: str = "",
+) -> M.Alert:
+    """An alert about the deployment, not the data (the guard rolled back, a rollout aborted): the row
+    and the NOTIFY in the caller's transaction, no cooldown, and no drift.detected (retraining on the
+    same data would not mend it)."""
+    alert_id = f"a-{uuid.uuid4().hex[:12]}"
+    attributes: dict[str, str | int] = {"flywheel.alert_id": alert_id, "flywheel.alert_kind": int(kind),
+                                        "flywheel.model": model.name}  # fmt: skip
+    with tracer().start_as_current_span("alert raised", attributes=attributes) as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    alert = M.Alert(alert_id=alert_id, model=model, kind=kind, window_id=window_id, scores=scores, message=message)
+    alert.create_time.GetCurrentTime()
+    await conn.execute(
+        "INSERT INTO alerts (alert_id, model, version, kind, window_id, alert, suppressed, trace_id)"
+        " VALUES ($1,$2,$3,$4,$5,$6,false,$7)",
+        alert_id, model.name, model.version, kind, window_id, alert.SerializeToString(), trace_id,
+    )  # fmt: skip
+    await conn.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL, model.name)
+    log.warning("alert", model=model.name, kind=policies.KIND_NAMES.get(kind, kind), message=message)
+    return alert
+
+
 def _message(kind: DriftKind, scores: list[common_pb2.FeatureScore], segment: common_pb2.Segment | None) -> str:
     what = policies.KIND_NAMES.get(kind, "drift")
     parts = [f"{s.feature} {s.statistic}={s.score:.3f} (> {s.threshold:g})" for s in scores[:8]]

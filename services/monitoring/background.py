@@ -68,6 +68,10 @@ async def close_due_windows(ctx: ServiceContext) -> None:
             except Exception as exc:
                 _failed("prune", "", exc)
         try:
+            await guard.watch_errors(ctx.pool, ctx.settings, evaluator.load_policy)
+        except Exception as exc:
+            _failed("guard error rate", "", exc)
+        try:
             await guard.carry_out(ctx.pool, ctx.settings)
         except Exception as exc:
             _failed("guard rollback", "", exc)

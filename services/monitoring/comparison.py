@@ -123,13 +123,20 @@ def _psi(task: Task, class_labels: Sequence[str], canary: Side, production: Side
         edges = np.unique(np.quantile(p, np.linspace(0.1, 0.9, 9)))
         return psi(np.bincount(np.searchsorted(edges, p), minlength=len(edges) + 1),
                    np.bincount(np.searchsorted(edges, c), minlength=len(edges) + 1))  # fmt: skip
-    index = {name: i for i, name in enumerate(class_labels)}
+    buckets = [*class_labels, ""]
+    expected, actual = class_counts(class_labels, production), class_counts(class_labels, canary)
+    return psi(np.array([expected.get(b, 0) for b in buckets]), np.array([actual.get(b, 0) for b in buckets]))
 
-    def counts(side: Side) -> np.ndarray:
-        found = [index.get(predicted_class(o, class_labels) or "", len(class_labels)) for o in side.outputs]
-        return np.bincount(np.asarray(found, dtype=np.int64), minlength=len(class_labels) + 1)
 
-    return psi(counts(production), counts(canary))
+def class_counts(class_labels: Sequence[str], side: Side) -> dict[str, int]:
+    """Rows per predicted class of the side's answers ("" = no class of the signature could be read)."""
+    known = set(class_labels)
+    counts: dict[str, int] = {}
+    for o in side.outputs:
+        c = predicted_class(o, class_labels)
+        key = c if c in known else ""
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _quality(task: Task, class_labels: Sequence[str], outputs: Sequence[dict[str, Any]], labels: Sequence[Any]) -> list[
@@ -163,6 +170,9 @@ def canary_report(
         canary_labelled_rows=len(canary_labelled[0]), production_labelled_rows=len(production_labelled[0]),
     )  # fmt: skip
     out.prediction_psi = _psi(task, class_labels, canary, production) if canary.outputs and production.outputs else 0.0
+    if task != common_pb2.TASK_REGRESSION:
+        out.canary_classes.update(class_counts(class_labels, canary))
+        out.production_classes.update(class_counts(class_labels, production))
     out.canary_quality.extend(_quality(task, class_labels, *canary_labelled))
     out.production_quality.extend(_quality(task, class_labels, *production_labelled))
     return out

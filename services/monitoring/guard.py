@@ -1,9 +1,13 @@
-"""Post-promotion guard: for a while after a promotion, a window of the new production version that
-breaches one of the policy's `guard.rollback_on` kinds rolls production back to the version it
-replaced, automatically, audited as actor "guard".
+"""Post-promotion guard: for a while after a promotion, the new production version is watched, and a
+breach rolls production back to the version it replaced, automatically, audited as actor "guard":
+- a window of it breaches one of the policy's `guard.rollback_on` kinds (quality, estimated
+  performance by default), or one of the live checks the policy sets: its p99 latency over the
+  replaced version's, its predictions' PSI against its own predictions on its staging sample;
+- its live error rate (serving's counters, every replica, since the guard first read them) passes
+  `guard.max_error_rate` (checked by the ticker: a model that fails every request closes no window).
 
-The decision is a guard_rollbacks row written in the window's transaction (with the alert that names
-the breach), and the guard disarms for that version: one rollback per promotion. The ticker carries
+The decision is a guard_rollbacks row written in one transaction with a DRIFT_KIND_GUARD_ROLLBACK
+alert that names the breach, and the guard disarms for that version: one rollback per promotion. The ticker carries
 decisions out against the registry (`carry_out`), which rolls back only while the watched version
 still holds production, so a late or repeated call never undoes a newer promotion. A rollback's own
 promotion is not guarded (it would bounce back), and a redelivered model.promoted never re-arms a
@@ -12,9 +16,13 @@ version the guard already rolled back.
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import numpy as np
 
 from flywheel import clients
 from flywheel.config import Settings
@@ -22,11 +30,16 @@ from flywheel.errors import FlywheelError, Unavailable
 from flywheel.logging import get_logger
 from flywheel.telemetry import meter, tracer
 from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2, registry_pb2
+from services.monitoring.alerts import raise_deployment_alert
+from services.monitoring.drift import psi
 from services.monitoring.policy import KIND_NAMES, DriftKind
 
 log = get_logger(__name__)
 M = monitoring_pb2
 GUARD_ACTOR = "guard"
+DEFAULT_MAX_ERROR_RATE = 0.01
+DEFAULT_MIN_REQUESTS = 100
+BASELINE_ROWS = 2000  # the replaced version's last logged rows its p99 is taken over
 _meter = meter("flywheel.monitoring")
 guard_rollbacks = _meter.create_counter(
     "flywheel.monitoring.guard_rollbacks", unit="{rollback}", description="Post-promotion guard decisions, by outcome"
@@ -46,8 +59,68 @@ def breaches(
     return set(report.breached) & set(policy.guard.rollback_on)
 
 
+def error_check(policy: M.MonitoringPolicy, requests: int, errors: int) -> common_pb2.FeatureScore:
+    """The guarded version's live error rate since the guard's baseline, judged from min_requests."""
+    g = policy.guard
+    limit = g.max_error_rate if g.HasField("max_error_rate") else DEFAULT_MAX_ERROR_RATE
+    rate = errors / requests if requests > 0 else 0.0
+    judged = requests >= (g.min_requests or DEFAULT_MIN_REQUESTS)
+    return common_pb2.FeatureScore(feature="guard", statistic="error_rate", score=rate, threshold=limit,
+                                   breached=judged and rate > limit)  # fmt: skip
+
+
+def window_checks(
+    policy: M.MonitoringPolicy,
+    task: int,
+    outputs: Mapping[str, np.ndarray],
+    p99_ms: float,
+    previous_p99_ms: float | None,
+    staging: common_pb2.PredictionHistogram | None,
+    judged: bool,
+) -> list[common_pb2.FeatureScore]:
+    """The live checks the guard policy sets, on one window of the guarded version: p99 latency over
+    the replaced version's, and PSI of its predictions against its staging sample's. A check with
+    nothing to compare with (no baseline, no staging histogram) is left out."""
+    g, out = policy.guard, []
+    if g.HasField("max_p99_latency_ratio") and previous_p99_ms and previous_p99_ms > 0 and p99_ms > 0:
+        ratio = p99_ms / previous_p99_ms
+        out.append(common_pb2.FeatureScore(feature="guard", statistic="p99_latency_ratio", score=ratio,
+                                           threshold=g.max_p99_latency_ratio,
+                                           breached=judged and ratio > g.max_p99_latency_ratio))  # fmt: skip
+    if g.HasField("max_staging_psi") and staging is not None:
+        value = staging_psi(task, outputs, staging)
+        if math.isfinite(value):
+            out.append(common_pb2.FeatureScore(feature="guard", statistic="staging_psi", score=value,
+                                               threshold=g.max_staging_psi,
+                                               breached=judged and value > g.max_staging_psi))  # fmt: skip
+    return out
+
+
+def staging_psi(task: int, outputs: Mapping[str, np.ndarray], staging: common_pb2.PredictionHistogram) -> float:
+    """PSI of a window's predictions against the staging sample's histogram: over its classes plus one
+    bucket for any other answer (classification), or over its bins of the predicted value (regression).
+    NaN when the histogram is not one (a stored or forged one of the wrong shape) or a side is empty."""
+    counts = np.asarray(staging.counts, dtype=np.float64)
+    if len(counts) == 0 or (counts < 0).any():
+        return math.nan
+    if task == common_pb2.TASK_REGRESSION:
+        edges = np.asarray(staging.edges, dtype=np.float64)
+        values = np.asarray(outputs.get("variable", np.empty(0)), dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if len(counts) != len(edges) + 1 or not np.isfinite(edges).all() or (np.diff(edges) <= 0).any():
+            return math.nan
+        live = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(counts))
+        return psi(counts, live)
+    if len(counts) != len(staging.classes):
+        return math.nan
+    index = {c: i for i, c in enumerate(staging.classes)}
+    found = [index.get(c, len(counts)) if isinstance(c, str) else len(counts) for c in outputs.get("class", [])]
+    live = np.bincount(np.asarray(found, dtype=np.int64), minlength=len(counts) + 1)
+    return psi(np.append(counts, 0.0), live)
+
+
 def reason(report: M.WindowReport, kinds: set[DriftKind], to_version: int) -> str:
-    """What the audit row and the event say: the breach, with its numbers."""
+    """What the audit row, the alert and the event say: the breach, with its numbers."""
     parts = []
     for kind in sorted(kinds):
         if kind == common_pb2.DRIFT_KIND_QUALITY and report.HasField("quality"):
@@ -58,10 +131,15 @@ def reason(report: M.WindowReport, kinds: set[DriftKind], to_version: int) -> st
             parts.append(f"estimated {e.metric} {e.value:.4f} vs recorded {e.reference_value:.4f} (drop {e.drop:.4f})")
         else:
             parts.append(KIND_NAMES.get(kind, str(kind)))
+    parts += [_check_text(c) for c in report.guard_checks if c.breached]
     return (
         f"guard: v{report.model.version} breached in window {report.window_id}: {'; '.join(parts)};"
         f" rolled back to v{to_version}"
     )
+
+
+def _check_text(c: common_pb2.FeatureScore) -> str:
+    return f"{c.statistic} {c.score:.4g} > {c.threshold:g}"
 
 
 def guarded_until(event: events_pb2.ModelPromoted, policy: M.MonitoringPolicy) -> datetime | None:
@@ -78,19 +156,37 @@ def guarded_until(event: events_pb2.ModelPromoted, policy: M.MonitoringPolicy) -
 
 async def arm(conn: asyncpg.Connection, event: events_pb2.ModelPromoted, policy: M.MonitoringPolicy) -> None:
     """Starts guarding the promoted version (the model's reference by now); never a version the guard
-    already rolled back, and at most once per reference."""
+    already rolled back, and at most once per reference. The replaced version's p99 latency (its last
+    logged rows) is kept as the latency check's baseline."""
     until = guarded_until(event, policy)
     if until is None:
         return
+    previous_p99 = await conn.fetchval(
+        "SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) FROM (SELECT latency_ms FROM predictions"
+        " WHERE model = $1 AND version = $2 ORDER BY id DESC LIMIT $3) recent",
+        event.model.name,
+        event.previous_version,
+        BASELINE_ROWS,
+    )
     await conn.execute(
-        "UPDATE model_refs SET guard_until = $3, guard_previous = $4 WHERE model = $1 AND version = $2"
-        " AND guard_previous = 0 AND NOT EXISTS"
+        "UPDATE model_refs SET guard_until = $3, guard_previous = $4, guard_previous_p99 = $5, guard_baseline = NULL"
+        " WHERE model = $1 AND version = $2 AND guard_previous = 0 AND NOT EXISTS"
         " (SELECT 1 FROM guard_rollbacks g WHERE g.model = $1 AND g.from_version = $2)",
         event.model.name,
         event.model.version,
         until,
         event.previous_version,
+        previous_p99,
     )
+
+
+def guarding(ref: asyncpg.Record, now: datetime) -> bool:
+    return bool(ref["guard_previous"]) and ref["guard_until"] is not None and now <= ref["guard_until"]
+
+
+def staging_histogram(ref: asyncpg.Record) -> common_pb2.PredictionHistogram | None:
+    raw = ref["staging_predictions"]
+    return common_pb2.PredictionHistogram.FromString(raw) if raw else None
 
 
 async def judge(
@@ -99,23 +195,89 @@ async def judge(
     """Decides a rollback for a closed window of the reference (in the window's transaction, with
     `ref` locked); True when it did."""
     kinds = breaches(report, policy, ref["version"], ref["guard_until"], datetime.now(UTC))
-    if not kinds or not ref["guard_previous"]:
+    checks = [c for c in report.guard_checks if c.breached] if guarding(ref, datetime.now(UTC)) else []
+    if not (kinds or checks) or not ref["guard_previous"]:
         return False
-    model, version, previous = ref["model"], ref["version"], ref["guard_previous"]
-    why = reason(report, kinds, previous)
-    await conn.execute(
+    scores = [common_pb2.FeatureScore(feature="guard", statistic=KIND_NAMES.get(k, str(k)), breached=True)
+              for k in sorted(kinds)] + checks  # fmt: skip
+    return await _decide(
+        conn, report.model, ref["guard_previous"], reason(report, kinds, ref["guard_previous"]), report.window_id,
+        sorted(kinds), scores,
+    )  # fmt: skip
+
+
+async def _decide(
+    conn: asyncpg.Connection,
+    model: common_pb2.ModelRef,
+    previous: int,
+    why: str,
+    window_id: str,
+    kinds: Sequence[int],
+    scores: Sequence[common_pb2.FeatureScore],
+) -> bool:
+    """The rollback decision, its alert, and the guard off for the model, in the caller's transaction."""
+    decided = await conn.fetchval(
         "INSERT INTO guard_rollbacks (model, from_version, to_version, reason, window_id, kinds)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        model,
-        version,
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
+        model.name,
+        model.version,
         previous,
         why,
-        report.window_id,
-        sorted(kinds),
+        window_id,
+        list(kinds),
     )
-    await conn.execute("UPDATE model_refs SET guard_until = NULL WHERE model = $1", model)
-    log.warning("post-promotion guard: rolling back", model=model, version=version, to_version=previous, reason=why)
+    await conn.execute("UPDATE model_refs SET guard_until = NULL WHERE model = $1", model.name)
+    if not decided:
+        return False
+    await raise_deployment_alert(conn, model, common_pb2.DRIFT_KIND_GUARD_ROLLBACK, why, scores, window_id)
+    log.warning("post-promotion guard: rolling back", model=model.name, version=model.version, to_version=previous,
+                reason=why)  # fmt: skip
     return True
+
+
+PolicyLoader = Callable[[asyncpg.Connection, str], Awaitable[M.MonitoringPolicy]]
+
+
+async def watch_errors(pool: asyncpg.Pool, settings: Settings, load_policy: PolicyLoader) -> int:
+    """The live error rate of every guarded version (serving's counters, read outside any transaction);
+    the first read is the baseline, later ones judge the requests since. Returns the rollbacks decided."""
+    async with pool.acquire() as conn:
+        guarded = await conn.fetch(
+            "SELECT model, version FROM model_refs WHERE guard_until >= now() AND guard_previous > 0"
+        )
+    decided = 0
+    for row in guarded:
+        try:
+            requests, errors = await clients.version_requests(
+                settings, row["model"], row["version"], common_pb2.SERVING_ROLE_PRODUCTION
+            )
+        except Unavailable as exc:
+            log.info("post-promotion guard: serving away; no error rate", model=row["model"], error=str(exc)[:200])
+            continue
+        async with pool.acquire() as conn, conn.transaction():
+            ref = await conn.fetchrow(
+                "SELECT * FROM model_refs WHERE model = $1 AND version = $2 FOR UPDATE", row["model"], row["version"]
+            )
+            if ref is None or not guarding(ref, datetime.now(UTC)):
+                continue
+            base = ref["guard_baseline"]
+            base = json.loads(base) if isinstance(base, str) else base
+            if base is None or requests < int(base["requests"]):  # first read, or a replica restarted
+                await conn.execute(
+                    "UPDATE model_refs SET guard_baseline = $2::jsonb WHERE model = $1",
+                    row["model"], json.dumps({"requests": requests, "errors": errors}),
+                )  # fmt: skip
+                continue
+            policy = await load_policy(conn, row["model"])
+            check = error_check(policy, requests - int(base["requests"]), max(0, errors - int(base["errors"])))
+            if not check.breached:
+                continue
+            n = requests - int(base["requests"])
+            why = (f"guard: v{row['version']} live error rate {check.score:.4g} > {check.threshold:g}"
+                   f" over {n} requests; rolled back to v{ref['guard_previous']}")  # fmt: skip
+            model = common_pb2.ModelRef(name=row["model"], version=row["version"])
+            decided += await _decide(conn, model, ref["guard_previous"], why, "", [], [check])
+    return decided
 
 
 async def carry_out(pool: asyncpg.Pool, settings: Settings) -> int:

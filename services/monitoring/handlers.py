@@ -1,6 +1,7 @@
 """Event reactions of monitoring: promoted models bring their reference (once the registry confirms
 the version is in production: flywheel.confirm); logged predictions fill drift windows;
-feedback labels, joined to predictions by request id, fill quality windows."""
+feedback labels, joined to predictions by request id, fill quality windows; an aborted progressive
+rollout (once the registry confirms it) raises an alert."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from typing import Any
 
 import asyncpg
 
+from flywheel import confirm
 from flywheel.app import ServiceContext
 from flywheel.bus import EventContext, Handler, Topics
 from flywheel.logging import get_logger
-from flywheel.v1 import events_pb2, monitoring_pb2
+from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2, registry_pb2
 from services.monitoring import limits
+from services.monitoring.alerts import raise_deployment_alert
 from services.monitoring.records import record_labels, record_predictions
 from services.monitoring.references import follow_production
 
@@ -37,8 +40,30 @@ def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
         label = monitoring_pb2.FeedbackLabel(request_id=event.request_id, row_index=event.row_index, label=event.label)
         await record_labels(conn, event.model_name, [label])
 
+    async def on_rollout_ended(conn: asyncpg.Connection, event: events_pb2.RolloutEnded, ectx: EventContext) -> None:
+        # A hint: the alert says what the registry has recorded (its reason and gates), and only
+        # when the registry has the version ABORTED.
+        name, version = event.model.name, event.model.version
+        if event.promoted or not name:
+            return
+        mv = await confirm.registry_version(ctx.settings, name, version)
+        if mv is None or mv.promotion.state != registry_pb2.PROMOTION_STATE_ABORTED:
+            log.warning("rollout.ended ignored: the registry has no aborted rollout of it", model=name,
+                        version=version, event_id=ectx.event_id)  # fmt: skip
+            return
+        rollout = mv.promotion.rollout
+        step = "shadow" if rollout.shadow else f"canary {rollout.percent:g}%"
+        gates = [
+            common_pb2.FeatureScore(feature=step, statistic=g.gate, score=g.value, threshold=g.threshold,
+                                    breached=g.breached)
+            for g in rollout.gates
+        ]  # fmt: skip
+        message = f"rollout of v{version} aborted: {mv.promotion.reason}"
+        await raise_deployment_alert(conn, mv.ref, common_pb2.DRIFT_KIND_ROLLOUT_ABORTED, message, gates)
+
     return {
         Topics.MODEL_PROMOTED: on_promoted,
+        Topics.ROLLOUT_ENDED: on_rollout_ended,
         Topics.PREDICTIONS_LOGGED: on_predictions,
         Topics.FEEDBACK: on_feedback,
     }

@@ -90,8 +90,16 @@ def check(policy: monitoring_pb2.MonitoringPolicy) -> None:
     if len(policy.guard.rollback_on) > len(common_pb2.DriftKind.values()):
         raise InvalidArgument("each kind at most once", field="policy.guard.rollback_on")
     for kind in policy.guard.rollback_on:
-        if kind not in KIND_NAMES:
-            raise InvalidArgument(f"unknown drift kind {kind}", field="policy.guard.rollback_on")
+        if kind not in WINDOW_KINDS:
+            raise InvalidArgument(f"not a kind a window breaches: {kind}", field="policy.guard.rollback_on")
+    g = policy.guard
+    if g.HasField("max_error_rate"):
+        limits.number(g.max_error_rate, "policy.guard.max_error_rate", 0.0, 1.0)
+    limits.count(g.min_requests, "policy.guard.min_requests", limits.MAX_WINDOW_ROWS)
+    if g.HasField("max_p99_latency_ratio"):
+        limits.number(g.max_p99_latency_ratio, "policy.guard.max_p99_latency_ratio", 0.0, limits.MAX_SCORE)
+    if g.HasField("max_staging_psi"):
+        limits.number(g.max_staging_psi, "policy.guard.max_staging_psi", 0.0, limits.MAX_SCORE)
     if len(policy.segments) > limits.MAX_SEGMENTS:
         raise InvalidArgument(f"at most {limits.MAX_SEGMENTS} segments", field="policy.segments")
     for i, seg in enumerate(policy.segments):
@@ -159,4 +167,8 @@ KIND_NAMES: dict[DriftKind, str] = {
     common_pb2.DRIFT_KIND_QUALITY: "model quality",
     common_pb2.DRIFT_KIND_SEGMENT: "segment",
     common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE: "estimated performance",
+    common_pb2.DRIFT_KIND_GUARD_ROLLBACK: "guard rollback",
+    common_pb2.DRIFT_KIND_ROLLOUT_ABORTED: "rollout aborted",
 }
+# Kinds a window can breach (the others are raised about deployments).
+WINDOW_KINDS = frozenset(k for k in KIND_NAMES if k < common_pb2.DRIFT_KIND_GUARD_ROLLBACK)

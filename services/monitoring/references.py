@@ -63,12 +63,14 @@ async def load_reference(
     profile = await ctx.artifacts.get_bytes(dv.profile_uri.removeprefix("sha256:"))
     recorded = {m.name: m.value for m in mv.metrics if not m.class_label}
     calibration = await _calibration(ctx, mv)
+    staging = mv.staging.sample_predictions
     await conn.execute(
         "INSERT INTO model_refs (model, version, dataset, dataset_version, profile, schema, task, class_labels,"
-        " recorded, calibration) VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7,$8,$9::jsonb,$10::jsonb)"
+        " recorded, calibration, staging_predictions) VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7,$8,$9::jsonb,$10::jsonb,$11)"
         " ON CONFLICT (model) DO UPDATE SET version = $2, dataset = $3, dataset_version = $4, profile = $5::jsonb,"
         " schema = $6, task = $7, class_labels = $8, recorded = $9::jsonb, calibration = $10::jsonb,"
-        " guard_until = NULL, guard_previous = 0, updated_at = now()",
+        " staging_predictions = $11, guard_until = NULL, guard_previous = 0, guard_baseline = NULL,"
+        " guard_previous_p99 = NULL, updated_at = now()",
         model,
         version,
         dataset.name,
@@ -79,6 +81,7 @@ async def load_reference(
         list(mv.signature.class_labels),
         json.dumps(recorded),
         calibration,
+        staging.SerializeToString() if staging.counts else None,
     )
     log.info(
         "reference loaded", model=model, version=version, dataset=dataset.name, dataset_version=dataset.version,

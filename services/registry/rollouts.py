@@ -18,11 +18,13 @@ import asyncpg
 
 from flywheel import clients
 from flywheel.app import ServiceContext
+from flywheel.bus import Topics, enqueue
+from flywheel.bus.serde import new_meta
 from flywheel.config import Settings
 from flywheel.errors import Unavailable
 from flywheel.logging import get_logger
 from flywheel.telemetry import meter, tracer
-from flywheel.v1 import common_pb2, monitoring_pb2, registry_pb2, serving_pb2
+from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2, registry_pb2, serving_pb2
 from services.registry import promotion, rollout, rules, store
 from services.registry.promoter import apply_decision
 
@@ -70,14 +72,7 @@ def _failed(model: str, exc: Exception) -> None:
 
 
 async def _counters(settings: Settings, model: str, version: int, role: int) -> dict[str, int]:
-    """The challenger's requests and failures in `role`, summed over every serving replica's heartbeat."""
-    deployment = await clients.deployment(settings, model)
-    requests = errors = 0
-    for replica in deployment.replicas:
-        for slot in replica.slots:
-            if slot.role == role and slot.model.version == version:
-                requests += slot.stats.request_count
-                errors += slot.stats.error_count
+    requests, errors = await clients.version_requests(settings, model, version, role)
     return {"requests": requests, "errors": errors}
 
 
@@ -134,13 +129,17 @@ async def drive_one(pool: asyncpg.Pool, settings: Settings, model: str, version:
         status = R.RolloutStatus(step=step, steps=len(pct), percent=pct[step], gates=verdict.gates, shadow=shadow)
         status.step_started.FromDatetime(row["step_started_at"])
         if verdict.action == rollout.ABORT:
-            return await _abort(conn, settings, mv, row, verdict.reason, list(verdict.gates), status)
+            seen = {}  # what the prediction distributions were, so a PSI verdict explains itself
+            if signals.report is not None and signals.report.canary_classes:
+                seen = {"canary_classes": dict(signals.report.canary_classes),
+                        "production_classes": dict(signals.report.production_classes)}  # fmt: skip
+            return await _abort(conn, settings, mv, row, verdict.reason, list(verdict.gates), status, seen)
         if verdict.action == rollout.PROMOTE:
             status.percent = 100.0
             await apply_decision(
                 conn, mv, R.PROMOTION_STATE_PROMOTED, verdict.reason, ACTOR, row["champion"], "", status
             )
-            await _end(conn, row, "promoted", verdict.reason)
+            await _end(conn, row, "promoted", verdict.reason, status)
             rollout_decisions.add(1, {"model": model, "decision": "promoted"})
             return "promoted"
         if verdict.action == rollout.ADVANCE:
@@ -192,8 +191,10 @@ async def _abort(
     reason: str,
     gates: list[R.RolloutGateResult],
     status: R.RolloutStatus | None = None,
+    seen: dict[str, Any] | None = None,
 ) -> str:
-    """Traffic back to production first (serving's store), then the decision, audit and counter."""
+    """Traffic back to production first (serving's store), then the decision, audit, rollout.ended
+    (monitoring's alert) and counter."""
     model, version = mv.ref.name, mv.ref.version
     await clients.clear_traffic(settings, serving_pb2.ClearTrafficRequest(model_name=model, actor=ACTOR, reason=reason))
     decision = R.PromotionDecision(state=R.PROMOTION_STATE_ABORTED, reason=reason, actor=ACTOR)
@@ -204,15 +205,18 @@ async def _abort(
     details = _gate_details(status) if status is not None else {}
     await store.audit(
         conn, actor=ACTOR, action=R.AUDIT_ACTION_ROLLOUT_ABORTED, name=model, version=version, reason=reason,
-        details={"breached": [g.gate for g in gates if g.breached], **details},
+        details={"breached": [g.gate for g in gates if g.breached], **details, **(seen or {})},
     )  # fmt: skip
-    await _end(conn, row, "aborted", reason)
+    await _end(conn, row, "aborted", reason, status)
     rollout_decisions.add(1, {"model": model, "decision": "aborted"})
     log.warning("rollout aborted", model=model, version=version, reason=reason)
     return "aborted"
 
 
-async def _end(conn: asyncpg.Connection, row: asyncpg.Record, state: str, reason: str) -> None:
+async def _end(
+    conn: asyncpg.Connection, row: asyncpg.Record, state: str, reason: str, status: R.RolloutStatus | None
+) -> None:
+    """The row's end, and rollout.ended (outbox, same transaction) for monitoring's alert and for operators."""
     await conn.execute(
         "UPDATE rollouts SET state = $3, reason = $4, updated_at = now() WHERE model = $1 AND version = $2",
         row["model"],
@@ -220,3 +224,15 @@ async def _end(conn: asyncpg.Connection, row: asyncpg.Record, state: str, reason
         state,
         reason,
     )
+    event = events_pb2.RolloutEnded(
+        meta=new_meta("registry"), model=common_pb2.ModelRef(name=row["model"], version=row["version"]),
+        champion_version=row["champion"], promoted=state == "promoted", reason=reason, actor=ACTOR,
+    )  # fmt: skip
+    if status is not None:
+        step = "shadow" if status.shadow else f"canary {status.percent:g}%"
+        event.gates.extend(
+            common_pb2.FeatureScore(feature=step, statistic=g.gate, score=g.value, threshold=g.threshold,
+                                    breached=g.breached)
+            for g in status.gates
+        )  # fmt: skip
+    await enqueue(conn, Topics.ROLLOUT_ENDED, row["model"], event)

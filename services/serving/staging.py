@@ -48,20 +48,44 @@ def signature_problems(candidate: Slot, production: Slot) -> list[str]:
     return problems
 
 
-def score(slot: Slot, x: np.ndarray, labels: np.ndarray, task: int) -> list[common_pb2.Metric]:
-    """Metrics of `slot` on rows `x` with true `labels`, computed as training computes them."""
+def score(
+    slot: Slot, x: np.ndarray, labels: np.ndarray, task: int
+) -> tuple[list[common_pb2.Metric], common_pb2.PredictionHistogram]:
+    """Metrics of `slot` on rows `x` with true `labels`, computed as training computes them, and the
+    histogram of its predictions on those rows."""
     input_name = slot.model.inputs[0].name
     out = slot.model.run({input_name: x})
     if task == common_pb2.TASK_REGRESSION:
-        ev = evaluation.regression_metrics(labels.astype(np.float64), out["variable"].reshape(-1))
+        predicted = out["variable"].reshape(-1)
+        ev = evaluation.regression_metrics(labels.astype(np.float64), predicted)
+        histogram = value_histogram(predicted)
     else:
-        index = {c: i for i, c in enumerate(slot.signature.class_labels)}
+        classes = list(slot.signature.class_labels)
+        index = {c: i for i, c in enumerate(classes)}
         y = np.array([index.get(str(v), -1) for v in labels])
         keep = y >= 0  # labels unseen at training cannot be scored
-        ev = evaluation.classification_metrics(
-            y[keep], out["label"][keep], out["probabilities"][keep], list(slot.signature.class_labels)
-        )
-    return [m for m in ev.metrics if not m.class_label]
+        ev = evaluation.classification_metrics(y[keep], out["label"][keep], out["probabilities"][keep], classes)
+        histogram = class_histogram(out["label"].reshape(-1), classes)
+    return [m for m in ev.metrics if not m.class_label], histogram
+
+
+def class_histogram(predicted: np.ndarray, classes: list[str]) -> common_pb2.PredictionHistogram:
+    """Rows per predicted class index (indices outside the classes are not counted)."""
+    idx = predicted.astype(np.int64)
+    idx = idx[(idx >= 0) & (idx < len(classes))]
+    counts = np.bincount(idx, minlength=len(classes))
+    return common_pb2.PredictionHistogram(classes=classes, counts=[int(c) for c in counts])
+
+
+def value_histogram(predicted: np.ndarray) -> common_pb2.PredictionHistogram:
+    """Counts of the predicted values in bins between their deciles (NaN not counted)."""
+    v = predicted.astype(np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return common_pb2.PredictionHistogram()
+    edges = np.unique(np.quantile(v, np.linspace(0.1, 0.9, 9)))
+    counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
+    return common_pb2.PredictionHistogram(edges=[float(e) for e in edges], counts=[int(c) for c in counts])
 
 
 async def run_checks(
@@ -118,10 +142,11 @@ async def _sample_checks(
         return
     x = _matrix(table, features)
     labels = table[label].to_numpy(zero_copy_only=False)
-    sample = await asyncio.to_thread(score, slot, x, labels, event.task)
+    sample, histogram = await asyncio.to_thread(score, slot, x, labels, event.task)
     report.sample_metrics.extend(sample)
+    report.sample_predictions.CopyFrom(histogram)
     if production is not None and not [c for c in report.checks if c.name == "signature" and not c.passed]:
-        champion = await asyncio.to_thread(score, production, x, labels, event.task)
+        champion, _ = await asyncio.to_thread(score, production, x, labels, event.task)
         report.champion_metrics.extend(champion)
         report.champion_version = production.version
     recorded = {m.name: m.value for m in event.metrics if not m.class_label}

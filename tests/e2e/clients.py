@@ -57,6 +57,16 @@ def create_dataset(api: Clients, name: str, **fields: Any) -> None:
     )
 
 
+def read_split(api: Clients, dataset: str, version: int, split: int) -> Any:
+    """One split of a dataset version as a pyarrow Table."""
+    import pyarrow as pa  # the e2e helpers that need no table do not pay for the import
+
+    parts = api.ingestion.ReadDatasetVersion(
+        ingestion_pb2.ReadDatasetVersionRequest(dataset=dataset, version=version, split=split)
+    )
+    return pa.concat_tables(pa.ipc.open_stream(io.BytesIO(p.data)).read_all() for p in parts)
+
+
 def make_csv(rows: int, n_features: int = 4, *, seed: int = 0, start_id: int = 0) -> bytes:
     """A learnable binary problem: the label is a noisy linear function of the features."""
     rng = np.random.default_rng(seed)

@@ -102,3 +102,40 @@ def shifted(rows: int, seed: int, shift: float) -> np.ndarray:
     x[:, 0] += shift
     x[:, 1] *= 1 + shift
     return x
+
+
+def faulty_classifier(x: np.ndarray, y: np.ndarray, column: int, above: float) -> bytes:
+    """A logistic regression in ONNX (input "input", outputs "label" and "probabilities", as training
+    exports) that answers every row like the plain model, except that a request with a value above
+    `above` in `column` fails in ONNX Runtime (a Gather out of bounds): it passes every offline check
+    on data without such values, and fails on live traffic that has them."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression().fit(x, y)
+    model = to_onnx(clf, initial_types=[("input", FloatTensorType([None, x.shape[1]]))],
+                    options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})  # fmt: skip
+    g = model.graph
+    for node in g.node:  # the real probabilities become an intermediate; the output adds the fault's zero
+        node.output[:] = ["proba_ok" if o == "probabilities" else o for o in node.output]
+    g.initializer.extend([
+        numpy_helper.from_array(np.array([column], np.int64), "fault_from"),
+        numpy_helper.from_array(np.array([column + 1], np.int64), "fault_to"),
+        numpy_helper.from_array(np.array([1], np.int64), "fault_axis"),
+        numpy_helper.from_array(np.array([above], np.float32), "fault_above"),
+        numpy_helper.from_array(np.array([1000], np.int64), "fault_far"),
+        numpy_helper.from_array(np.array([0.0], np.float32), "fault_table"),
+    ])  # fmt: skip
+    g.node.extend([
+        helper.make_node("Slice", ["input", "fault_from", "fault_to", "fault_axis"], ["fault_x"]),
+        helper.make_node("Greater", ["fault_x", "fault_above"], ["fault_hit"]),
+        helper.make_node("Cast", ["fault_hit"], ["fault_hit_i"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["fault_hit_i", "fault_far"], ["fault_index"]),  # 0, or 1000 out of [0, 0]
+        helper.make_node("Gather", ["fault_table", "fault_index"], ["fault_zero"], axis=0),
+        helper.make_node("Add", ["proba_ok", "fault_zero"], ["probabilities"]),
+    ])  # fmt: skip
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

@@ -6,6 +6,7 @@ one trace links the alert, the run, the registration, the checks, the promotion 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import threading
@@ -13,11 +14,13 @@ import time
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 from aiokafka import AIOKafkaProducer
 from google.protobuf.duration_pb2 import Duration
 
+from flywheel import evaluation
 from flywheel.bus.topics import Topics
 from flywheel.predictions import logged_rows
 from flywheel.telemetry import read_spans
@@ -32,9 +35,10 @@ from flywheel.v1 import (
 )
 from tests.polling import wait_until
 
-from .clients import Clients, create_dataset, ingest_requests, read_topic
+from .clients import Clients, create_dataset, ingest_requests, read_split, read_topic
 from .loop_helpers import (
     concept_csv,
+    faulty_classifier,
     production_version,
     send_traffic,
     shifted,
@@ -397,7 +401,9 @@ def test_the_guard_rolls_back_a_promotion_whose_live_quality_collapses_and_retra
     promoted = [r for r in read_topic(stack.bootstrap, Topics.MODEL_PROMOTED) if r.key == model.encode()]
     assert promoted, "model.promoted events for the model"
     quality = _alerts(api, model, K.DRIFT_KIND_QUALITY)
-    assert quality and quality[0].scores[0].score > 0.05, "the alert naming the breach"
+    assert quality and quality[0].scores[0].score > 0.05, "the window's own alert"
+    guarded = _alerts(api, model, K.DRIFT_KIND_GUARD_ROLLBACK)
+    assert len(guarded) == 1 and guarded[0].model.version == 2 and guarded[0].message == rollback[0].reason, guarded
 
     # The quality alert retrains on the same data and seed: v2's very artifact. Depending on whether its
     # checks end before or after the guard's rollback reaches the registry, it is refused as no better
@@ -500,6 +506,8 @@ def test_a_shadow_challenger_is_compared_with_production_on_the_same_requests(st
 
 
 WEIGHTS = np.array([1.5, 0.5, -0.5, -1.0])
+# The faulty model fails on f3 above FAULT_ABOVE; normal draws (every split here) never get there.
+FAULT_VALUE, FAULT_ABOVE = 5.0, 4.5
 
 
 def _rows_csv(x: np.ndarray, y: np.ndarray, start_id: int) -> bytes:
@@ -540,6 +548,7 @@ class _LabelledTraffic:
     def __init__(self, stack, model: str, headers: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
         self.stack, self.model, self.headers = stack, model, headers
         self.stop, self.failures, self.versions = threading.Event(), [], []
+        self.fault_share = 0.0  # the share of requests whose f3 is FAULT_VALUE (the faulty model fails on them)
         self.labels: list[M.FeedbackLabel] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -548,6 +557,8 @@ class _LabelledTraffic:
         try:
             while not self.stop.is_set():
                 x = rng.normal(size=(1, 4)).astype(np.float32)
+                if rng.random() < self.fault_share:
+                    x[0, 3] = FAULT_VALUE
                 inp = triton.InferInput("input", [1, 4], "FP32")
                 inp.set_data_from_numpy(x)
                 rid = f"steady-{len(self.versions) + len(self.failures)}"
@@ -557,7 +568,7 @@ class _LabelledTraffic:
                     truth = int(float(x[0] @ WEIGHTS) > 0)
                     self.labels.append(M.FeedbackLabel(request_id=rid, row_index=0, label=_value(truth)))
                 except Exception as exc:
-                    self.failures.append(repr(exc))
+                    self.failures.append((float(x[0, 3]), repr(exc)[:300]))
                 time.sleep(0.005)
         finally:
             client.close()
@@ -583,13 +594,47 @@ def _version(api: Clients, model: str, version: int) -> registry_pb2.ModelVersio
         return None
 
 
-def test_a_better_model_rolls_out_through_every_step_and_a_broken_one_is_aborted_at_the_first(
+def _register_faulty(api: Clients, model: str, signature: K.ModelSignature, dataset: str) -> int:
+    """A model of the concept that fails live on f3 above FAULT_ABOVE, registered by hand against a
+    dataset of its own (nothing trains on it): it wins on that dataset's test split against the biased
+    production model and passes staging, whose rows never reach the fault."""
+    create_dataset(api, dataset)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4000, 4))
+    _ingest(api, dataset, _rows_csv(x, x @ WEIGHTS > 0, 0), replace=False)
+    train = read_split(api, dataset, 1, K.SPLIT_TRAIN)
+    test = read_split(api, dataset, 1, K.SPLIT_TEST)
+    features = ["f0", "f1", "f2", "f3"]
+    xt = np.column_stack([test[f].to_numpy() for f in features]).astype(np.float32)
+    assert xt[:, 3].max() < FAULT_ABOVE, "the test split must not reach the fault"
+    onnx = faulty_classifier(np.column_stack([train[f].to_numpy() for f in features]).astype(np.float32),
+                             train["label"].to_numpy(), 3, FAULT_ABOVE)  # fmt: skip
+    session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+    label, proba = session.run(None, {"input": xt})
+    metrics = evaluation.classification_metrics(test["label"].to_numpy().astype(np.int64), label, proba, ["0", "1"])
+    header = registry_pb2.RegisterModelHeader(
+        model_name=model, task=K.TASK_CLASSIFICATION, signature=signature, metrics=list(metrics.metrics),
+        lineage=K.Lineage(dataset=K.DatasetRef(name=dataset, version=1), run_id="hand-made"),
+        format="onnx", sha256=hashlib.sha256(onnx).hexdigest(),
+    )  # fmt: skip
+    requests = iter([registry_pb2.RegisterModelRequest(header=header), registry_pb2.RegisterModelRequest(chunk=onnx)])
+    return api.registry.RegisterModel(requests).version.ref.version
+
+
+def _rolling_out(api: Clients, model: str, version: int) -> bool:
+    v = _version(api, model, version)
+    return bool(v) and v.promotion.state == registry_pb2.PROMOTION_STATE_ROLLING_OUT
+
+
+def test_a_better_model_rolls_out_through_every_step_and_broken_ones_are_aborted_at_the_first(
     stack, api, infer, headers
 ):
-    """Progressive policy (canary 20%, then 50%, then production). v2 of "rollout-model" (v1 learnt
-    from labels with a bias) rolls through both steps under steady traffic and is promoted; v3, learnt
-    from inverted labels, wins on its own test split too, but the feedback on its canary requests
-    breaches the quality gate at 20% and it is aborted: traffic back to v2, no failed request."""
+    """Progressive policy (canary 20%, then 50%, then production), under steady labelled traffic.
+    v2 (registered by hand) passes staging and wins offline but fails on live requests with f3 above
+    4.5: the error-rate gate aborts it at 20%. v3 (trained on the concept; v1 learnt from labels with a
+    bias) rolls through both steps and is promoted. v4, learnt from inverted labels, wins on its own
+    test split too, but the feedback on its canary requests breaches the quality gate at 20%: aborted,
+    traffic back to v3, no failed request. Each abort is audited and raises a rollout alert."""
     model, rng = "rollout-model", np.random.default_rng(31)
     x = rng.normal(size=(4000, 4))
     concept = (x @ WEIGHTS + rng.normal(scale=0.3, size=4000)) > 0
@@ -600,56 +645,113 @@ def test_a_better_model_rolls_out_through_every_step_and_a_broken_one_is_aborted
     wait_served(infer, model, 1, headers)
     # Production's labels must not close quality windows here: the rollout's gates are under test.
     _policy(api, model, cooldown_s=600, quality=M.QualityThreshold(metric="accuracy", min_labelled_rows=100_000))
+    slow_steps = _progressive_spec("rollout-model", model, dwell_s=600).promotion_policy  # a step ends by a gate
+    fast_steps = _progressive_spec("rollout-model", model, dwell_s=1).promotion_policy
 
     with _LabelledTraffic(stack, model, headers) as traffic:
-        _ingest(api, "rollout-model", _rows_csv(x, concept, 10_000), replace=True)
-        rolling = wait_until(
-            lambda: (v := _version(api, model, 2)) and v.promotion.state == registry_pb2.PROMOTION_STATE_ROLLING_OUT,
-            120, "v2 entering its rollout",
+        # v2: fails on live requests with f3 = FAULT_VALUE (a third of them from now on).
+        api.registry.SetPromotionPolicy(registry_pb2.SetPromotionPolicyRequest(model_name=model, policy=slow_steps))
+        traffic.fault_share = 0.33
+        v1 = _version(api, model, 1)
+        assert v1 is not None
+        assert _register_faulty(api, model, v1.signature, "rollout-faulty") == 2
+        v2 = wait_until(
+            lambda: (v := _version(api, model, 2)) and v.promotion.state == registry_pb2.PROMOTION_STATE_ABORTED and v,
+            120, "v2's canary aborted by the error-rate gate",
         )  # fmt: skip
-        assert rolling
-        wait_until(lambda: production_version(api, model) == 2, 90, "v2 promoted after its canary steps")
-        wait_served(infer, model, 2, headers)
-        v2 = _version(api, model, 2)
-        assert v2 is not None and v2.promotion.state == registry_pb2.PROMOTION_STATE_PROMOTED
-        assert v2.promotion.actor == "rollout" and "rolled out through 20%, 50%" in v2.promotion.reason, v2.promotion
-        steps = [e.reason for e in _audit(api, model, registry_pb2.AUDIT_ACTION_ROLLOUT_STEP) if e.version == 2]
+        traffic.fault_share = 0.0
+        failed_while_faulty = len(traffic.failures)
+        assert v2.promotion.reason.startswith("canary at 20% aborted: error_rate"), v2.promotion
+        breached = [g for g in v2.promotion.rollout.gates if g.breached]
+        assert [g.gate for g in breached] == ["error_rate"] and breached[0].value > 0.1 and breached[0].sample >= 20
+        assert v2.staging.passed, "the faulty model passed every offline check"
+        assert failed_while_faulty > 0 and all(f3 == FAULT_VALUE for f3, _ in traffic.failures), traffic.failures[:5]
+
+        # v3: the concept, trained by Flywheel: through both steps to production.
+        api.registry.SetPromotionPolicy(registry_pb2.SetPromotionPolicyRequest(model_name=model, policy=fast_steps))
+        _ingest(api, "rollout-model", _rows_csv(x, concept, 10_000), replace=True)
+        assert wait_until(lambda: _rolling_out(api, model, 3), 120, "v3 entering its rollout")
+        wait_until(lambda: production_version(api, model) == 3, 90, "v3 promoted after its canary steps")
+        wait_served(infer, model, 3, headers)
+        v3 = _version(api, model, 3)
+        assert v3 is not None and v3.promotion.state == registry_pb2.PROMOTION_STATE_PROMOTED
+        assert v3.promotion.actor == "rollout" and "rolled out through 20%, 50%" in v3.promotion.reason, v3.promotion
+        steps = [e.reason for e in _audit(api, model, registry_pb2.AUDIT_ACTION_ROLLOUT_STEP) if e.version == 3]
         assert len(steps) == 2 and "canary at 20%" in steps[0] and "20% -> 50%" in steps[1], steps
         changes = api.serving.ListTrafficChanges(serving_pb2.ListTrafficChangesRequest(model_name=model)).changes
         canaries = sorted(c.after.percent for c in changes if c.after.mode == serving_pb2.TRAFFIC_MODE_CANARY)
-        assert canaries == [20.0, 50.0], changes
+        assert canaries == [20.0, 20.0, 50.0], changes  # v2's step, then v3's two
 
-        # v3: inverted labels. It wins on its own test split and enters as a canary at 20%, where it
+        # v4: inverted labels. It wins on its own test split and enters as a canary at 20%, where it
         # stays until a gate decides (a 10-minute step).
-        api.registry.SetPromotionPolicy(registry_pb2.SetPromotionPolicyRequest(
-            model_name=model, policy=_progressive_spec("rollout-model", model, dwell_s=600).promotion_policy,
-        ))  # fmt: skip
+        api.registry.SetPromotionPolicy(registry_pb2.SetPromotionPolicyRequest(model_name=model, policy=slow_steps))
         _ingest(api, "rollout-model", _rows_csv(x, ~concept, 20_000), replace=True)
-        wait_until(
-            lambda: (v := _version(api, model, 3)) and v.promotion.state == registry_pb2.PROMOTION_STATE_ROLLING_OUT,
-            120, "v3 entering its rollout",
-        )  # fmt: skip
+        wait_until(lambda: _rolling_out(api, model, 4), 120, "v4 entering its rollout")
 
         def aborted() -> registry_pb2.ModelVersion | None:
             api.monitoring.RecordFeedback(M.RecordFeedbackRequest(model_name=model, labels=traffic.labels[-5000:]))
-            v = _version(api, model, 3)
+            v = _version(api, model, 4)
             return v if v and v.promotion.state == registry_pb2.PROMOTION_STATE_ABORTED else None
 
-        v3 = wait_until(aborted, 90, "v3's canary aborted by the quality gate")
-        wait_until(lambda: traffic.versions[-20:] == ["2"] * 20, 30, "all traffic back on v2")
-    assert traffic.failures == [], traffic.failures[:5]
-    assert "3" in traffic.versions, "v3 answered some requests as a canary"
-    assert v3.promotion.reason.startswith("canary at 20% aborted: quality_drop"), v3.promotion.reason
-    breached = [g for g in v3.promotion.rollout.gates if g.breached]
+        v4 = wait_until(aborted, 90, "v4's canary aborted by the quality gate")
+        wait_until(lambda: traffic.versions[-20:] == ["3"] * 20, 30, "all traffic back on v3")
+    assert traffic.failures[failed_while_faulty:] == [], traffic.failures[failed_while_faulty:][:5]
+    assert "4" in traffic.versions, "v4 answered some requests as a canary"
+    assert v4.promotion.reason.startswith("canary at 20% aborted: quality_drop"), v4.promotion.reason
+    breached = [g for g in v4.promotion.rollout.gates if g.breached]
     assert [g.gate for g in breached] == ["quality_drop"] and breached[0].sample >= 30 and breached[0].value > 0.5
-    abort = _audit(api, model, registry_pb2.AUDIT_ACTION_ROLLOUT_ABORTED)
-    assert len(abort) == 1 and abort[0].actor == "rollout" and abort[0].version == 3
-    assert production_version(api, model) == 2
+    aborts = _audit(api, model, registry_pb2.AUDIT_ACTION_ROLLOUT_ABORTED)
+    assert sorted(e.version for e in aborts) == [2, 4] and {e.actor for e in aborts} == {"rollout"}
+    assert production_version(api, model) == 3
     deployment = api.serving.GetDeployment(serving_pb2.GetDeploymentRequest(model_name=model)).deployment
     assert deployment.traffic.mode in (serving_pb2.TRAFFIC_MODE_UNSPECIFIED, serving_pb2.TRAFFIC_MODE_PRODUCTION_ONLY)
+    # Each abort raised an alert that names the failing gate with its numbers (rollout.ended -> monitoring).
+    alerts = wait_until(lambda: len(a := _alerts(api, model, K.DRIFT_KIND_ROLLOUT_ABORTED)) == 2 and a, 30,
+                        "two rollout-aborted alerts")  # fmt: skip
+    by_version = {a.model.version: a for a in alerts}
+    assert "error_rate" in by_version[2].message and "quality_drop" in by_version[4].message, alerts
+    assert [s.statistic for s in by_version[2].scores if s.breached] == ["error_rate"]
+    assert all(not a.event_id for a in alerts), "a deployment alert starts no retraining"
     # The tick that aborted is one trace with serving's side of the call that took the traffic back.
     _traced(stack, "rollout tick", {"flywheel.model": model, "flywheel.rollout.action": "aborted"},
             ("flywheel-serving", "/flywheel.v1.ServingAdmin/ClearTraffic"))  # fmt: skip
+
+
+def test_the_guard_rolls_back_a_promotion_that_fails_on_live_traffic(stack, api, infer, headers):
+    """v2 (registered by hand) passes staging, wins offline and is promoted at once; a fifth of the
+    live requests reach its fault. Monitoring's ticker reads serving's counters for it: its live error
+    rate passes the guard's default 1% and production goes back to v1, with a guard alert naming the
+    rate. No window of v2 had to close for that."""
+    model, rng = "guard-errors-model", np.random.default_rng(41)
+    x = rng.normal(size=(3000, 4))
+    create_dataset(api, "guard-errors")
+    _ingest(api, "guard-errors", _rows_csv(x, x @ WEIGHTS + 1.5 > 0, 0), replace=False)  # a biased v1
+    s = spec("guard-errors", "guard-errors", model, on_data=True, margin=0.0)
+    s.triggers.on_drift_detected = False
+    api.training.CreateSpec(T.CreateSpecRequest(spec=s))
+    wait_until(lambda: production_version(api, model) == 1, 120, "v1 in production")
+    wait_served(infer, model, 1, headers)
+    _policy(api, model, cooldown_s=600, quality=M.QualityThreshold(metric="accuracy", min_labelled_rows=100_000))
+    v1 = _version(api, model, 1)
+    assert v1 is not None
+
+    with _LabelledTraffic(stack, model, headers) as traffic:
+        traffic.fault_share = 0.2
+        assert _register_faulty(api, model, v1.signature, "guard-errors-faulty") == 2
+        rollback = wait_until(lambda: _audit(api, model, registry_pb2.AUDIT_ACTION_ROLLED_BACK), 120,
+                              "the guard's rollback")  # fmt: skip
+        wait_until(lambda: traffic.versions[-20:] == ["1"] * 20, 30, "traffic back on v1")
+    v2 = _version(api, model, 2)
+    assert v2 is not None and v2.promotion.state == registry_pb2.PROMOTION_STATE_PROMOTED and v2.staging.passed
+    assert "2" in traffic.versions, "v2 answered requests in production"
+    assert traffic.failures and all(f3 == FAULT_VALUE for f3, _ in traffic.failures), traffic.failures[:5]
+    assert len(rollback) == 1 and rollback[0].actor == "guard", rollback
+    assert "live error rate" in rollback[0].reason and "rolled back to v1" in rollback[0].reason, rollback[0].reason
+    assert production_version(api, model) == 1
+    alerts = _alerts(api, model, K.DRIFT_KIND_GUARD_ROLLBACK)
+    assert len(alerts) == 1 and alerts[0].model.version == 2, alerts
+    rate = [s for s in alerts[0].scores if s.statistic == "error_rate"]
+    assert rate and rate[0].breached and rate[0].score > 0.01 and rate[0].threshold == 0.01, alerts[0]
 
 
 def _traced(stack, name: str, attributes: dict[str, object], joined: tuple[str, str]) -> None:  # type: ignore[no-untyped-def]

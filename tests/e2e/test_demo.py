@@ -28,11 +28,13 @@ def test_demo_walks_the_whole_loop(tmp_path):
         "serving v3",
         "rolled back by guard: v3 breached in window",
         "rolled back to v2",
+        "(guard_rollback)",
         "serving v2 again",
         # act three: a progressive policy stops the next bad snapshot at its first canary step
         "promotion policy: progressive",
         "a canary for 25% of requests",
         "rollout of v4 aborted (rollout): canary at 25% aborted: quality_drop",
+        "(rollout_aborted)",
         "v2 keeps production",
         ", 0 failed",
     ):

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from flywheel.errors import InvalidArgument
 from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2, registry_pb2
 from services.monitoring import guard, policy
+from services.monitoring.drift import psi
 from services.registry import promotion
 
 M, K, R = monitoring_pb2, common_pb2, registry_pb2
@@ -75,12 +77,75 @@ def test_only_a_forward_promotion_with_a_version_to_go_back_to_is_guarded() -> N
         (M.GuardPolicy(duration=Duration(seconds=-1)), "policy.guard.duration"),
         (M.GuardPolicy(rollback_on=[42]), "policy.guard.rollback_on"),
         (M.GuardPolicy(rollback_on=[K.DRIFT_KIND_QUALITY] * 20), "policy.guard.rollback_on"),
+        (M.GuardPolicy(rollback_on=[K.DRIFT_KIND_GUARD_ROLLBACK]), "policy.guard.rollback_on"),
+        (M.GuardPolicy(max_error_rate=1.5), "policy.guard.max_error_rate"),
+        (M.GuardPolicy(max_error_rate=float("nan")), "policy.guard.max_error_rate"),
+        (M.GuardPolicy(min_requests=-1), "policy.guard.min_requests"),
+        (M.GuardPolicy(max_p99_latency_ratio=float("inf")), "policy.guard.max_p99_latency_ratio"),
+        (M.GuardPolicy(max_staging_psi=-0.1), "policy.guard.max_staging_psi"),
     ],
 )
 def test_a_guard_policy_out_of_range_is_refused(guard_policy: M.GuardPolicy, field: str) -> None:
     with pytest.raises(InvalidArgument) as raised:
         policy.check(M.MonitoringPolicy(model_name="m", guard=guard_policy))
     assert raised.value.field == field
+
+
+def test_the_live_error_rate_is_judged_from_min_requests_against_its_limit() -> None:
+    default = _policy()
+    assert not guard.error_check(default, 99, 50).breached, "fewer than 100 requests: not judged yet"
+    check = guard.error_check(default, 200, 3)
+    assert check.breached and check.statistic == "error_rate" and check.score == 0.015 and check.threshold == 0.01
+    assert not guard.error_check(default, 200, 2).breached, "1% is the limit, not a breach"
+    strict = _policy(guard=M.GuardPolicy(max_error_rate=0.0, min_requests=10))
+    assert guard.error_check(strict, 10, 1).breached and not guard.error_check(strict, 9, 9).breached
+
+
+def _outputs(classes: list[str | None], values: list[float] | None = None) -> dict[str, np.ndarray]:
+    return {"class": np.array(classes, dtype=object),
+            "variable": np.array(values if values is not None else [np.nan] * len(classes))}  # fmt: skip
+
+
+def test_a_guarded_window_is_judged_on_latency_and_on_its_predictions_against_its_staging_sample() -> None:
+    p = _policy(guard=M.GuardPolicy(max_p99_latency_ratio=2.0, max_staging_psi=0.25))
+    staging = K.PredictionHistogram(classes=["0", "1"], counts=[500, 500])
+    like_staging = guard.window_checks(p, K.TASK_CLASSIFICATION, _outputs(["0", "1"] * 50), 3.0, 2.0, staging, True)
+    assert [(c.statistic, c.breached) for c in like_staging] == [("p99_latency_ratio", False), ("staging_psi", False)]
+    assert like_staging[0].score == 1.5 and like_staging[1].score < 0.01
+    # Nine in ten answers one class (and some none at all) where staging split evenly; p99 tripled.
+    skewed = guard.window_checks(p, K.TASK_CLASSIFICATION, _outputs(["1"] * 90 + [None] * 10), 6.0, 2.0, staging, True)
+    assert [(c.statistic, c.breached) for c in skewed] == [("p99_latency_ratio", True), ("staging_psi", True)]
+    expected = psi(np.array([500, 500, 0]), np.array([0, 90, 10]))
+    assert skewed[1].score == pytest.approx(expected) and expected > 1
+    assert not any(
+        c.breached
+        for c in guard.window_checks(p, K.TASK_CLASSIFICATION, _outputs(["1"] * 90), 6.0, 2.0, staging, False)
+    ), "a window under min_rows judges nothing"
+    assert guard.window_checks(_policy(), K.TASK_CLASSIFICATION, _outputs(["1"]), 6.0, 2.0, staging, True) == [], (
+        "the policy sets neither check"
+    )
+    assert guard.window_checks(p, K.TASK_CLASSIFICATION, _outputs(["1"]), 6.0, None, None, True) == [], (
+        "nothing to compare with: no baseline p99, no staging histogram"
+    )
+
+
+def test_a_regressor_window_is_compared_with_its_staging_bins() -> None:
+    p = _policy(guard=M.GuardPolicy(max_staging_psi=0.25))
+    staging = K.PredictionHistogram(edges=[0.0, 1.0], counts=[100, 100, 100])  # (-inf,0), [0,1), [1,inf)
+    even = guard.window_checks(p, K.TASK_REGRESSION, _outputs([None] * 6, [-1, -1, 0.5, 0.0, 1.0, 2.0]), 0, 0,
+                               staging, True)  # fmt: skip
+    assert [(c.statistic, round(c.score, 6), c.breached) for c in even] == [("staging_psi", 0.0, False)]
+    shifted = guard.window_checks(p, K.TASK_REGRESSION, _outputs([None] * 6, [5.0] * 6), 0, 0, staging, True)
+    assert shifted[0].breached and shifted[0].score > 1
+
+
+def test_the_reason_names_a_breached_live_check_with_its_numbers() -> None:
+    report = M.WindowReport(window_id="w-9", model=K.ModelRef(name="m", version=3))
+    report.guard_checks.append(K.FeatureScore(feature="guard", statistic="staging_psi", score=1.234, threshold=0.25,
+                                              breached=True))  # fmt: skip
+    assert guard.reason(report, set(), 2) == (
+        "guard: v3 breached in window w-9: staging_psi 1.234 > 0.25; rolled back to v2"
+    )
 
 
 def _passed() -> R.StagingReport:

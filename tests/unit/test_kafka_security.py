@@ -390,6 +390,7 @@ def test_each_event_has_its_one_producing_service() -> None:
         Topics.DRIFT_DETECTED: "svc-monitoring",
         Topics.PREDICTIONS_LOGGED: "svc-serving",
         Topics.DEPLOYMENT_CHANGED: "svc-serving",
+        Topics.ROLLOUT_ENDED: "svc-registry",
     }
     assert set(producers) | EXTERNAL == EVENTS
     for topic, service in producers.items():

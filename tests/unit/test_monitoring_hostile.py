@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from flywheel.errors import InvalidArgument
 from flywheel.predictions import tensor
 from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2
-from services.monitoring import estimation, evaluator, limits, logged, policy, records
+from services.monitoring import estimation, evaluator, guard, limits, logged, policy, records
 
 M = monitoring_pb2
 F = common_pb2.Field
@@ -307,13 +307,50 @@ def test_any_record_is_either_refused_or_judged(
     for task in (common_pb2.TASK_CLASSIFICATION, common_pb2.TASK_REGRESSION):
         report = evaluator._judge_drift(cast(Any, stored), _ref_row(task), _schema(), policy_with())
         assert report.rows == 3
+        # The same rows in a window of a version the guard watches, with every live check on.
+        guarded = evaluator._judge_drift(cast(Any, stored), _ref_row(task, **GUARDED), _schema(), GUARD_POLICY)
+        assert guarded.rows == 3 and all(math.isfinite(c.score) for c in guarded.guard_checks)
 
 
-def _ref_row(task: int, calibration: str | None = None) -> Any:
+GUARDED = {
+    "guard_until": datetime(2999, 1, 1, tzinfo=UTC), "guard_previous": 1, "guard_previous_p99": 2.0,
+    "staging_predictions": common_pb2.PredictionHistogram(
+        classes=["0", "1"], edges=[0.5], counts=[40, 60]).SerializeToString(),
+}  # fmt: skip
+GUARD_POLICY = policy.effective(
+    M.MonitoringPolicy(model_name="m", enabled=True,
+                       guard=M.GuardPolicy(max_p99_latency_ratio=2.0, max_staging_psi=0.25)), "m",
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    classes=st.lists(st.text(max_size=3), max_size=4),
+    edges=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4),
+    counts=st.lists(st.integers(-(2**62), 2**62), max_size=5),
+    answers=st.lists(st.none() | st.text(max_size=2) | st.floats(), max_size=20),
+)
+def test_a_stored_staging_histogram_of_any_shape_gives_a_psi_or_none(
+    classes: list[str], edges: list[float], counts: list[int], answers: list[Any]
+) -> None:
+    """A staging histogram is the registry's copy of what serving reported; whatever it holds, the
+    guard's PSI is a finite number or NaN (no check), never an exception."""
+    hist = common_pb2.PredictionHistogram(classes=classes, edges=edges, counts=counts)
+    outputs = {
+        "class": np.array([a if isinstance(a, str) else None for a in answers], dtype=object),
+        "variable": np.array([a if isinstance(a, float) else math.nan for a in answers], dtype=np.float64),
+    }
+    for task in (common_pb2.TASK_CLASSIFICATION, common_pb2.TASK_REGRESSION):
+        value = guard.staging_psi(task, outputs, hist)
+        assert math.isnan(value) or (math.isfinite(value) and value >= 0)
+
+
+def _ref_row(task: int, calibration: str | None = None, **guard: Any) -> Any:
     """What close_drift_window hands _judge_drift: the model_refs row (jsonb columns as text)."""
     return {
         "model": "m", "version": 1, "profile": json.dumps(PROFILE), "task": task, "class_labels": ["0", "1"],
-        "recorded": json.dumps({"accuracy": 0.9}), "calibration": calibration,
+        "recorded": json.dumps({"accuracy": 0.9}), "calibration": calibration, "guard_until": None,
+        "guard_previous": 0, "guard_previous_p99": None, "staging_predictions": None, **guard,
     }  # fmt: skip
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from flywheel.v1 import common_pb2
-from services.monitoring.comparison import Side, compare, predicted_class, predicted_value
+from services.monitoring.comparison import Side, canary_report, compare, predicted_class, predicted_value
+from services.monitoring.drift import psi
 
 LABELS = ["no", "yes"]
 
@@ -58,3 +59,18 @@ def test_junk_outputs_disagree_and_no_rows_is_an_empty_comparison() -> None:
     assert c.agreement == 0.0, "no class on either side is not agreement"
     empty = compare(common_pb2.TASK_CLASSIFICATION, LABELS, Side([], np.empty(0)), Side([], np.empty(0)), [])
     assert empty.rows == 0 and not empty.HasField("agreement") and empty.production_latency.p50_ms == 0
+
+
+def test_a_canary_report_counts_each_sides_predicted_classes_and_its_psi_is_over_those_counts() -> None:
+    """The per-class counts are what the PSI gate judged, so an abort on it explains itself: here a
+    fifth of the canary's answers name no class of the signature, which alone gives a PSI above 1."""
+    production = Side([{"class": "no"}] * 60 + [{"class": "yes"}] * 40, np.ones(100))
+    canary = Side([{"class": "no"}] * 20 + [{"label": 1}] * 12 + [{"class": "maybe"}] * 5 + [{}] * 5, np.ones(42))
+    report = canary_report(common_pb2.TASK_CLASSIFICATION, LABELS, canary, production, ([], []), ([], []))
+    assert dict(report.production_classes) == {"no": 60, "yes": 40}
+    assert dict(report.canary_classes) == {"no": 20, "yes": 12, "": 10}
+    assert report.prediction_psi == pytest.approx(psi(np.array([60, 40, 0]), np.array([20, 12, 10])))
+    assert report.prediction_psi > 1
+    regression = canary_report(common_pb2.TASK_REGRESSION, [], Side([{"variable": 1.0}], np.ones(1)),
+                               Side([{"variable": 2.0}], np.ones(1)), ([], []), ([], []))  # fmt: skip
+    assert not regression.canary_classes and not regression.production_classes

@@ -22,6 +22,7 @@ class Topics:
     FEEDBACK = "flywheel.feedback"
     INGEST_RECORDS = "flywheel.ingest.records"
     DEPLOYMENT_CHANGED = "flywheel.deployment.changed"
+    ROLLOUT_ENDED = "flywheel.rollout.ended"
 
 
 EVENT_TYPES: dict[str, type[Message]] = {
@@ -33,6 +34,7 @@ EVENT_TYPES: dict[str, type[Message]] = {
     Topics.FEEDBACK: events_pb2.Feedback,
     Topics.INGEST_RECORDS: events_pb2.IngestRecords,
     Topics.DEPLOYMENT_CHANGED: events_pb2.DeploymentChanged,
+    Topics.ROLLOUT_ENDED: events_pb2.RolloutEnded,
 }
 
 

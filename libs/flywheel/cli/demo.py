@@ -256,6 +256,7 @@ class Demo:
         self.step(f"{len(labels)} feedback labels of live traffic arrive")
         event = _wait("the guard judging the labelled window", rolled_back, timeout_s=60)
         self.step(f"[red]rolled back by {event.actor}[/]: {event.reason.removeprefix('guard: ')}")
+        self._alerted(K.DRIFT_KIND_GUARD_ROLLBACK)
         self._served(infer, good)
         self.step(f"[green]serving v{good} again[/]: no request failed, no person woken up")
 
@@ -305,9 +306,20 @@ class Demo:
         if mv.promotion.state != R.PROMOTION_STATE_ABORTED:
             raise client.CliError(f"v{bad} was promoted: {mv.promotion.reason}")
         self.step(f"[red]rollout of v{bad} aborted[/] ({mv.promotion.actor}): {mv.promotion.reason}")
+        self._alerted(K.DRIFT_KIND_ROLLOUT_ABORTED)
         share = traffic.versions.count(str(bad))
         self.step(f"[green]v{good} keeps production[/]: v{bad} answered {share} of {len(traffic.versions)} requests "
                   f"as a canary, {len(traffic.failures)} failed")  # fmt: skip
+
+    def _alerted(self, kind: K.DriftKind.ValueType) -> None:
+        """The alert monitoring raised about what just happened (what an on-call dashboard shows)."""
+
+        def raised() -> M.Alert | None:
+            alerts = self.monitoring.ListAlerts(M.ListAlertsRequest(model_name=self.model, kind=kind)).alerts
+            return alerts[0] if alerts else None
+
+        alert = _wait("the alert", raised, timeout_s=30)
+        self.step(f"alert {alert.alert_id} ({K.DriftKind.Name(kind).removeprefix('DRIFT_KIND_').lower()})")
 
     def _run_done(self, trigger: int, dataset_version: int = 0) -> T.Run:
         """The run of `trigger` (0: any) on `dataset_version` (0: any), once it succeeded."""

@@ -30,6 +30,8 @@ KINDS: dict[str, common_pb2.DriftKind.ValueType] = {
     "quality": common_pb2.DRIFT_KIND_QUALITY,
     "segment": common_pb2.DRIFT_KIND_SEGMENT,
     "estimated": common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE,
+    "guard": common_pb2.DRIFT_KIND_GUARD_ROLLBACK,
+    "rollout": common_pb2.DRIFT_KIND_ROLLOUT_ABORTED,
 }
 
 
@@ -228,6 +230,8 @@ def window_report(window: monitoring_pb2.WindowReport) -> Group:
         parts.append(quality_table(window.quality))
     if window.HasField("estimated"):
         parts.append(estimate_table(window.estimated))
+    if window.guard_checks:
+        parts.append(scores_table(window.guard_checks, "post-promotion guard", name="check"))
     return Group(*parts)
 
 

@@ -208,6 +208,12 @@ class _DriftKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DriftKind.V
     """A classifier's performance estimated from its predicted probabilities (no labels needed)
     dropped below its recorded test value by more than the policy allows.
     """
+    DRIFT_KIND_GUARD_ROLLBACK: _DriftKind.ValueType  # 7
+    """Deployment alerts (no drift.detected: retraining would not mend them). The post-promotion
+    guard rolled production back; the alert names the breach.
+    """
+    DRIFT_KIND_ROLLOUT_ABORTED: _DriftKind.ValueType  # 8
+    """A progressive rollout was aborted; the alert carries its gates."""
 
 class DriftKind(_DriftKind, metaclass=_DriftKindEnumTypeWrapper): ...
 
@@ -221,6 +227,12 @@ DRIFT_KIND_ESTIMATED_PERFORMANCE: DriftKind.ValueType  # 6
 """A classifier's performance estimated from its predicted probabilities (no labels needed)
 dropped below its recorded test value by more than the policy allows.
 """
+DRIFT_KIND_GUARD_ROLLBACK: DriftKind.ValueType  # 7
+"""Deployment alerts (no drift.detected: retraining would not mend them). The post-promotion
+guard rolled production back; the alert names the breach.
+"""
+DRIFT_KIND_ROLLOUT_ABORTED: DriftKind.ValueType  # 8
+"""A progressive rollout was aborted; the alert carries its gates."""
 Global___DriftKind: _TypeAlias = DriftKind  # noqa: Y015
 
 @_typing.final
@@ -743,6 +755,39 @@ class FeatureScore(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FeatureScore: _TypeAlias = FeatureScore  # noqa: Y015
+
+@_typing.final
+class PredictionHistogram(_message.Message):
+    """A model's predictions summarised as counts: per class (classification: `classes`, and `counts`
+    in their order), or per bin of the predicted value (regression: `edges` ascending, len(edges) + 1
+    counts, bin i holding values in [edges[i-1], edges[i])).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASSES_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        classes: _abc.Iterable[_builtins.str] | None = ...,
+        edges: _abc.Iterable[_builtins.float] | None = ...,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "counts", b"counts", "edges", b"edges"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictionHistogram: _TypeAlias = PredictionHistogram  # noqa: Y015
 
 @_typing.final
 class Segment(_message.Message):

@@ -218,6 +218,59 @@ class ModelPromoted(_message.Message):
 Global___ModelPromoted: _TypeAlias = ModelPromoted  # noqa: Y015
 
 @_typing.final
+class RolloutEnded(_message.Message):
+    """Topic flywheel.rollout.ended, key: model name. Emitted by registry (outbox) when a
+    progressive rollout ends: promoted after its last step (model.promoted follows from the same
+    transaction), or aborted (a gate breached, production moved, the version was archived).
+    Monitoring raises a DRIFT_KIND_ROLLOUT_ABORTED alert for an abort.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHAMPION_VERSION_FIELD_NUMBER: _builtins.int
+    PROMOTED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    GATES_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    champion_version: _builtins.int
+    """The production version it ran against."""
+    promoted: _builtins.bool
+    reason: _builtins.str
+    actor: _builtins.str
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta: ...
+    @_builtins.property
+    def model(self) -> _common_pb2.ModelRef:
+        """The version that rolled out."""
+
+    @_builtins.property
+    def gates(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.FeatureScore]:
+        """The last step's gates: statistic = gate ("error_rate", ...), score = its value; feature = the step
+        ("canary 20%", "shadow").
+        """
+
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        model: _common_pb2.ModelRef | None = ...,
+        champion_version: _builtins.int = ...,
+        promoted: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        gates: _abc.Iterable[_common_pb2.FeatureScore] | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "champion_version", b"champion_version", "gates", b"gates", "meta", b"meta", "model", b"model", "promoted", b"promoted", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutEnded: _TypeAlias = RolloutEnded  # noqa: Y015
+
+@_typing.final
 class DeploymentChanged(_message.Message):
     """Topic flywheel.deployment.changed, key: model name. Emitted by serving (outbox)
     when a model's traffic policy (canary, shadow, cleared) changes. A hint: every

@@ -183,7 +183,26 @@ class GuardPolicy(_message.Message):
     DURATION_FIELD_NUMBER: _builtins.int
     ROLLBACK_ON_FIELD_NUMBER: _builtins.int
     DISABLED_FIELD_NUMBER: _builtins.int
+    MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    MIN_REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_P99_LATENCY_RATIO_FIELD_NUMBER: _builtins.int
+    MAX_STAGING_PSI_FIELD_NUMBER: _builtins.int
     disabled: _builtins.bool
+    max_error_rate: _builtins.float
+    """The guarded version's live error rate: server-side failures (its run, a timeout, a full queue;
+    not a request serving refused as malformed) over all its requests since the guard armed, summed
+    over every serving replica. Unset = 0.01; 1 = never.
+    """
+    min_requests: _builtins.int
+    """Requests before the error rate is judged; 0 = 100."""
+    max_p99_latency_ratio: _builtins.float
+    """A window's p99 latency over the p99 of the version it replaced (the median of that version's last
+    windows before the promotion). Unset = not judged.
+    """
+    max_staging_psi: _builtins.float
+    """PSI of a window's predictions against the guarded version's own predictions on its staging
+    sample (the test rows serving's staging checks scored). Unset = not judged.
+    """
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """Unset = 1 hour."""
@@ -198,12 +217,27 @@ class GuardPolicy(_message.Message):
         duration: _duration_pb2.Duration | None = ...,
         rollback_on: _abc.Iterable[_common_pb2.DriftKind.ValueType] | None = ...,
         disabled: _builtins.bool = ...,
+        max_error_rate: _builtins.float | None = ...,
+        min_requests: _builtins.int = ...,
+        max_p99_latency_ratio: _builtins.float | None = ...,
+        max_staging_psi: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate", "_max_p99_latency_ratio", b"_max_p99_latency_ratio", "_max_staging_psi", b"_max_staging_psi", "duration", b"duration", "max_error_rate", b"max_error_rate", "max_p99_latency_ratio", b"max_p99_latency_ratio", "max_staging_psi", b"max_staging_psi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "duration", b"duration", "rollback_on", b"rollback_on"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate", "_max_p99_latency_ratio", b"_max_p99_latency_ratio", "_max_staging_psi", b"_max_staging_psi", "disabled", b"disabled", "duration", b"duration", "max_error_rate", b"max_error_rate", "max_p99_latency_ratio", b"max_p99_latency_ratio", "max_staging_psi", b"max_staging_psi", "min_requests", b"min_requests", "rollback_on", b"rollback_on"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_error_rate: _TypeAlias = _typing.Literal["max_error_rate"]  # noqa: Y015
+    _WhichOneofArgType__max_error_rate: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate"]  # noqa: Y015
+    _WhichOneofReturnType__max_p99_latency_ratio: _TypeAlias = _typing.Literal["max_p99_latency_ratio"]  # noqa: Y015
+    _WhichOneofArgType__max_p99_latency_ratio: _TypeAlias = _typing.Literal["_max_p99_latency_ratio", b"_max_p99_latency_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__max_staging_psi: _TypeAlias = _typing.Literal["max_staging_psi"]  # noqa: Y015
+    _WhichOneofArgType__max_staging_psi: _TypeAlias = _typing.Literal["_max_staging_psi", b"_max_staging_psi"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_error_rate) -> _WhichOneofReturnType__max_error_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_p99_latency_ratio) -> _WhichOneofReturnType__max_p99_latency_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_staging_psi) -> _WhichOneofReturnType__max_staging_psi | None: ...
 
 Global___GuardPolicy: _TypeAlias = GuardPolicy  # noqa: Y015
 
@@ -578,6 +612,7 @@ class WindowReport(_message.Message):
     LATENCY_FIELD_NUMBER: _builtins.int
     BREACHED_FIELD_NUMBER: _builtins.int
     ESTIMATED_FIELD_NUMBER: _builtins.int
+    GUARD_CHECKS_FIELD_NUMBER: _builtins.int
     window_id: _builtins.str
     rows: _builtins.int
     @_builtins.property
@@ -614,6 +649,12 @@ class WindowReport(_message.Message):
         windows), and estimated next to realized (quality windows).
         """
 
+    @_builtins.property
+    def guard_checks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.FeatureScore]:
+        """A window of a version the post-promotion guard watches: its live checks (statistic
+        "p99_latency_ratio" or "staging_psi", feature "guard"), those the guard policy sets.
+        """
+
     def __init__(
         self,
         *,
@@ -630,10 +671,11 @@ class WindowReport(_message.Message):
         latency: Global___LatencySummary | None = ...,
         breached: _abc.Iterable[_common_pb2.DriftKind.ValueType] | None = ...,
         estimated: Global___PerformanceEstimate | None = ...,
+        guard_checks: _abc.Iterable[_common_pb2.FeatureScore] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "estimated", b"estimated", "integrity", b"integrity", "latency", b"latency", "model", b"model", "quality", b"quality", "reference", b"reference", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breached", b"breached", "end", b"end", "estimated", b"estimated", "feature_scores", b"feature_scores", "integrity", b"integrity", "latency", b"latency", "model", b"model", "prediction_scores", b"prediction_scores", "quality", b"quality", "reference", b"reference", "rows", b"rows", "start", b"start", "window_id", b"window_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breached", b"breached", "end", b"end", "estimated", b"estimated", "feature_scores", b"feature_scores", "guard_checks", b"guard_checks", "integrity", b"integrity", "latency", b"latency", "model", b"model", "prediction_scores", b"prediction_scores", "quality", b"quality", "reference", b"reference", "rows", b"rows", "start", b"start", "window_id", b"window_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -658,7 +700,9 @@ class Alert(_message.Message):
     window_id: _builtins.str
     message: _builtins.str
     event_id: _builtins.str
-    """event_id of the drift.detected event; empty when cooldown suppressed it."""
+    """event_id of the drift.detected event; empty when cooldown suppressed it, and for the deployment
+    kinds (guard rollback, rollout aborted), which publish none.
+    """
     suppressed: _builtins.bool
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef: ...
@@ -1305,6 +1349,46 @@ class CanaryReport(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CanaryClassesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ProductionClassesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PRODUCTION_FIELD_NUMBER: _builtins.int
     CANARY_FIELD_NUMBER: _builtins.int
     CANARY_ROWS_FIELD_NUMBER: _builtins.int
@@ -1316,6 +1400,8 @@ class CanaryReport(_message.Message):
     PRODUCTION_LABELLED_ROWS_FIELD_NUMBER: _builtins.int
     CANARY_QUALITY_FIELD_NUMBER: _builtins.int
     PRODUCTION_QUALITY_FIELD_NUMBER: _builtins.int
+    CANARY_CLASSES_FIELD_NUMBER: _builtins.int
+    PRODUCTION_CLASSES_FIELD_NUMBER: _builtins.int
     canary_rows: _builtins.int
     production_rows: _builtins.int
     prediction_psi: _builtins.float
@@ -1334,6 +1420,12 @@ class CanaryReport(_message.Message):
     def canary_quality(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Metric]: ...
     @_builtins.property
     def production_quality(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Metric]: ...
+    @_builtins.property
+    def canary_classes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Classification: rows per predicted class ("" = no class could be read), so a PSI explains itself."""
+
+    @_builtins.property
+    def production_classes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
         self,
         *,
@@ -1348,10 +1440,12 @@ class CanaryReport(_message.Message):
         production_labelled_rows: _builtins.int = ...,
         canary_quality: _abc.Iterable[_common_pb2.Metric] | None = ...,
         production_quality: _abc.Iterable[_common_pb2.Metric] | None = ...,
+        canary_classes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        production_classes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "canary_latency", b"canary_latency", "production", b"production", "production_latency", b"production_latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "canary_labelled_rows", b"canary_labelled_rows", "canary_latency", b"canary_latency", "canary_quality", b"canary_quality", "canary_rows", b"canary_rows", "prediction_psi", b"prediction_psi", "production", b"production", "production_labelled_rows", b"production_labelled_rows", "production_latency", b"production_latency", "production_quality", b"production_quality", "production_rows", b"production_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "canary_classes", b"canary_classes", "canary_labelled_rows", b"canary_labelled_rows", "canary_latency", b"canary_latency", "canary_quality", b"canary_quality", "canary_rows", b"canary_rows", "prediction_psi", b"prediction_psi", "production", b"production", "production_classes", b"production_classes", "production_labelled_rows", b"production_labelled_rows", "production_latency", b"production_latency", "production_quality", b"production_quality", "production_rows", b"production_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -279,6 +279,7 @@ class StagingReport(_message.Message):
     REPORT_TIME_FIELD_NUMBER: _builtins.int
     CHAMPION_METRICS_FIELD_NUMBER: _builtins.int
     CHAMPION_VERSION_FIELD_NUMBER: _builtins.int
+    SAMPLE_PREDICTIONS_FIELD_NUMBER: _builtins.int
     passed: _builtins.bool
     latency_p50_ms: _builtins.float
     latency_p99_ms: _builtins.float
@@ -301,6 +302,12 @@ class StagingReport(_message.Message):
         ground); empty when nothing is in production yet.
         """
 
+    @_builtins.property
+    def sample_predictions(self) -> _common_pb2.PredictionHistogram:
+        """The candidate's own predictions on the sample rows (the post-promotion guard compares live
+        windows with them).
+        """
+
     def __init__(
         self,
         *,
@@ -314,10 +321,11 @@ class StagingReport(_message.Message):
         report_time: _timestamp_pb2.Timestamp | None = ...,
         champion_metrics: _abc.Iterable[_common_pb2.Metric] | None = ...,
         champion_version: _builtins.int = ...,
+        sample_predictions: _common_pb2.PredictionHistogram | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["report_time", b"report_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report_time", b"report_time", "sample_predictions", b"sample_predictions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["champion_metrics", b"champion_metrics", "champion_version", b"champion_version", "checks", b"checks", "latency_calls", b"latency_calls", "latency_p50_ms", b"latency_p50_ms", "latency_p99_ms", b"latency_p99_ms", "passed", b"passed", "report_time", b"report_time", "reporter", b"reporter", "sample_metrics", b"sample_metrics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["champion_metrics", b"champion_metrics", "champion_version", b"champion_version", "checks", b"checks", "latency_calls", b"latency_calls", "latency_p50_ms", b"latency_p50_ms", "latency_p99_ms", b"latency_p99_ms", "passed", b"passed", "report_time", b"report_time", "reporter", b"reporter", "sample_metrics", b"sample_metrics", "sample_predictions", b"sample_predictions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
