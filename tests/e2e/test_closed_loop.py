@@ -341,7 +341,10 @@ def test_the_guard_rolls_back_a_promotion_whose_live_quality_collapses_and_retra
         default_thresholds=M.FeatureThresholds(ignore=True),
         prediction_thresholds=M.FeatureThresholds(psi=1e6, chi2_p_value=0.0),
         quality=M.QualityThreshold(metric="accuracy", max_drop=0.05, min_labelled_rows=200),
+        # The live checks too, out of reach: each window of v2 shows them, none decides here.
+        guard=M.GuardPolicy(max_p99_latency_ratio=1e6, max_staging_psi=1e6),
     )  # fmt: skip
+    send_traffic(infer, model, shifted(200, seed=7, shift=0.0), headers, batch=20, prefix="guard-v1")  # v1's p99
     new = concept_csv(4000, seed=3, start_id=100_000, weights=(-1.0, 1.0, 1.0, 0.5))
     csv = ingestion_pb2.DATA_FORMAT_CSV
     header = ingestion_pb2.IngestHeader(dataset="guard", mode=K.WRITE_MODE_REPLACE, format=csv)
@@ -379,6 +382,11 @@ def test_the_guard_rolls_back_a_promotion_whose_live_quality_collapses_and_retra
             for i, t in enumerate(truth)
         ]
 
+        guarded_window = wait_until(
+            lambda: next((w for w in _windows(api, model) if w.model.version == 2 and w.guard_checks), None),
+            60, "a drift window of v2 with the guard's live checks",
+        )  # fmt: skip
+
         def rolled_back() -> bool:
             api.monitoring.RecordFeedback(M.RecordFeedbackRequest(model_name=model, labels=labels))
             return production_version(api, model) == 1
@@ -402,6 +410,13 @@ def test_the_guard_rolls_back_a_promotion_whose_live_quality_collapses_and_retra
     assert promoted, "model.promoted events for the model"
     quality = _alerts(api, model, K.DRIFT_KIND_QUALITY)
     assert quality and quality[0].scores[0].score > 0.05, "the window's own alert"
+    checks = {c.statistic: c for c in guarded_window.guard_checks}
+    assert set(checks) == {"p99_latency_ratio", "staging_psi"}, guarded_window.guard_checks
+    assert 0 < checks["p99_latency_ratio"].score < 1e6 and 0 <= checks["staging_psi"].score < 1e6, checks
+    assert not any(c.breached for c in checks.values())
+    staged = _version(api, model, 2)
+    assert staged is not None and sum(staged.staging.sample_predictions.counts) > 0, staged.staging
+    assert list(staged.staging.sample_predictions.classes) == list(staged.signature.class_labels)
     guarded = _alerts(api, model, K.DRIFT_KIND_GUARD_ROLLBACK)
     assert len(guarded) == 1 and guarded[0].model.version == 2 and guarded[0].message == rollback[0].reason, guarded
 
