@@ -90,7 +90,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
             Panel(
                 "Alerts raised",
                 [('sum(increase(flywheel_outbox_published_total{topic="flywheel.drift.detected"}[$__range]))', "")],
-                "Unsuppressed monitoring alerts: each publishes one flywheel.drift.detected event (outbox).",
+                "Unsuppressed drift and quality alerts: each publishes one flywheel.drift.detected event (outbox)."
+                " Guard rollbacks and aborted rollouts have their own panels.",
                 kind="stat",
                 width=4,
                 height=5,
@@ -146,7 +147,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                         "alerts",
                     )
                 ],
-                "Unsuppressed alerts per interval (flywheel.drift.detected events published).",
+                "Unsuppressed drift and quality alerts per interval (flywheel.drift.detected events published).",
                 kind="bars",
                 width=8,
             ),

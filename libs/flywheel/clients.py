@@ -129,16 +129,23 @@ async def deployment(settings: Settings, model: str) -> serving_pb2.Deployment:
     return (await _unary(settings, "serving", lambda ch: stub(ch).GetDeployment(request, timeout=10))).deployment
 
 
-async def version_requests(settings: Settings, model: str, version: int, role: int) -> tuple[int, int]:
-    """(requests, server-side failures) of `version` in serving `role`, summed over every serving
-    replica's last heartbeat (each slot counts from its load)."""
-    requests = errors = 0
+async def version_slots(settings: Settings, model: str, version: int, role: int) -> dict[str, tuple[int, int]]:
+    """(requests, server-side failures) of each serving slot holding `version` in `role`, from every
+    replica's last heartbeat, keyed by replica and load time (a slot counts from its load, and may
+    have served in another role before: a canary's slot becomes production's)."""
+    out = {}
     for replica in (await deployment(settings, model)).replicas:
         for slot in replica.slots:
             if slot.role == role and slot.model.version == version:
-                requests += slot.stats.request_count
-                errors += slot.stats.error_count
-    return requests, errors
+                key = f"{replica.replica}/{replica.pid}/{slot.loaded_at.seconds}.{slot.loaded_at.nanos:09d}"
+                out[key] = (slot.stats.request_count, slot.stats.error_count)
+    return out
+
+
+async def version_requests(settings: Settings, model: str, version: int, role: int) -> tuple[int, int]:
+    """(requests, server-side failures) of `version` in serving `role`, summed over every replica."""
+    slots = (await version_slots(settings, model, version, role)).values()
+    return sum(r for r, _ in slots), sum(e for _, e in slots)
 
 
 async def shadow_comparison(

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from flywheel import histograms
 from flywheel.v1 import common_pb2, monitoring_pb2
 from services.monitoring.drift import psi
 from services.monitoring.quality import quality_report
@@ -113,16 +114,15 @@ def compare(
 
 def _psi(task: Task, class_labels: Sequence[str], canary: Side, production: Side) -> float:
     """PSI of the canary's predictions against production's: over the classes (and "no class"), or
-    over ten production-quantile bins of the predicted value."""
+    over the bins of production's deciles (flywheel.histograms)."""
     if task == common_pb2.TASK_REGRESSION:
         p = np.array([predicted_value(o) for o in production.outputs], dtype=np.float64)
         c = np.array([predicted_value(o) for o in canary.outputs], dtype=np.float64)
         p, c = p[~np.isnan(p)], c[~np.isnan(c)]
         if len(p) == 0 or len(c) == 0:
             return math.nan
-        edges = np.unique(np.quantile(p, np.linspace(0.1, 0.9, 9)))
-        return psi(np.bincount(np.searchsorted(edges, p), minlength=len(edges) + 1),
-                   np.bincount(np.searchsorted(edges, c), minlength=len(edges) + 1))  # fmt: skip
+        edges = histograms.decile_edges(p)
+        return psi(histograms.bin_counts(edges, p), histograms.bin_counts(edges, c))
     buckets = [*class_labels, ""]
     expected, actual = class_counts(class_labels, production), class_counts(class_labels, canary)
     return psi(np.array([expected.get(b, 0) for b in buckets]), np.array([actual.get(b, 0) for b in buckets]))

@@ -148,11 +148,13 @@ def _judge_drift(
         report.estimated.CopyFrom(estimate[0])
         if estimate[0].breached:
             report.breached.append(common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE)
-    if guard.guarding(ref, datetime.now(UTC)):
+    if guard.guarding(ref, datetime.now(UTC)) and not policy.guard.disabled:
         report.guard_checks.extend(guard.window_checks(
             policy, task, window.outputs, report.latency.p99_ms, ref["guard_previous_p99"],
             guard.staging_histogram(ref), len(rows) >= policy.window.min_rows,
         ))  # fmt: skip
+        if any(c.breached for c in report.guard_checks):  # the window says why it rolled production back
+            report.breached.append(common_pb2.DRIFT_KIND_GUARD_ROLLBACK)
     return report
 
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from flywheel import clients
 from flywheel.config import Settings
@@ -39,7 +40,7 @@ M = monitoring_pb2
 GUARD_ACTOR = "guard"
 DEFAULT_MAX_ERROR_RATE = 0.01
 DEFAULT_MIN_REQUESTS = 100
-BASELINE_ROWS = 2000  # the replaced version's last logged rows its p99 is taken over
+BASELINE_WINDOWS = 5  # the replaced version's last drift windows its p99 baseline is the median of
 _meter = meter("flywheel.monitoring")
 guard_rollbacks = _meter.create_counter(
     "flywheel.monitoring.guard_rollbacks", unit="{rollback}", description="Post-promotion guard decisions, by outcome"
@@ -67,6 +68,25 @@ def error_check(policy: M.MonitoringPolicy, requests: int, errors: int) -> commo
     judged = requests >= (g.min_requests or DEFAULT_MIN_REQUESTS)
     return common_pb2.FeatureScore(feature="guard", statistic="error_rate", score=rate, threshold=limit,
                                    breached=judged and rate > limit)  # fmt: skip
+
+
+def since_baseline(
+    baseline: Mapping[str, Sequence[int]], slots: Mapping[str, tuple[int, int]]
+) -> tuple[dict[str, list[int]], int, int]:
+    """(baseline, requests, errors): each serving slot counts from the first time the guard saw it
+    serve the version (a slot seen now for the first time joins the baseline at its counts, so a
+    canary's slot that became production's brings none of its canary requests); a slot whose counts
+    went back (reloaded under the same key) starts over. Slots gone (a replica restarted) drop out."""
+    new: dict[str, list[int]] = {}
+    requests = errors = 0
+    for key, (r, e) in slots.items():
+        base = baseline.get(key)
+        if base is None or len(base) != 2 or r < base[0] or e < base[1]:
+            base = [r, e]
+        new[key] = [int(base[0]), int(base[1])]
+        requests += r - base[0]
+        errors += e - base[1]
+    return new, requests, errors
 
 
 def window_checks(
@@ -119,8 +139,8 @@ def staging_psi(task: int, outputs: Mapping[str, np.ndarray], staging: common_pb
     return psi(np.append(counts, 0.0), live)
 
 
-def reason(report: M.WindowReport, kinds: set[DriftKind], to_version: int) -> str:
-    """What the audit row, the alert and the event say: the breach, with its numbers."""
+def breach(report: M.WindowReport, kinds: set[DriftKind]) -> str:
+    """What the window breached, with its numbers."""
     parts = []
     for kind in sorted(kinds):
         if kind == common_pb2.DRIFT_KIND_QUALITY and report.HasField("quality"):
@@ -132,10 +152,37 @@ def reason(report: M.WindowReport, kinds: set[DriftKind], to_version: int) -> st
         else:
             parts.append(KIND_NAMES.get(kind, str(kind)))
     parts += [_check_text(c) for c in report.guard_checks if c.breached]
-    return (
-        f"guard: v{report.model.version} breached in window {report.window_id}: {'; '.join(parts)};"
-        f" rolled back to v{to_version}"
-    )
+    return f"guard: v{report.model.version} breached in window {report.window_id}: {'; '.join(parts)}"
+
+
+def reason(report: M.WindowReport, kinds: set[DriftKind], to_version: int) -> str:
+    """What the audit row says once the registry rolled back: the breach, with its numbers."""
+    return f"{breach(report, kinds)}; rolled back to v{to_version}"
+
+
+def kind_scores(
+    report: M.WindowReport, kinds: set[DriftKind], policy: M.MonitoringPolicy
+) -> list[common_pb2.FeatureScore]:
+    """The breached scores behind `kinds` (the alert's scores)."""
+    out = []
+    for kind in sorted(kinds):
+        if kind == common_pb2.DRIFT_KIND_QUALITY and report.HasField("quality"):
+            q = report.quality
+            out.append(common_pb2.FeatureScore(feature=q.metric, statistic="quality_drop", score=q.drop,
+                                               threshold=policy.quality.max_drop, breached=True))  # fmt: skip
+        elif kind == common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE and report.HasField("estimated"):
+            e = report.estimated
+            limit = policy.estimated_performance.max_drop
+            out.append(common_pb2.FeatureScore(feature=e.metric, statistic="estimated_drop", score=e.drop,
+                                               threshold=limit, breached=True))  # fmt: skip
+        else:
+            scores: Sequence[common_pb2.FeatureScore] = {
+                common_pb2.DRIFT_KIND_DATA_DRIFT: report.feature_scores,
+                common_pb2.DRIFT_KIND_PREDICTION_DRIFT: report.prediction_scores,
+                common_pb2.DRIFT_KIND_INTEGRITY: report.integrity.scores,
+            }.get(kind, [])
+            out += [sc for sc in scores if sc.breached][:8]
+    return out
 
 
 def _check_text(c: common_pb2.FeatureScore) -> str:
@@ -156,18 +203,19 @@ def guarded_until(event: events_pb2.ModelPromoted, policy: M.MonitoringPolicy) -
 
 async def arm(conn: asyncpg.Connection, event: events_pb2.ModelPromoted, policy: M.MonitoringPolicy) -> None:
     """Starts guarding the promoted version (the model's reference by now); never a version the guard
-    already rolled back, and at most once per reference. The replaced version's p99 latency (its last
-    logged rows) is kept as the latency check's baseline."""
+    already rolled back, and at most once per reference. The replaced version's p99 latency (the
+    median over its last drift windows) is kept as the latency check's baseline."""
     until = guarded_until(event, policy)
     if until is None:
         return
-    previous_p99 = await conn.fetchval(
-        "SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) FROM (SELECT latency_ms FROM predictions"
-        " WHERE model = $1 AND version = $2 ORDER BY id DESC LIMIT $3) recent",
+    reports = await conn.fetch(
+        "SELECT report FROM windows WHERE model = $1 AND version = $2 AND kind = 'drift' AND rows > 0"
+        " ORDER BY created_at DESC LIMIT $3",
         event.model.name,
         event.previous_version,
-        BASELINE_ROWS,
+        BASELINE_WINDOWS,
     )
+    p99s = [p for r in reports if (p := _p99(r["report"])) > 0]
     await conn.execute(
         "UPDATE model_refs SET guard_until = $3, guard_previous = $4, guard_previous_p99 = $5, guard_baseline = NULL"
         " WHERE model = $1 AND version = $2 AND guard_previous = 0 AND NOT EXISTS"
@@ -176,8 +224,15 @@ async def arm(conn: asyncpg.Connection, event: events_pb2.ModelPromoted, policy:
         event.model.version,
         until,
         event.previous_version,
-        previous_p99,
+        float(np.median(p99s)) if p99s else None,
     )
+
+
+def _p99(raw: bytes) -> float:
+    try:
+        return M.WindowReport.FromString(raw).latency.p99_ms
+    except DecodeError:
+        return 0.0
 
 
 def guarding(ref: asyncpg.Record, now: datetime) -> bool:
@@ -185,8 +240,13 @@ def guarding(ref: asyncpg.Record, now: datetime) -> bool:
 
 
 def staging_histogram(ref: asyncpg.Record) -> common_pb2.PredictionHistogram | None:
+    """The stored staging histogram; None when there is none (a version staged before serving reported
+    one) or it does not decode."""
     raw = ref["staging_predictions"]
-    return common_pb2.PredictionHistogram.FromString(raw) if raw else None
+    try:
+        return common_pb2.PredictionHistogram.FromString(raw) if raw else None
+    except DecodeError:
+        return None
 
 
 async def judge(
@@ -194,15 +254,15 @@ async def judge(
 ) -> bool:
     """Decides a rollback for a closed window of the reference (in the window's transaction, with
     `ref` locked); True when it did."""
-    kinds = breaches(report, policy, ref["version"], ref["guard_until"], datetime.now(UTC))
-    checks = [c for c in report.guard_checks if c.breached] if guarding(ref, datetime.now(UTC)) else []
-    if not (kinds or checks) or not ref["guard_previous"]:
+    if policy.guard.disabled or not guarding(ref, datetime.now(UTC)):
         return False
-    scores = [common_pb2.FeatureScore(feature="guard", statistic=KIND_NAMES.get(k, str(k)), breached=True)
-              for k in sorted(kinds)] + checks  # fmt: skip
+    kinds = breaches(report, policy, ref["version"], ref["guard_until"], datetime.now(UTC))
+    checks = [c for c in report.guard_checks if c.breached]
+    if not (kinds or checks):
+        return False
     return await _decide(
-        conn, report.model, ref["guard_previous"], reason(report, kinds, ref["guard_previous"]), report.window_id,
-        sorted(kinds), scores,
+        conn, report.model, ref["guard_previous"], breach(report, kinds), report.window_id, sorted(kinds),
+        kind_scores(report, kinds, policy) + checks,
     )  # fmt: skip
 
 
@@ -210,28 +270,30 @@ async def _decide(
     conn: asyncpg.Connection,
     model: common_pb2.ModelRef,
     previous: int,
-    why: str,
+    what: str,
     window_id: str,
     kinds: Sequence[int],
     scores: Sequence[common_pb2.FeatureScore],
 ) -> bool:
-    """The rollback decision, its alert, and the guard off for the model, in the caller's transaction."""
+    """The rollback decision (its reason is what the registry audits once done), its alert, and the
+    guard off for the model, in the caller's transaction."""
     decided = await conn.fetchval(
         "INSERT INTO guard_rollbacks (model, from_version, to_version, reason, window_id, kinds)"
         " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
         model.name,
         model.version,
         previous,
-        why,
+        f"{what}; rolled back to v{previous}",
         window_id,
         list(kinds),
     )
     await conn.execute("UPDATE model_refs SET guard_until = NULL WHERE model = $1", model.name)
     if not decided:
         return False
-    await raise_deployment_alert(conn, model, common_pb2.DRIFT_KIND_GUARD_ROLLBACK, why, scores, window_id)
+    message = f"{what}; rolling back to v{previous}"
+    await raise_deployment_alert(conn, model, common_pb2.DRIFT_KIND_GUARD_ROLLBACK, message, scores, window_id)
     log.warning("post-promotion guard: rolling back", model=model.name, version=model.version, to_version=previous,
-                reason=why)  # fmt: skip
+                reason=message)  # fmt: skip
     return True
 
 
@@ -239,44 +301,41 @@ PolicyLoader = Callable[[asyncpg.Connection, str], Awaitable[M.MonitoringPolicy]
 
 
 async def watch_errors(pool: asyncpg.Pool, settings: Settings, load_policy: PolicyLoader) -> int:
-    """The live error rate of every guarded version (serving's counters, read outside any transaction);
-    the first read is the baseline, later ones judge the requests since. Returns the rollbacks decided."""
+    """The live error rate of every guarded version (serving's counters, read outside any transaction):
+    each slot counts from the first tick that saw it serve the version (since_baseline). Returns the
+    rollbacks decided."""
     async with pool.acquire() as conn:
         guarded = await conn.fetch(
             "SELECT model, version FROM model_refs WHERE guard_until >= now() AND guard_previous > 0"
         )
     decided = 0
     for row in guarded:
+        model = common_pb2.ModelRef(name=row["model"], version=row["version"])
         try:
-            requests, errors = await clients.version_requests(
-                settings, row["model"], row["version"], common_pb2.SERVING_ROLE_PRODUCTION
-            )
-        except Unavailable as exc:
-            log.info("post-promotion guard: serving away; no error rate", model=row["model"], error=str(exc)[:200])
+            slots = await clients.version_slots(settings, model.name, model.version, common_pb2.SERVING_ROLE_PRODUCTION)
+        except FlywheelError as exc:  # one model's trouble must not blind the guard to the others
+            log.info("post-promotion guard: no error rate from serving", model=model.name, error=str(exc)[:200])
             continue
         async with pool.acquire() as conn, conn.transaction():
             ref = await conn.fetchrow(
-                "SELECT * FROM model_refs WHERE model = $1 AND version = $2 FOR UPDATE", row["model"], row["version"]
+                "SELECT * FROM model_refs WHERE model = $1 AND version = $2 FOR UPDATE", model.name, model.version
             )
             if ref is None or not guarding(ref, datetime.now(UTC)):
                 continue
-            base = ref["guard_baseline"]
-            base = json.loads(base) if isinstance(base, str) else base
-            if base is None or requests < int(base["requests"]):  # first read, or a replica restarted
-                await conn.execute(
-                    "UPDATE model_refs SET guard_baseline = $2::jsonb WHERE model = $1",
-                    row["model"], json.dumps({"requests": requests, "errors": errors}),
-                )  # fmt: skip
+            policy = await load_policy(conn, model.name)
+            if policy.guard.disabled:
                 continue
-            policy = await load_policy(conn, row["model"])
-            check = error_check(policy, requests - int(base["requests"]), max(0, errors - int(base["errors"])))
-            if not check.breached:
-                continue
-            n = requests - int(base["requests"])
-            why = (f"guard: v{row['version']} live error rate {check.score:.4g} > {check.threshold:g}"
-                   f" over {n} requests; rolled back to v{ref['guard_previous']}")  # fmt: skip
-            model = common_pb2.ModelRef(name=row["model"], version=row["version"])
-            decided += await _decide(conn, model, ref["guard_previous"], why, "", [], [check])
+            stored = ref["guard_baseline"]
+            stored = json.loads(stored) if isinstance(stored, str) else stored
+            baseline, requests, errors = since_baseline(stored if isinstance(stored, dict) else {}, slots)
+            await conn.execute(
+                "UPDATE model_refs SET guard_baseline = $2::jsonb WHERE model = $1", model.name, json.dumps(baseline)
+            )
+            check = error_check(policy, requests, errors)
+            if check.breached:
+                rate = f"{check.score:.4g} > {check.threshold:g} over {requests} requests"
+                what = f"guard: v{model.version} live error rate {rate}"
+                decided += await _decide(conn, model, ref["guard_previous"], what, "", [], [check])
     return decided
 
 

@@ -13,6 +13,7 @@ from flywheel import confirm
 from flywheel.app import ServiceContext
 from flywheel.bus import EventContext, Handler, Topics
 from flywheel.logging import get_logger
+from flywheel.rollout_gates import gate_scores
 from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2, registry_pb2
 from services.monitoring import limits
 from services.monitoring.alerts import raise_deployment_alert
@@ -41,25 +42,27 @@ def handlers(ctx: ServiceContext) -> dict[str, Handler[Any]]:
         await record_labels(conn, event.model_name, [label])
 
     async def on_rollout_ended(conn: asyncpg.Connection, event: events_pb2.RolloutEnded, ectx: EventContext) -> None:
-        # A hint: the alert says what the registry has recorded (its reason and gates), and only
-        # when the registry has the version ABORTED.
+        # A hint: the alert says what the registry has recorded (its reason and gates), only for a
+        # version the registry has ABORTED by a breached gate (a rollout stopped by a person moving
+        # production, or superseded, is logged), and once per version.
         name, version = event.model.name, event.model.version
-        if event.promoted or not name:
+        if event.promoted or not name or version <= 0:
             return
         mv = await confirm.registry_version(ctx.settings, name, version)
         if mv is None or mv.promotion.state != registry_pb2.PROMOTION_STATE_ABORTED:
             log.warning("rollout.ended ignored: the registry has no aborted rollout of it", model=name,
                         version=version, event_id=ectx.event_id)  # fmt: skip
             return
-        rollout = mv.promotion.rollout
-        step = "shadow" if rollout.shadow else f"canary {rollout.percent:g}%"
-        gates = [
-            common_pb2.FeatureScore(feature=step, statistic=g.gate, score=g.value, threshold=g.threshold,
-                                    breached=g.breached)
-            for g in rollout.gates
-        ]  # fmt: skip
-        message = f"rollout of v{version} aborted: {mv.promotion.reason}"
-        await raise_deployment_alert(conn, mv.ref, common_pb2.DRIFT_KIND_ROLLOUT_ABORTED, message, gates)
+        gates = gate_scores(mv.promotion.rollout)
+        if not any(g.breached for g in gates):
+            log.info("rollout ended without a breached gate", model=name, version=version, reason=mv.promotion.reason)
+            return
+        kind = common_pb2.DRIFT_KIND_ROLLOUT_ABORTED
+        if await conn.fetchval("SELECT 1 FROM alerts WHERE model = $1 AND version = $2 AND kind = $3", name, version,
+                               kind):  # fmt: skip
+            return
+        message = f"rollout of v{mv.ref.version} aborted: {mv.promotion.reason}"
+        await raise_deployment_alert(conn, mv.ref, kind, message, gates)
 
     return {
         Topics.MODEL_PROMOTED: on_promoted,

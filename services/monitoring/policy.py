@@ -87,7 +87,7 @@ def check(policy: monitoring_pb2.MonitoringPolicy) -> None:
     limits.number(e.max_drop, "policy.estimated_performance.max_drop", 0.0, limits.MAX_SCORE)
     if policy.guard.HasField("duration"):
         limits.duration(policy.guard.duration, "policy.guard.duration")
-    if len(policy.guard.rollback_on) > len(common_pb2.DriftKind.values()):
+    if len(policy.guard.rollback_on) > len(WINDOW_KINDS):
         raise InvalidArgument("each kind at most once", field="policy.guard.rollback_on")
     for kind in policy.guard.rollback_on:
         if kind not in WINDOW_KINDS:
@@ -170,5 +170,8 @@ KIND_NAMES: dict[DriftKind, str] = {
     common_pb2.DRIFT_KIND_GUARD_ROLLBACK: "guard rollback",
     common_pb2.DRIFT_KIND_ROLLOUT_ABORTED: "rollout aborted",
 }
-# Kinds a window can breach (the others are raised about deployments).
-WINDOW_KINDS = frozenset(k for k in KIND_NAMES if k < common_pb2.DRIFT_KIND_GUARD_ROLLBACK)
+# Kinds a window's data can breach (the other two are raised about deployments).
+WINDOW_KINDS = frozenset({
+    common_pb2.DRIFT_KIND_DATA_DRIFT, common_pb2.DRIFT_KIND_PREDICTION_DRIFT, common_pb2.DRIFT_KIND_INTEGRITY,
+    common_pb2.DRIFT_KIND_QUALITY, common_pb2.DRIFT_KIND_SEGMENT, common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE,
+})  # fmt: skip

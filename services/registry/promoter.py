@@ -204,15 +204,16 @@ async def start_rollout(
     pct = rollout.phases(policy)
     for old in await conn.fetch(
         "UPDATE rollouts SET state = 'aborted', reason = $2, updated_at = now() WHERE model = $1 AND state = 'active'"
-        " RETURNING version",
+        " RETURNING version, champion",
         name,
         f"superseded by v{version}",
     ):
-        superseded = registry_pb2.PromotionDecision(
-            state=R.PROMOTION_STATE_ABORTED, reason=f"rollout superseded by v{version}", actor=who
-        )
+        why = f"rollout superseded by v{version}"
+        superseded = registry_pb2.PromotionDecision(state=R.PROMOTION_STATE_ABORTED, reason=why, actor=who)
         superseded.time.GetCurrentTime()
         await store.save_promotion(conn, name, old["version"], superseded)
+        ended = rollout.ended(name, old["version"], old["champion"], False, why, who)
+        await enqueue(conn, Topics.ROLLOUT_ENDED, name, ended)
     decision = registry_pb2.PromotionDecision(
         state=R.PROMOTION_STATE_ROLLING_OUT,
         reason=f"{reason}; rolling out: {rollout.where(pct[0])} (step 1 of {len(pct)})",

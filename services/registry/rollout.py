@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flywheel import evaluation
+from flywheel.bus.serde import new_meta
 from flywheel.errors import InvalidArgument
-from flywheel.v1 import common_pb2, monitoring_pb2, registry_pb2
+from flywheel.rollout_gates import gate_scores
+from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2, registry_pb2
 
 K, R = common_pb2, registry_pb2
 DEFAULT_STEPS = (5.0, 25.0, 50.0)
@@ -217,3 +219,17 @@ def judge(policy: K.PromotionPolicy, step: int, step_started: datetime, now: dat
         return Verdict(ADVANCE, f"{move}: gates held ({held})", results)
     through = ", ".join("shadow" if p == SHADOW else f"{p:g}%" for p in pct)
     return Verdict(PROMOTE, f"rolled out through {through}: gates held ({held})", results)
+
+
+def ended(
+    model: str, version: int, champion: int, promoted: bool, reason: str, actor: str,
+    status: R.RolloutStatus | None = None,
+) -> events_pb2.RolloutEnded:  # fmt: skip
+    """The rollout.ended event of a rollout that ended (promoted, aborted, stopped or superseded)."""
+    event = events_pb2.RolloutEnded(
+        meta=new_meta("registry"), model=K.ModelRef(name=model, version=version), champion_version=champion,
+        promoted=promoted, reason=reason, actor=actor,
+    )  # fmt: skip
+    if status is not None:
+        event.gates.extend(gate_scores(status))
+    return event

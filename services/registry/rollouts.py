@@ -19,12 +19,11 @@ import asyncpg
 from flywheel import clients
 from flywheel.app import ServiceContext
 from flywheel.bus import Topics, enqueue
-from flywheel.bus.serde import new_meta
 from flywheel.config import Settings
 from flywheel.errors import Unavailable
 from flywheel.logging import get_logger
 from flywheel.telemetry import meter, tracer
-from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2, registry_pb2, serving_pb2
+from flywheel.v1 import common_pb2, monitoring_pb2, registry_pb2, serving_pb2
 from services.registry import promotion, rollout, rules, store
 from services.registry.promoter import apply_decision
 
@@ -224,15 +223,5 @@ async def _end(
         state,
         reason,
     )
-    event = events_pb2.RolloutEnded(
-        meta=new_meta("registry"), model=common_pb2.ModelRef(name=row["model"], version=row["version"]),
-        champion_version=row["champion"], promoted=state == "promoted", reason=reason, actor=ACTOR,
-    )  # fmt: skip
-    if status is not None:
-        step = "shadow" if status.shadow else f"canary {status.percent:g}%"
-        event.gates.extend(
-            common_pb2.FeatureScore(feature=step, statistic=g.gate, score=g.value, threshold=g.threshold,
-                                    breached=g.breached)
-            for g in status.gates
-        )  # fmt: skip
+    event = rollout.ended(row["model"], row["version"], row["champion"], state == "promoted", reason, ACTOR, status)
     await enqueue(conn, Topics.ROLLOUT_ENDED, row["model"], event)

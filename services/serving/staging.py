@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from flywheel import clients, evaluation
+from flywheel import clients, evaluation, histograms
 from flywheel.config import Settings
 from flywheel.logging import get_logger
 from flywheel.v1 import common_pb2, events_pb2, registry_pb2
@@ -79,12 +79,10 @@ def class_histogram(predicted: np.ndarray, classes: list[str]) -> common_pb2.Pre
 
 def value_histogram(predicted: np.ndarray) -> common_pb2.PredictionHistogram:
     """Counts of the predicted values in bins between their deciles (NaN not counted)."""
-    v = predicted.astype(np.float64)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
+    edges = histograms.decile_edges(predicted)
+    if len(edges) == 0:
         return common_pb2.PredictionHistogram()
-    edges = np.unique(np.quantile(v, np.linspace(0.1, 0.9, 9)))
-    counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
+    counts = histograms.bin_counts(edges, predicted)
     return common_pb2.PredictionHistogram(edges=[float(e) for e in edges], counts=[int(c) for c in counts])
 
 

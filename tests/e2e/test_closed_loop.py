@@ -344,7 +344,9 @@ def test_the_guard_rolls_back_a_promotion_whose_live_quality_collapses_and_retra
         # The live checks too, out of reach: each window of v2 shows them, none decides here.
         guard=M.GuardPolicy(max_p99_latency_ratio=1e6, max_staging_psi=1e6),
     )  # fmt: skip
-    send_traffic(infer, model, shifted(200, seed=7, shift=0.0), headers, batch=20, prefix="guard-v1")  # v1's p99
+    # One drift window of v1: the guard's latency baseline is the median p99 of v1's last windows.
+    send_traffic(infer, model, shifted(300, seed=7, shift=0.0), headers, batch=20, prefix="guard-v1")
+    wait_until(lambda: any(w.model.version == 1 for w in _windows(api, model)), 60, "a drift window of v1")
     new = concept_csv(4000, seed=3, start_id=100_000, weights=(-1.0, 1.0, 1.0, 0.5))
     csv = ingestion_pb2.DATA_FORMAT_CSV
     header = ingestion_pb2.IngestHeader(dataset="guard", mode=K.WRITE_MODE_REPLACE, format=csv)
@@ -418,7 +420,9 @@ def test_the_guard_rolls_back_a_promotion_whose_live_quality_collapses_and_retra
     assert staged is not None and sum(staged.staging.sample_predictions.counts) > 0, staged.staging
     assert list(staged.staging.sample_predictions.classes) == list(staged.signature.class_labels)
     guarded = _alerts(api, model, K.DRIFT_KIND_GUARD_ROLLBACK)
-    assert len(guarded) == 1 and guarded[0].model.version == 2 and guarded[0].message == rollback[0].reason, guarded
+    assert len(guarded) == 1 and guarded[0].model.version == 2, guarded
+    assert guarded[0].message == rollback[0].reason.replace("rolled back to", "rolling back to"), guarded[0]
+    assert [(sc.statistic, sc.breached) for sc in guarded[0].scores] == [("quality_drop", True)], guarded[0].scores
 
     # The quality alert retrains on the same data and seed: v2's very artifact. Depending on whether its
     # checks end before or after the guard's rollback reaches the registry, it is refused as no better

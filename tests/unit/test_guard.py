@@ -101,6 +101,36 @@ def test_the_live_error_rate_is_judged_from_min_requests_against_its_limit() -> 
     assert guard.error_check(strict, 10, 1).breached and not guard.error_check(strict, 9, 9).breached
 
 
+def test_each_serving_slot_counts_from_when_the_guard_first_saw_it() -> None:
+    # A canary's slot became production's with 500 requests (40 failed) behind it: none of them count.
+    baseline, requests, errors = guard.since_baseline({}, {"a/1/10.0": (500, 40)})
+    assert (requests, errors) == (0, 0) and baseline == {"a/1/10.0": [500, 40]}
+    # Later: 100 more on it, 3 failed; a second replica's slot appears with 50 requests, 1 failed.
+    baseline, requests, errors = guard.since_baseline(baseline, {"a/1/10.0": (600, 43), "b/2/11.0": (50, 1)})
+    assert (requests, errors) == (100, 3) and baseline["b/2/11.0"] == [50, 1]
+    baseline, requests, errors = guard.since_baseline(baseline, {"a/1/10.0": (700, 50), "b/2/11.0": (150, 1)})
+    assert (requests, errors) == (300, 10)
+    # A slot whose counts went back (reloaded under the same key) starts over; a gone one drops out.
+    baseline, requests, errors = guard.since_baseline(baseline, {"a/1/10.0": (5, 0)})
+    assert (requests, errors) == (0, 0) and baseline == {"a/1/10.0": [5, 0]}
+    # Stored junk is a fresh start, never an exception.
+    assert guard.since_baseline({"a/1/10.0": [1]}, {"a/1/10.0": (9, 9)})[1:] == (0, 0)
+
+
+def test_the_alert_scores_of_a_breached_kind_are_its_numbers() -> None:
+    p = _policy(quality=M.QualityThreshold(metric="accuracy", max_drop=0.05))
+    scores = guard.kind_scores(_report(2, K.DRIFT_KIND_QUALITY), {K.DRIFT_KIND_QUALITY}, p)
+    assert [(s.feature, s.statistic, s.score, s.threshold, s.breached) for s in scores] == [
+        ("accuracy", "quality_drop", pytest.approx(0.54), pytest.approx(0.05), True)
+    ]
+    report = _report(2, K.DRIFT_KIND_DATA_DRIFT)
+    report.feature_scores.extend([
+        K.FeatureScore(feature="f0", statistic="psi", score=0.4, threshold=0.2, breached=True),
+        K.FeatureScore(feature="f1", statistic="psi", score=0.1, threshold=0.2),
+    ])  # fmt: skip
+    assert [s.feature for s in guard.kind_scores(report, {K.DRIFT_KIND_DATA_DRIFT}, p)] == ["f0"]
+
+
 def _outputs(classes: list[str | None], values: list[float] | None = None) -> dict[str, np.ndarray]:
     return {"class": np.array(classes, dtype=object),
             "variable": np.array(values if values is not None else [np.nan] * len(classes))}  # fmt: skip

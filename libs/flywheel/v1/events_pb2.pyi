@@ -221,8 +221,9 @@ Global___ModelPromoted: _TypeAlias = ModelPromoted  # noqa: Y015
 class RolloutEnded(_message.Message):
     """Topic flywheel.rollout.ended, key: model name. Emitted by registry (outbox) when a
     progressive rollout ends: promoted after its last step (model.promoted follows from the same
-    transaction), or aborted (a gate breached, production moved, the version was archived).
-    Monitoring raises a DRIFT_KIND_ROLLOUT_ABORTED alert for an abort.
+    transaction), or not (a gate breached, production moved, the version was archived, a newer
+    candidate superseded it). Monitoring raises a DRIFT_KIND_ROLLOUT_ABORTED alert for an abort by a
+    breached gate.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
