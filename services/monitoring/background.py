@@ -58,7 +58,7 @@ async def close_due_windows(ctx: ServiceContext) -> None:
     """Time-based windows: close a window whose oldest row is older than the policy's duration
     (and, now and then, forget predictions too old for any label to join). A failure is logged and
     counted, and the ticker goes on: one model's trouble must not stop the others' windows."""
-    last_prune = last_shadow = time.monotonic()
+    last_prune = last_shadow = last_errors = time.monotonic()
     while True:
         await asyncio.sleep(ctx.settings.monitoring_tick_s)
         if time.monotonic() - last_prune >= PRUNE_EVERY_S:
@@ -67,10 +67,12 @@ async def close_due_windows(ctx: ServiceContext) -> None:
                 await _prune(ctx)
             except Exception as exc:
                 _failed("prune", "", exc)
-        try:
-            await guard.watch_errors(ctx.pool, ctx.settings, evaluator.load_policy)
-        except Exception as exc:
-            _failed("guard error rate", "", exc)
+        if time.monotonic() - last_errors >= guard.ERRORS_EVERY_S:
+            last_errors = time.monotonic()
+            try:
+                await guard.watch_errors(ctx.pool, ctx.settings, evaluator.load_policy)
+            except Exception as exc:
+                _failed("guard error rate", "", exc)
         try:
             await guard.carry_out(ctx.pool, ctx.settings)
         except Exception as exc:

@@ -40,6 +40,7 @@ M = monitoring_pb2
 GUARD_ACTOR = "guard"
 DEFAULT_MAX_ERROR_RATE = 0.01
 DEFAULT_MIN_REQUESTS = 100
+ERRORS_EVERY_S = 3.0  # how often the ticker reads serving's counters for each guarded version
 BASELINE_WINDOWS = 5  # the replaced version's last drift windows its p99 baseline is the median of
 _meter = meter("flywheel.monitoring")
 guard_rollbacks = _meter.create_counter(

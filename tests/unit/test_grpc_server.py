@@ -78,6 +78,33 @@ async def test_health_follows_readiness_checks(make_server):
         await server.stop()
 
 
+async def test_a_watcher_hears_serving_after_another_watcher_of_the_same_service_left(make_server):
+    """What a balanced client relies on to put a restarted replica back in its round-robin: its health
+    watch, opened while the replica was NOT_SERVING, hears SERVING, even though another client's watch
+    of the same service ended meanwhile (grpcio's own servicer loses it: flywheel/grpc/health.py)."""
+    server = make_server()
+    await server.start()
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as staying,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as leaving,
+        ):
+            watch = health_pb2_grpc.HealthStub(staying).Watch(health_pb2.HealthCheckRequest(service=""))
+            assert (await watch.read()).status == NOT_SERVING
+            other = health_pb2_grpc.HealthStub(leaving).Watch(health_pb2.HealthCheckRequest(service=""))
+            assert (await other.read()).status == NOT_SERVING
+            other.cancel()
+            await asyncio.sleep(0.1)  # the server has seen that watch end
+            await server.health.set("", SERVING)
+            assert (await asyncio.wait_for(watch.read(), 5)).status == SERVING
+            unknown = health_pb2_grpc.HealthStub(staying).Watch(health_pb2.HealthCheckRequest(service="no.Such"))
+            assert (await unknown.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            unknown.cancel()
+            watch.cancel()
+    finally:
+        await server.stop()
+
+
 async def test_stop_drains_calls_in_flight(make_server):
     server = make_server(grpc_grace_s=5.0)
     await server.start()

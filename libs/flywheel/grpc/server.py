@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TypeVar, cast
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from flywheel.auth.guard import Guard
@@ -28,6 +28,7 @@ from flywheel.errors import StartupError
 from flywheel.logging import get_logger
 
 from .channels import channel_options
+from .health import HealthServicer
 from .methods import MethodWrapper
 
 log = get_logger(__name__)
@@ -81,7 +82,7 @@ class GrpcServer:
                 *_connection_age(settings),
             ],
         )
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.serving = False  # mirrors the health status, for protocols with their own readiness call
         self._service_names: list[str] = []
         self._untraced: set[str] = set()
