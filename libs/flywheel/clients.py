@@ -142,12 +142,6 @@ async def version_slots(settings: Settings, model: str, version: int, role: int)
     return out
 
 
-async def version_requests(settings: Settings, model: str, version: int, role: int) -> tuple[int, int]:
-    """(requests, server-side failures) of `version` in serving `role`, summed over every replica."""
-    slots = (await version_slots(settings, model, version, role)).values()
-    return sum(r for r, _ in slots), sum(e for _, e in slots)
-
-
 async def shadow_comparison(
     settings: Settings, request: monitoring_pb2.GetShadowComparisonRequest
 ) -> monitoring_pb2.ShadowComparison:

@@ -29,6 +29,7 @@ from flywheel import clients
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError, Unavailable
 from flywheel.logging import get_logger
+from flywheel.slot_counts import since_baseline
 from flywheel.telemetry import meter, tracer
 from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2, registry_pb2
 from services.monitoring.alerts import raise_deployment_alert
@@ -69,25 +70,6 @@ def error_check(policy: M.MonitoringPolicy, requests: int, errors: int) -> commo
     judged = requests >= (g.min_requests or DEFAULT_MIN_REQUESTS)
     return common_pb2.FeatureScore(feature="guard", statistic="error_rate", score=rate, threshold=limit,
                                    breached=judged and rate > limit)  # fmt: skip
-
-
-def since_baseline(
-    baseline: Mapping[str, Sequence[int]], slots: Mapping[str, tuple[int, int]]
-) -> tuple[dict[str, list[int]], int, int]:
-    """(baseline, requests, errors): each serving slot counts from the first time the guard saw it
-    serve the version (a slot seen now for the first time joins the baseline at its counts, so a
-    canary's slot that became production's brings none of its canary requests); a slot whose counts
-    went back (reloaded under the same key) starts over. Slots gone (a replica restarted) drop out."""
-    new: dict[str, list[int]] = {}
-    requests = errors = 0
-    for key, (r, e) in slots.items():
-        base = baseline.get(key)
-        if base is None or len(base) != 2 or r < base[0] or e < base[1]:
-            base = [r, e]
-        new[key] = [int(base[0]), int(base[1])]
-        requests += r - base[0]
-        errors += e - base[1]
-    return new, requests, errors
 
 
 def window_checks(

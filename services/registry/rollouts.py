@@ -22,6 +22,7 @@ from flywheel.bus import Topics, enqueue
 from flywheel.config import Settings
 from flywheel.errors import Unavailable
 from flywheel.logging import get_logger
+from flywheel.slot_counts import since_baseline
 from flywheel.telemetry import meter, tracer
 from flywheel.v1 import common_pb2, monitoring_pb2, registry_pb2, serving_pb2
 from services.registry import promotion, rollout, rules, store
@@ -70,11 +71,6 @@ def _failed(model: str, exc: Exception) -> None:
         log.error("rollout tick failed", model=model, error=repr(exc)[:300])
 
 
-async def _counters(settings: Settings, model: str, version: int, role: int) -> dict[str, int]:
-    requests, errors = await clients.version_requests(settings, model, version, role)
-    return {"requests": requests, "errors": errors}
-
-
 async def drive_one(pool: asyncpg.Pool, settings: Settings, model: str, version: int) -> str:
     """One tick of one rollout; returns what it did ("" when another replica holds it)."""
     async with pool.acquire() as conn, conn.transaction():
@@ -102,7 +98,8 @@ async def drive_one(pool: asyncpg.Pool, settings: Settings, model: str, version:
         role = common_pb2.SERVING_ROLE_SHADOW if shadow else common_pb2.SERVING_ROLE_CANARY
         if row["applied_step"] != step:
             await _tell_serving(settings, model, version, pct, step)
-            baseline = await _counters(settings, model, version, role)
+            slots = await clients.version_slots(settings, model, version, role)
+            baseline = {key: list(counts) for key, counts in slots.items()}  # the step counts from here
             await conn.execute(
                 "UPDATE rollouts SET applied_step = $3, step_started_at = now(), baseline = $4::jsonb,"
                 " updated_at = now() WHERE model = $1 AND version = $2",
@@ -110,10 +107,14 @@ async def drive_one(pool: asyncpg.Pool, settings: Settings, model: str, version:
             )  # fmt: skip
             return "applied"
         now = datetime.now(UTC)
-        counters = await _counters(settings, model, version, role)
-        baseline = json.loads(row["baseline"]) if isinstance(row["baseline"], str) else dict(row["baseline"])
-        requests = max(0, counters["requests"] - int(baseline.get("requests", 0)))
-        errors = max(0, counters["errors"] - int(baseline.get("errors", 0)))
+        stored = json.loads(row["baseline"]) if isinstance(row["baseline"], str) else row["baseline"]
+        baseline, requests, errors = since_baseline(
+            stored if isinstance(stored, dict) else {}, await clients.version_slots(settings, model, version, role)
+        )  # per serving slot: a replica restarting mid-step neither erases nor invents requests
+        await conn.execute(
+            "UPDATE rollouts SET baseline = $3::jsonb WHERE model = $1 AND version = $2", model, version,
+            json.dumps(baseline),
+        )  # fmt: skip
         if shadow:
             comparison = await clients.shadow_comparison(
                 settings, monitoring_pb2.GetShadowComparisonRequest(model_name=model, challenger_version=version)

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from flywheel.errors import InvalidArgument
+from flywheel.slot_counts import since_baseline
 from flywheel.v1 import common_pb2, events_pb2, monitoring_pb2, registry_pb2
 from services.monitoring import guard, policy
 from services.monitoring.drift import psi
@@ -103,18 +104,19 @@ def test_the_live_error_rate_is_judged_from_min_requests_against_its_limit() -> 
 
 def test_each_serving_slot_counts_from_when_the_guard_first_saw_it() -> None:
     # A canary's slot became production's with 500 requests (40 failed) behind it: none of them count.
-    baseline, requests, errors = guard.since_baseline({}, {"a/1/10.0": (500, 40)})
+    baseline, requests, errors = since_baseline({}, {"a/1/10.0": (500, 40)})
     assert (requests, errors) == (0, 0) and baseline == {"a/1/10.0": [500, 40]}
     # Later: 100 more on it, 3 failed; a second replica's slot appears with 50 requests, 1 failed.
-    baseline, requests, errors = guard.since_baseline(baseline, {"a/1/10.0": (600, 43), "b/2/11.0": (50, 1)})
+    baseline, requests, errors = since_baseline(baseline, {"a/1/10.0": (600, 43), "b/2/11.0": (50, 1)})
     assert (requests, errors) == (100, 3) and baseline["b/2/11.0"] == [50, 1]
-    baseline, requests, errors = guard.since_baseline(baseline, {"a/1/10.0": (700, 50), "b/2/11.0": (150, 1)})
+    baseline, requests, errors = since_baseline(baseline, {"a/1/10.0": (700, 50), "b/2/11.0": (150, 1)})
     assert (requests, errors) == (300, 10)
     # A slot whose counts went back (reloaded under the same key) starts over; a gone one drops out.
-    baseline, requests, errors = guard.since_baseline(baseline, {"a/1/10.0": (5, 0)})
+    baseline, requests, errors = since_baseline(baseline, {"a/1/10.0": (5, 0)})
     assert (requests, errors) == (0, 0) and baseline == {"a/1/10.0": [5, 0]}
-    # Stored junk is a fresh start, never an exception.
-    assert guard.since_baseline({"a/1/10.0": [1]}, {"a/1/10.0": (9, 9)})[1:] == (0, 0)
+    # Stored junk (or the registry's old one-total format) is a fresh start, never an exception.
+    assert since_baseline({"a/1/10.0": [1]}, {"a/1/10.0": (9, 9)})[1:] == (0, 0)
+    assert since_baseline({"a/1/10.0": 5, "requests": 7}, {"a/1/10.0": (9, 9)})[1:] == (0, 0)
 
 
 def test_the_alert_scores_of_a_breached_kind_are_its_numbers() -> None:
