@@ -4,18 +4,23 @@ the registry's rollout steps and monitoring's post-promotion guard."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 Slots = Mapping[str, tuple[int, int]]  # slot key (replica, pid, load time) -> (requests, errors)
 
 
-def since_baseline(baseline: Mapping[str, Any], slots: Slots) -> tuple[dict[str, list[int]], int, int]:
-    """(baseline, requests, errors) since the baseline: each slot counts from the first time it was
-    seen (a slot seen now for the first time joins the baseline at its counts, so a canary's slot that
-    became production's brings none of its canary requests); a slot whose counts went back (reloaded
-    under the same key) starts over; slots gone (a replica restarted) drop out. A stored baseline that
-    is not one (another format, junk) counts as empty."""
+def since_baseline(stored: Any, slots: Slots) -> tuple[dict[str, list[int]], int, int]:
+    """(baseline, requests, errors) since the stored baseline (a jsonb column as asyncpg returns it:
+    JSON text or a dict): each slot counts from the first time it was seen (a slot seen now for the
+    first time joins the baseline at its counts, so a canary's slot that became production's brings
+    none of its canary requests); a slot whose counts went back (reloaded under the same key) starts
+    over; slots gone (a replica restarted) drop out. A stored baseline that is not one (NULL, another
+    format, junk) counts as empty."""
+    baseline = json.loads(stored) if isinstance(stored, str | bytes) else stored
+    if not isinstance(baseline, Mapping):
+        baseline = {}
     new: dict[str, list[int]] = {}
     requests = errors = 0
     for key, (r, e) in slots.items():

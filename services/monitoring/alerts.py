@@ -107,27 +107,32 @@ async def _raise(
         if segment is not None:
             event.segment.CopyFrom(segment)
         alert.event_id = await enqueue(conn, Topics.DRIFT_DETECTED, model, event)
+    await _store(conn, alert, trace_id)
+    return alert
+
+
+async def _store(conn: asyncpg.Connection, alert: M.Alert, trace_id: str) -> None:
+    """The alert's row and its NOTIFY, in the caller's transaction."""
     await conn.execute(
         "INSERT INTO alerts (alert_id, model, version, kind, window_id, alert, suppressed, trace_id)"
         " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
         alert.alert_id,
-        model,
-        report.model.version,
-        d.kind,
-        report.window_id,
+        alert.model.name,
+        alert.model.version,
+        alert.kind,
+        alert.window_id,
         alert.SerializeToString(),
-        d.suppressed,
+        alert.suppressed,
         trace_id,
     )
     # Delivered at commit (and dropped on rollback), like the row itself.
-    await conn.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL, model)
+    await conn.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL, alert.model.name)
     log.warning(
-        "alert" if not d.suppressed else "alert suppressed by cooldown",
-        model=model,
-        kind=policies.KIND_NAMES.get(d.kind, d.kind),
+        "alert" if not alert.suppressed else "alert suppressed by cooldown",
+        model=alert.model.name,
+        kind=policies.KIND_NAMES.get(alert.kind, alert.kind),
         message=alert.message,
     )
-    return alert
 
 
 async def raise_deployment_alert(
@@ -148,13 +153,7 @@ async def raise_deployment_alert(
         trace_id = format(span.get_span_context().trace_id, "032x")
     alert = M.Alert(alert_id=alert_id, model=model, kind=kind, window_id=window_id, scores=scores, message=message)
     alert.create_time.GetCurrentTime()
-    await conn.execute(
-        "INSERT INTO alerts (alert_id, model, version, kind, window_id, alert, suppressed, trace_id)"
-        " VALUES ($1,$2,$3,$4,$5,$6,false,$7)",
-        alert_id, model.name, model.version, kind, window_id, alert.SerializeToString(), trace_id,
-    )  # fmt: skip
-    await conn.execute("SELECT pg_notify($1, $2)", ALERTS_CHANNEL, model.name)
-    log.warning("alert", model=model.name, kind=policies.KIND_NAMES.get(kind, kind), message=message)
+    await _store(conn, alert, trace_id)
     return alert
 
 

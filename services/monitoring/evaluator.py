@@ -148,7 +148,7 @@ def _judge_drift(
         report.estimated.CopyFrom(estimate[0])
         if estimate[0].breached:
             report.breached.append(common_pb2.DRIFT_KIND_ESTIMATED_PERFORMANCE)
-    if guard.guarding(ref, datetime.now(UTC)) and not policy.guard.disabled:
+    if guard.guarding(ref, policy, datetime.now(UTC)):
         report.guard_checks.extend(guard.window_checks(
             policy, task, window.outputs, report.latency.p99_ms, ref["guard_previous_p99"],
             guard.staging_histogram(ref), len(rows) >= policy.window.min_rows,

@@ -25,7 +25,7 @@ import asyncpg
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from flywheel import clients
+from flywheel import clients, histograms
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError, Unavailable
 from flywheel.logging import get_logger
@@ -108,12 +108,9 @@ def staging_psi(task: int, outputs: Mapping[str, np.ndarray], staging: common_pb
         return math.nan
     if task == common_pb2.TASK_REGRESSION:
         edges = np.asarray(staging.edges, dtype=np.float64)
-        values = np.asarray(outputs.get("variable", np.empty(0)), dtype=np.float64)
-        values = values[np.isfinite(values)]
         if len(counts) != len(edges) + 1 or not np.isfinite(edges).all() or (np.diff(edges) <= 0).any():
             return math.nan
-        live = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(counts))
-        return psi(counts, live)
+        return psi(counts, histograms.bin_counts(edges, np.asarray(outputs.get("variable", []), dtype=np.float64)))
     if len(counts) != len(staging.classes):
         return math.nan
     index = {c: i for i, c in enumerate(staging.classes)}
@@ -218,8 +215,10 @@ def _p99(raw: bytes) -> float:
         return 0.0
 
 
-def guarding(ref: asyncpg.Record, now: datetime) -> bool:
-    return bool(ref["guard_previous"]) and ref["guard_until"] is not None and now <= ref["guard_until"]
+def guarding(ref: asyncpg.Record, policy: M.MonitoringPolicy, now: datetime) -> bool:
+    """The reference's version is under guard now (armed, in time, and the policy's guard is on)."""
+    until = ref["guard_until"]
+    return not policy.guard.disabled and bool(ref["guard_previous"]) and until is not None and now <= until
 
 
 def staging_histogram(ref: asyncpg.Record) -> common_pb2.PredictionHistogram | None:
@@ -237,7 +236,7 @@ async def judge(
 ) -> bool:
     """Decides a rollback for a closed window of the reference (in the window's transaction, with
     `ref` locked); True when it did."""
-    if policy.guard.disabled or not guarding(ref, datetime.now(UTC)):
+    if not guarding(ref, policy, datetime.now(UTC)):
         return False
     kinds = breaches(report, policy, ref["version"], ref["guard_until"], datetime.now(UTC))
     checks = [c for c in report.guard_checks if c.breached]
@@ -303,14 +302,12 @@ async def watch_errors(pool: asyncpg.Pool, settings: Settings, load_policy: Poli
             ref = await conn.fetchrow(
                 "SELECT * FROM model_refs WHERE model = $1 AND version = $2 FOR UPDATE", model.name, model.version
             )
-            if ref is None or not guarding(ref, datetime.now(UTC)):
+            if ref is None:
                 continue
             policy = await load_policy(conn, model.name)
-            if policy.guard.disabled:
+            if not guarding(ref, policy, datetime.now(UTC)):
                 continue
-            stored = ref["guard_baseline"]
-            stored = json.loads(stored) if isinstance(stored, str) else stored
-            baseline, requests, errors = since_baseline(stored if isinstance(stored, dict) else {}, slots)
+            baseline, requests, errors = since_baseline(ref["guard_baseline"], slots)
             await conn.execute(
                 "UPDATE model_refs SET guard_baseline = $2::jsonb WHERE model = $1", model.name, json.dumps(baseline)
             )

@@ -98,8 +98,7 @@ async def drive_one(pool: asyncpg.Pool, settings: Settings, model: str, version:
         role = common_pb2.SERVING_ROLE_SHADOW if shadow else common_pb2.SERVING_ROLE_CANARY
         if row["applied_step"] != step:
             await _tell_serving(settings, model, version, pct, step)
-            slots = await clients.version_slots(settings, model, version, role)
-            baseline = {key: list(counts) for key, counts in slots.items()}  # the step counts from here
+            baseline, _, _ = since_baseline({}, await clients.version_slots(settings, model, version, role))
             await conn.execute(
                 "UPDATE rollouts SET applied_step = $3, step_started_at = now(), baseline = $4::jsonb,"
                 " updated_at = now() WHERE model = $1 AND version = $2",
@@ -107,9 +106,8 @@ async def drive_one(pool: asyncpg.Pool, settings: Settings, model: str, version:
             )  # fmt: skip
             return "applied"
         now = datetime.now(UTC)
-        stored = json.loads(row["baseline"]) if isinstance(row["baseline"], str) else row["baseline"]
         baseline, requests, errors = since_baseline(
-            stored if isinstance(stored, dict) else {}, await clients.version_slots(settings, model, version, role)
+            row["baseline"], await clients.version_slots(settings, model, version, role)
         )  # per serving slot: a replica restarting mid-step neither erases nor invents requests
         await conn.execute(
             "UPDATE rollouts SET baseline = $3::jsonb WHERE model = $1 AND version = $2", model, version,

@@ -23,6 +23,7 @@ from rich.tree import Tree
 
 from flywheel.cli import client
 from flywheel.cli.client import CliError, ModelSelector, command, console, enum_name, fmt_time
+from flywheel.rollout_gates import step_name
 from flywheel.v1 import common_pb2, registry_pb2
 
 # ---------------------------------------------------------------------------------------------------
@@ -76,8 +77,7 @@ def fmt_promotion(decision: registry_pb2.PromotionDecision) -> str:
     if decision.state == registry_pb2.PROMOTION_STATE_ROLLING_OUT and decision.HasField("rollout"):
         r = decision.rollout
         gates = ", ".join(f"{g.gate} {g.value:.3g}/{g.threshold:g}" for g in r.gates if g.sample)
-        at = "shadow" if r.shadow else f"canary {r.percent:g}%"
-        text += f" ({at}, step {r.step + 1} of {r.steps}{'; ' + gates if gates else ''})"
+        text += f" ({step_name(r)}, step {r.step + 1} of {r.steps}{'; ' + gates if gates else ''})"
     return text + (f": {decision.reason}" if decision.reason else "")
 
 
